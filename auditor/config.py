@@ -1,0 +1,496 @@
+"""Configuration: one TOML file, validated with pydantic when the program starts.
+
+Every error names its key path, the bad value and what is allowed (see `describe_errors`).
+Secrets never live in this file: it names the environment variable or the file that holds them.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from auditor.model import UtilizationMetric
+
+DEFAULT_CONFIG_PATH = Path("/etc/auditor/auditor.toml")
+CONFIG_ENV = "AUDITOR_CONFIG"
+SUPPORTED_STORE_DIALECTS = ("sqlite", "postgresql")
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Usd = Annotated[Decimal, Field(ge=0)]
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used. `problems` holds one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = list(problems)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def default_store_url(env: Mapping[str, str] | None = None, euid: int | None = None) -> str:
+    """The embedded SQLite store: systemd's StateDirectory, /var/lib/auditor as root, else XDG state."""
+    env = os.environ if env is None else env
+    euid = os.geteuid() if euid is None else euid
+    if env.get("STATE_DIRECTORY"):
+        base = Path(env["STATE_DIRECTORY"].split(":")[0])
+    elif euid == 0:
+        base = Path("/var/lib/auditor")
+    else:
+        xdg = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/state")
+        base = Path(xdg) / "auditor"
+    return f"sqlite:///{base / 'auditor.db'}"
+
+
+class StoreConfig(_Strict):
+    url: str = Field(default_factory=default_store_url)
+    """SQLAlchemy URL: `sqlite:////var/lib/auditor/auditor.db` or `postgresql+psycopg://user@host/db`."""
+    raw_retention_h: float = Field(48, gt=0)
+    rollup_retention_days: int = Field(397, gt=0)
+    """13 months: a year-over-year comparison of the same month still has its data."""
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parse_store_url(value)
+        return value
+
+
+def parse_store_url(value: str) -> URL:
+    """A SQLAlchemy URL for a dialect the store supports, or ValueError saying what would be."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(
+            "not a database URL; use sqlite:////path/to/auditor.db or postgresql+psycopg://user@host:5432/db"
+        ) from exc
+    if url.get_backend_name() not in SUPPORTED_STORE_DIALECTS:
+        raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
+    if url.get_backend_name() == "sqlite" and not url.database:
+        raise ValueError("the sqlite URL names no file; use sqlite:////var/lib/auditor/auditor.db")
+    return url
+
+
+class DaemonConfig(_Strict):
+    sample_interval_s: float = Field(10, gt=0, le=3600)
+    max_gap_s: float | None = Field(None, gt=0)
+    """Samples further apart than this leave unknown time between them (default 3 × the interval)."""
+    exporter_listen: str = Field("127.0.0.1:9400", pattern=r"^[^\s:]*:\d{1,5}$")
+
+    @property
+    def effective_max_gap_s(self) -> float:
+        return self.max_gap_s if self.max_gap_s is not None else 3 * self.sample_interval_s
+
+
+class GpuSelector(_Strict):
+    """GPUs of one host: `indexes` as nvidia-smi numbers them, or every GPU of the host when omitted."""
+
+    host: str = Field(min_length=1)
+    indexes: list[Annotated[int, Field(ge=0)]] | None = None
+
+
+class ServerEndpoint(_Strict):
+    """An inference server's Prometheus endpoint."""
+
+    url: str = Field(pattern=r"^https?://\S+$")
+    kind: Literal["auto", "vllm", "sglang", "tgi"] = "auto"
+    model_name: str | None = None
+    """Only the series with this model label (a server may serve several)."""
+
+
+class StaticPrice(_Strict):
+    """A fixed rate: per GPU-hour, per instance-hour, or the catalog's price of an instance type."""
+
+    source: Literal["static"]
+    gpu_hourly_usd: Usd | None = None
+    instance_hourly_usd: Usd | None = None
+    instance_type: str | None = None
+    pricing: Literal["on_demand", "reserved_1y", "reserved_3y", "spot"] = "on_demand"
+    gpus_per_instance: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_rate(self) -> Self:
+        given = [
+            k for k in ("gpu_hourly_usd", "instance_hourly_usd", "instance_type") if getattr(self, k) is not None
+        ]
+        if not given:
+            raise ValueError("give one of gpu_hourly_usd, instance_hourly_usd, or instance_type (catalog price)")
+        if self.gpu_hourly_usd is not None and len(given) > 1:
+            raise ValueError("gpu_hourly_usd excludes instance_hourly_usd and instance_type")
+        if self.instance_hourly_usd is not None and self.gpus_per_instance is None and self.instance_type is None:
+            raise ValueError("instance_hourly_usd needs gpus_per_instance (or an instance_type from the catalog)")
+        return self
+
+
+class AwsPrice(_Strict):
+    """Spend from AWS Cost Explorer, attributed by cost-allocation tags or resource IDs."""
+
+    source: Literal["aws"]
+    account_id: str | None = Field(None, pattern=r"^\d{12}$")
+    tags: dict[str, str] = Field(default_factory=dict)
+    resource_ids: list[str] = Field(default_factory=list)
+    instance_type: str | None = None
+    gpus_per_instance: int | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _attributable(self) -> Self:
+        if not self.tags and not self.resource_ids:
+            raise ValueError("give tags or resource_ids, so that spend can be attributed to this deployment")
+        return self
+
+
+class GcpPrice(_Strict):
+    """Spend from the GCP billing export (BigQuery), or list prices from the Cloud Catalog (an estimate)."""
+
+    source: Literal["gcp"]
+    project_id: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    billing_export_table: str | None = Field(None, pattern=r"^[\w-]+\.[\w-]+\.[\w-]+$")
+    instance_type: str | None = None
+    gpus_per_instance: int | None = Field(None, gt=0)
+
+
+class OnPremPrice(_Strict):
+    """Owned hardware: purchase price spread over its life, plus measured energy × $/kWh × PUE."""
+
+    source: Literal["onprem"]
+    purchase_usd: Usd
+    amortization_months: int = Field(36, gt=0)
+    kwh_usd: Usd = Decimal("0.12")
+    pue: float = Field(1.4, ge=1, le=3)
+    hosting_usd_month: Usd = Decimal(0)
+
+
+PriceSource = Annotated[StaticPrice | AwsPrice | GcpPrice | OnPremPrice, Field(discriminator="source")]
+
+
+class Overheads(_Strict):
+    """What self-hosting costs beyond the GPUs, per month: the difference between raw compute and TCO."""
+
+    engineering_usd_month: Usd = Decimal(0)
+    """The share of MLOps engineers' time this deployment takes (1 FTE at $240K/year is $20,000)."""
+    egress_usd_month: Usd = Decimal(0)
+    storage_usd_month: Usd = Decimal(0)
+    monitoring_usd_month: Usd = Decimal(0)
+
+    @property
+    def total_usd_month(self) -> Decimal:
+        return self.engineering_usd_month + self.egress_usd_month + self.storage_usd_month + (
+            self.monitoring_usd_month
+        )
+
+
+class DeploymentConfig(_Strict):
+    """A model served on a set of GPUs: the unit everything is costed and judged by."""
+
+    name: Name
+    model: str = Field(min_length=1)
+    gpu_type: str = Field(min_length=1)
+    gpu_count: int | None = Field(None, gt=0)
+    """GPUs billed; needed when a GPU selector takes a whole host."""
+    gpus: list[GpuSelector] = Field(default_factory=list)
+    prometheus_matchers: dict[str, str] = Field(default_factory=dict)
+    """Label matchers that pick this deployment's GPUs in fleet mode (DCGM through PromQL)."""
+    servers: list[ServerEndpoint] = Field(default_factory=list)
+    price: PriceSource
+    overheads: Overheads = Field(default_factory=Overheads)
+    compare_to: list[str] = Field(default_factory=list)
+    """API models it is comparable to, as `provider:model` or a model name (`auditor prices` lists them)."""
+    capacity_tokens_per_s: float | None = Field(None, gt=0)
+    """Sustained peak tokens/s (prompt + generated); measured when not given."""
+    monthly_budget_usd: Usd | None = None
+
+    @model_validator(mode="after")
+    def _gpus_known(self) -> Self:
+        if not self.gpus and not self.prometheus_matchers:
+            raise ValueError("select its GPUs: gpus = [{host = ..., indexes = [...]}] or prometheus_matchers")
+        if self.gpu_count is None and any(sel.indexes is None for sel in self.gpus):
+            raise ValueError("a GPU selector without indexes takes the whole host: set gpu_count")
+        if self.gpu_count is None and not self.gpus:
+            raise ValueError("with prometheus_matchers, set gpu_count (the GPUs that are billed)")
+        return self
+
+    @property
+    def billed_gpus(self) -> int:
+        if self.gpu_count is not None:
+            return self.gpu_count
+        return sum(len(sel.indexes or ()) for sel in self.gpus)
+
+
+class ApiPriceOverride(_Strict):
+    """A negotiated or private API price, or a correction to the bundled catalog, in USD per million tokens."""
+
+    provider: str = "private"
+    input_mtok_usd: Usd
+    output_mtok_usd: Usd
+    cache_read_mtok_usd: Usd | None = None
+    as_of: date | None = None
+    source: str | None = None
+
+
+class PricesConfig(_Strict):
+    fetch_updates: bool = False
+    """Let genai-prices download newer API prices at run time. Off: the bundled snapshot is used."""
+    api: dict[str, ApiPriceOverride] = Field(default_factory=dict)
+    gpu_max_age_days: int = Field(180, gt=0)
+
+
+class _Rule(_Strict):
+    enabled: bool = True
+    cooldown_h: float = Field(24, ge=0)
+
+
+class MoveToApiRule(_Rule):
+    below: Fraction = 0.40
+    leave_above: Fraction = 0.45
+    window_days: int = Field(7, gt=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        if self.leave_above < self.below:
+            raise ValueError("leave_above must be at least below (the alert leaves above where it entered)")
+        return self
+
+
+class SelfHostPaysRule(_Rule):
+    above: Fraction = 0.65
+    leave_below: Fraction = 0.60
+    window_days: int = Field(7, gt=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        if self.leave_below > self.above:
+            raise ValueError("leave_below must be at most above (the finding leaves below where it entered)")
+        return self
+
+
+class OptimizeRule(_Rule):
+    low: Fraction = 0.40
+    high: Fraction = 0.60
+    window_days: int = Field(7, gt=0)
+
+
+class BelowBreakevenRule(_Rule):
+    window_days: int = Field(7, gt=0)
+
+
+class RunawaySpendRule(_Rule):
+    factor: float = Field(2.0, gt=1)
+    """Fire when the live burn rate exceeds this multiple of the trailing baseline."""
+    baseline_days: int = Field(7, gt=0)
+    day_over_day_factor: float = Field(1.5, gt=1)
+    cooldown_h: float = Field(1, ge=0)
+
+
+class IdleLoadedRule(_Rule):
+    below: Fraction = 0.05
+    hours: float = Field(4, gt=0)
+
+
+class OffHoursIdleRule(_Rule):
+    below: Fraction = 0.05
+    weeks: int = Field(3, gt=0)
+
+
+class SaturationRule(_Rule):
+    kv_cache_above: Fraction = 0.90
+    minutes: int = Field(15, gt=0)
+
+
+class RulesConfig(_Strict):
+    utilization_metric: UtilizationMetric = UtilizationMetric.AUTO
+    idle_threshold: Fraction = 0.05
+    """A GPU under this utilization (0–1), with no requests running, is idle."""
+    move_to_api: MoveToApiRule = Field(default_factory=MoveToApiRule)
+    self_host_pays: SelfHostPaysRule = Field(default_factory=SelfHostPaysRule)
+    optimize: OptimizeRule = Field(default_factory=OptimizeRule)
+    below_breakeven: BelowBreakevenRule = Field(default_factory=BelowBreakevenRule)
+    runaway_spend: RunawaySpendRule = Field(default_factory=RunawaySpendRule)
+    idle_loaded: IdleLoadedRule = Field(default_factory=IdleLoadedRule)
+    off_hours_idle: OffHoursIdleRule = Field(default_factory=OffHoursIdleRule)
+    saturation: SaturationRule = Field(default_factory=SaturationRule)
+
+
+class SlackConfig(_Strict):
+    """Where alerts and the digest go. The token is read from `token_env` or `token_file`, never from here."""
+
+    token_env: str = "SLACK_BOT_TOKEN"
+    token_file: Path | None = None
+    webhook_url_env: str | None = None
+    """An incoming-webhook URL's environment variable, instead of a bot token."""
+    channel_info: str | None = None
+    channel_warning: str | None = None
+    channel_critical: str | None = None
+    digest_channel: str | None = None
+    digest_cron: str = Field("mon 09:00", pattern=r"^(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):[0-5]\d$")
+
+
+class Config(_Strict):
+    timezone: str = "UTC"
+    """IANA name; months, weeks and the digest's schedule follow it."""
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    prices: PricesConfig = Field(default_factory=PricesConfig)
+    rules: RulesConfig = Field(default_factory=RulesConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    deployments: list[DeploymentConfig] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown time zone; use an IANA name such as UTC or Europe/Berlin") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [d.name for d in self.deployments]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"deployment names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def deployment(self, name: str) -> DeploymentConfig:
+        for deployment in self.deployments:
+            if deployment.name == name:
+                return deployment
+        raise KeyError(name)
+
+
+def resolve_config_path(explicit: Path | None, env: Mapping[str, str] | None = None) -> Path:
+    """`--config`, else `$AUDITOR_CONFIG`, else /etc/auditor/auditor.toml."""
+    env = os.environ if env is None else env
+    if explicit is not None:
+        return explicit
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a config file; ConfigError lists every problem, one line each."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            [
+                f"config file {path} not found: pass --config FILE or set {CONFIG_ENV}"
+                " (systemd/auditor.example.toml is a commented example)"
+            ]
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"config file {path} cannot be read: {exc}"]) from None
+    return parse_config(text, source=str(path))
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        # Decimals, not floats: 2.50 $/h must stay exactly 2.50.
+        raw = tomllib.loads(text, parse_float=Decimal)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{source}: not valid TOML: {exc}"]) from None
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {line}" for line in describe_errors(exc, raw)]) from None
+
+
+def describe_errors(exc: ValidationError, raw: Any) -> list[str]:
+    """One line per error: the key path, what is wrong, the bad value, and what is allowed."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = _loc_path(error["loc"])
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(error["loc"][:-1], raw)
+            hint = f"; allowed here: {', '.join(allowed)}" if allowed else ""
+            lines.append(f"{loc}: unknown key{hint}")
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "missing":
+            lines.append(f"{loc}: required key is missing")
+            continue
+        value = error.get("input")
+        shown = "" if isinstance(value, dict | list) else f" (got {_show(value)})"
+        lines.append(f"{loc or '<top level>'}: {message}{shown}")
+    return lines
+
+
+def _loc_path(loc: Sequence[int | str]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part in {"static", "aws", "gcp", "onprem"} and path.endswith(".price"):
+            continue  # pydantic names the union member it tried; the user wrote no such key
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _allowed_keys(loc: Sequence[int | str], raw: Any) -> list[str]:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            model = _price_model(part)
+            continue
+        model = _model_of(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _price_model(source: str) -> type[BaseModel] | None:
+    return {"static": StaticPrice, "aws": AwsPrice, "gcp": GcpPrice, "onprem": OnPremPrice}.get(source)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(str(value)) if isinstance(value, Decimal) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def redacted(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, with any password in the store URL hidden."""
+    data = config.model_dump(mode="json")
+    url = make_url(config.store.url)
+    data["store"]["url"] = url.render_as_string(hide_password=True)
+    return data
+
+
+def iter_api_refs(config: Config) -> Iterator[tuple[str, str]]:
+    """(key path, API model reference) for every comparison the config asks for."""
+    for i, deployment in enumerate(config.deployments):
+        for j, ref in enumerate(deployment.compare_to):
+            yield f"deployments[{i}].compare_to[{j}]", ref

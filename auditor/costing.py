@@ -1,0 +1,423 @@
+"""Costing: pure functions from roll-ups, cost lines and prices to the figures the design defines.
+
+Money is `Decimal`, summed exactly and never rounded here (display rounds). GPU-hours are
+quantized to a microhour first, so that every figure derived from them can be recomputed
+exactly from the hours a report prints.
+
+    cost_per_mtok_usd        = cost_usd / tokens × 1e6
+    idle_cost_usd            = cost_usd × idle_gpu_hours / billed_gpu_hours
+    api_equivalent_usd       = prompt_tokens × input_price + generation_tokens × output_price
+    blended_price_per_token  = api_equivalent_usd / (prompt_tokens + generation_tokens)
+    breakeven_utilization    = hourly_cost_usd / (capacity_tokens_per_s × 3600 × blended_price_per_token)
+    breakeven_tokens_per_mo  = monthly_cost_usd / blended_price_per_token
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from auditor.model import MINUTE_S, CostLine, DeploymentMinute, GpuMinute, UtilizationMetric
+from auditor.prices import ApiPrice
+
+HOURS_PER_MONTH = Decimal(730)
+"""A month of a year's 8,760 hours: monthly figures for windows that are not calendar months."""
+SECONDS_PER_HOUR = Decimal(3600)
+MICROHOUR = Decimal("0.000001")
+MEASURED_CAPACITY_MINUTES = 15
+
+
+def hours_from_seconds(seconds: float) -> Decimal:
+    """Seconds → hours, quantized to a microhour."""
+    return (Decimal(repr(float(seconds))) / SECONDS_PER_HOUR).quantize(MICROHOUR)
+
+
+def sum_usd(amounts: Iterable[Decimal]) -> Decimal:
+    return sum(amounts, Decimal(0))
+
+
+def cost_per_mtok_usd(cost_usd: Decimal, tokens: int) -> Decimal | None:
+    """USD per million tokens; None when nothing was served (the cost per token is undefined, not zero)."""
+    if tokens <= 0:
+        return None
+    return cost_usd * 1_000_000 / tokens
+
+
+def api_cost_usd(prompt_tokens: int, generation_tokens: int, price: ApiPrice) -> Decimal:
+    """What the same tokens would have cost on a managed API."""
+    return (prompt_tokens * price.input_mtok_usd + generation_tokens * price.output_mtok_usd) / 1_000_000
+
+
+def blended_price_per_token(prompt_tokens: int, generation_tokens: int, price: ApiPrice) -> Decimal | None:
+    """The API's price per token at this prompt/generation mix; None without any tokens (no mix known)."""
+    tokens = prompt_tokens + generation_tokens
+    if tokens <= 0:
+        return None
+    return api_cost_usd(prompt_tokens, generation_tokens, price) / tokens
+
+
+def breakeven_tokens_per_month(monthly_cost_usd: Decimal, blended_usd_per_token: Decimal | None) -> Decimal | None:
+    """Monthly tokens at which the API would cost as much as self-hosting."""
+    if blended_usd_per_token is None or blended_usd_per_token <= 0:
+        return None
+    return monthly_cost_usd / blended_usd_per_token
+
+
+def breakeven_utilization(
+    hourly_cost_usd: Decimal, capacity_tokens_per_s: float | None, blended_usd_per_token: Decimal | None
+) -> Decimal | None:
+    """The share of capacity that must be used for self-hosting to cost what the API would.
+
+    Above 1 means it cannot break even at any load."""
+    if capacity_tokens_per_s is None or capacity_tokens_per_s <= 0:
+        return None
+    if blended_usd_per_token is None or blended_usd_per_token <= 0:
+        return None
+    capacity = Decimal(repr(float(capacity_tokens_per_s)))
+    return hourly_cost_usd / (capacity * SECONDS_PER_HOUR * blended_usd_per_token)
+
+
+def idle_cost_usd(cost_usd: Decimal, idle_gpu_hours: Decimal, billed_gpu_hours: Decimal) -> Decimal | None:
+    if billed_gpu_hours <= 0:
+        return None
+    return cost_usd * min(idle_gpu_hours, billed_gpu_hours) / billed_gpu_hours
+
+
+def prorate_monthly_usd(amount_usd_month: Decimal, start: datetime, end: datetime, tz: ZoneInfo) -> Decimal:
+    """A monthly amount over [start, end): each calendar month (in tz) contributes its share of the
+    amount by the share of its time inside the window, so a whole calendar month gives the amount exactly."""
+    if end <= start or amount_usd_month == 0:
+        return Decimal(0)
+    total = Decimal(0)
+    local_start = start.astimezone(tz)
+    month_start = local_start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    while _seconds_between(month_start, end) > 0:
+        next_month = (month_start + timedelta(days=32)).replace(day=1)
+        overlap_s = _seconds_between(max(start, month_start), min(end, next_month))
+        if overlap_s > 0:
+            month_s = _seconds_between(month_start, next_month)
+            total += amount_usd_month * Decimal(overlap_s) / Decimal(month_s)
+        month_start = next_month
+    return total
+
+
+def _seconds_between(earlier: datetime, later: datetime) -> int:
+    # In UTC: Python subtracts two datetimes of the same zone as wall clocks, ignoring DST.
+    return int((later.astimezone(UTC) - earlier.astimezone(UTC)).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class GpuHours:
+    """The window's GPU-hours: idle + busy + unknown = billed (when no more was observed than billed)."""
+
+    billed: Decimal
+    observed: Decimal
+    idle: Decimal
+
+    @property
+    def busy(self) -> Decimal:
+        return self.observed - self.idle
+
+    @property
+    def unknown(self) -> Decimal:
+        return max(self.billed - self.observed, Decimal(0))
+
+
+def idle_seconds(gpu_minute: GpuMinute, deployment_minute: DeploymentMinute | None) -> float:
+    """A GPU-minute's idle seconds: no request running when the server's metrics are known
+    (NVML reads 100% while vLLM busy-polls with nothing to do), else under the idle threshold."""
+    if deployment_minute is not None and deployment_minute.request_busy is not None:
+        return gpu_minute.observed_s * (1 - deployment_minute.request_busy)
+    return gpu_minute.idle_s
+
+
+def gpu_hours(
+    gpu_minutes: Sequence[GpuMinute],
+    deployment_minutes: Sequence[DeploymentMinute],
+    billed_gpu_hours: Decimal,
+) -> GpuHours:
+    by_minute = {(m.deployment, m.minute_ts): m for m in deployment_minutes}
+    observed_s = sum(m.observed_s for m in gpu_minutes)
+    idle_s = sum(idle_seconds(m, by_minute.get((m.deployment, m.minute_ts))) for m in gpu_minutes)
+    return GpuHours(
+        billed=billed_gpu_hours, observed=hours_from_seconds(observed_s), idle=hours_from_seconds(idle_s)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UtilizationMeasures:
+    """The design's four measures over a window (0–1), None where the source was absent."""
+
+    gpu_util: float | None
+    sm_active: float | None
+    request_busy: float | None
+    throughput_util: float | None
+
+    def pick(self, metric: UtilizationMetric) -> tuple[UtilizationMetric, float | None]:
+        """The measure the config asks for; `auto` is sm_active where known, else gpu_util."""
+        if metric is UtilizationMetric.AUTO:
+            if self.sm_active is not None:
+                return UtilizationMetric.SM_ACTIVE, self.sm_active
+            return UtilizationMetric.GPU_UTIL, self.gpu_util
+        return metric, getattr(self, metric.value)
+
+
+def _weighted(pairs: Iterable[tuple[float | None, float]]) -> float | None:
+    seconds = total = 0.0
+    for value, weight in pairs:
+        if value is not None and weight > 0:
+            seconds += weight
+            total += value * weight
+    return total / seconds if seconds > 0 else None
+
+
+def utilization_measures(
+    gpu_minutes: Sequence[GpuMinute],
+    deployment_minutes: Sequence[DeploymentMinute],
+    capacity_tokens_per_s: float | None,
+) -> UtilizationMeasures:
+    served = [m for m in deployment_minutes if m.server_observed_s > 0]
+    throughput = None
+    wall_s = sum(m.server_observed_s / max(m.instances, 1) for m in served)
+    if capacity_tokens_per_s and wall_s > 0:
+        tokens = sum(m.prompt_tokens + m.generation_tokens for m in served)
+        throughput = tokens / wall_s / capacity_tokens_per_s
+    return UtilizationMeasures(
+        gpu_util=_weighted((m.gpu_util, m.util_observed_s) for m in gpu_minutes),
+        sm_active=_weighted((m.sm_active, m.util_observed_s) for m in gpu_minutes),
+        request_busy=_weighted((m.request_busy, m.server_observed_s) for m in deployment_minutes),
+        throughput_util=throughput,
+    )
+
+
+def measured_capacity_tokens_per_s(
+    deployment_minutes: Sequence[DeploymentMinute], minutes: int = MEASURED_CAPACITY_MINUTES
+) -> float | None:
+    """The sustained peak: the highest mean tokens/s over `minutes` consecutive observed minutes.
+
+    A lower bound of the true capacity (the deployment may never have been pushed to its limit);
+    None when fewer consecutive minutes were observed."""
+    served = sorted((m for m in deployment_minutes if m.server_observed_s > 0), key=lambda m: m.minute_ts)
+    best: float | None = None
+    run: list[int] = []
+    previous_ts: int | None = None
+    for m in served:
+        if previous_ts is not None and m.minute_ts != previous_ts + MINUTE_S:
+            run = []
+        run.append(m.prompt_tokens + m.generation_tokens)
+        previous_ts = m.minute_ts
+        if len(run) >= minutes:
+            rate = sum(run[-minutes:]) / (minutes * MINUTE_S)
+            best = rate if best is None else max(best, rate)
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class ApiComparison:
+    """The same tokens on one managed API, against this deployment's TCO."""
+
+    price: ApiPrice
+    usd: Decimal
+    savings_usd: Decimal
+    """TCO − API cost: what moving to the API would save (negative: it would cost more)."""
+    blended_usd_per_token: Decimal | None
+    breakeven_tokens_per_month: Decimal | None
+    breakeven_utilization: Decimal | None
+
+
+def compare_apis(
+    prompt_tokens: int,
+    generation_tokens: int,
+    tco_usd: Decimal,
+    monthly_cost_usd: Decimal,
+    hourly_cost_usd: Decimal,
+    capacity_tokens_per_s: float | None,
+    prices: Sequence[ApiPrice],
+) -> list[ApiComparison]:
+    comparisons = []
+    for price in prices:
+        usd = api_cost_usd(prompt_tokens, generation_tokens, price)
+        blended = blended_price_per_token(prompt_tokens, generation_tokens, price)
+        comparisons.append(
+            ApiComparison(
+                price=price,
+                usd=usd,
+                savings_usd=tco_usd - usd,
+                blended_usd_per_token=blended,
+                breakeven_tokens_per_month=breakeven_tokens_per_month(monthly_cost_usd, blended),
+                breakeven_utilization=breakeven_utilization(hourly_cost_usd, capacity_tokens_per_s, blended),
+            )
+        )
+    return comparisons
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentCost:
+    """Everything the design asks of one deployment over one window."""
+
+    deployment: str
+    start: datetime
+    end: datetime
+    cost_usd: Decimal
+    """Raw compute: billed cost attributed to the deployment."""
+    overhead_usd: Decimal
+    hours: GpuHours
+    measures: UtilizationMeasures
+    utilization_metric: UtilizationMetric
+    utilization: float | None
+    prompt_tokens: int
+    generation_tokens: int
+    capacity_tokens_per_s: float | None
+    capacity_source: str | None
+    """`configured`, `measured` (sustained peak, a lower bound), or None."""
+    apis: list[ApiComparison] = field(default_factory=list)
+    estimated: bool = False
+    """Some cost line is an estimate or list price, not the final bill."""
+
+    @property
+    def tco_usd(self) -> Decimal:
+        return self.cost_usd + self.overhead_usd
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.generation_tokens
+
+    @property
+    def window_hours(self) -> Decimal:
+        return hours_from_seconds((self.end - self.start).total_seconds())
+
+    @property
+    def cost_per_mtok_usd(self) -> Decimal | None:
+        return cost_per_mtok_usd(self.cost_usd, self.tokens)
+
+    @property
+    def cost_per_generated_mtok_usd(self) -> Decimal | None:
+        return cost_per_mtok_usd(self.cost_usd, self.generation_tokens)
+
+    @property
+    def tco_per_mtok_usd(self) -> Decimal | None:
+        return cost_per_mtok_usd(self.tco_usd, self.tokens)
+
+    @property
+    def idle_cost_usd(self) -> Decimal | None:
+        return idle_cost_usd(self.cost_usd, self.hours.idle, self.hours.billed)
+
+    @property
+    def cheapest_api(self) -> ApiComparison | None:
+        return min(self.apis, key=lambda c: c.usd) if self.apis else None
+
+
+def cost_deployment(
+    *,
+    deployment: str,
+    start: datetime,
+    end: datetime,
+    tz: ZoneInfo,
+    cost_lines: Sequence[CostLine],
+    gpu_minutes: Sequence[GpuMinute],
+    deployment_minutes: Sequence[DeploymentMinute],
+    billed_gpus: int,
+    overhead_usd_month: Decimal,
+    api_prices: Sequence[ApiPrice],
+    capacity_tokens_per_s: float | None,
+    utilization_metric: UtilizationMetric = UtilizationMetric.AUTO,
+) -> DeploymentCost:
+    """Cost one deployment over [start, end) from its cost lines and roll-ups (already selected for it).
+
+    Billed GPU-hours are the cost lines' own where they state them, else the configured GPU count
+    over the window."""
+    window_s = (end - start).total_seconds()
+    if window_s <= 0:
+        raise ValueError("the window must end after it starts")
+    cost_usd = sum_usd(line.amount_usd for line in cost_lines)
+    stated = [line.gpu_hours for line in cost_lines if line.gpu_hours is not None]
+    billed = sum_usd(stated) if stated else hours_from_seconds(window_s) * billed_gpus
+    overhead_usd = prorate_monthly_usd(overhead_usd_month, start, end, tz)
+
+    capacity_source = None
+    capacity = capacity_tokens_per_s
+    if capacity is not None:
+        capacity_source = "configured"
+    else:
+        capacity = measured_capacity_tokens_per_s(deployment_minutes)
+        capacity_source = "measured" if capacity is not None else None
+
+    measures = utilization_measures(gpu_minutes, deployment_minutes, capacity)
+    metric, utilization = measures.pick(utilization_metric)
+    prompt = sum(m.prompt_tokens for m in deployment_minutes)
+    generation = sum(m.generation_tokens for m in deployment_minutes)
+    tco = cost_usd + overhead_usd
+    window_hours = hours_from_seconds(window_s)
+    hourly = tco / window_hours
+    return DeploymentCost(
+        deployment=deployment,
+        start=start,
+        end=end,
+        cost_usd=cost_usd,
+        overhead_usd=overhead_usd,
+        hours=gpu_hours(gpu_minutes, deployment_minutes, billed),
+        measures=measures,
+        utilization_metric=metric,
+        utilization=utilization,
+        prompt_tokens=prompt,
+        generation_tokens=generation,
+        capacity_tokens_per_s=capacity,
+        capacity_source=capacity_source,
+        apis=compare_apis(prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity, api_prices),
+        estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class WhatIf:
+    """`auditor breakeven`: a month of self-hosting against APIs, from volumes and a GPU price alone."""
+
+    prompt_tokens: int
+    generation_tokens: int
+    gpus: int
+    gpu_hourly_usd: Decimal
+    hours: Decimal
+    overhead_usd_month: Decimal
+    capacity_tokens_per_s: float | None
+
+    @property
+    def monthly_usd(self) -> Decimal:
+        return self.gpu_hourly_usd * self.gpus * self.hours
+
+    @property
+    def monthly_tco_usd(self) -> Decimal:
+        return self.monthly_usd + self.overhead_usd_month
+
+    @property
+    def hourly_tco_usd(self) -> Decimal:
+        return self.monthly_tco_usd / self.hours
+
+    @property
+    def utilization(self) -> Decimal | None:
+        """The share of capacity these volumes would use."""
+        if not self.capacity_tokens_per_s or self.hours <= 0:
+            return None
+        capacity = Decimal(repr(float(self.capacity_tokens_per_s)))
+        return (self.prompt_tokens + self.generation_tokens) / (capacity * SECONDS_PER_HOUR * self.hours)
+
+    def compare(self, prices: Sequence[ApiPrice]) -> list[ApiComparison]:
+        return compare_apis(
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.monthly_tco_usd,
+            self.monthly_tco_usd,
+            self.hourly_tco_usd,
+            self.capacity_tokens_per_s,
+            prices,
+        )
+
+
+def day_hours(day: date, tz: ZoneInfo) -> Decimal:
+    """Hours in a calendar day in tz: 23 or 25 on the days daylight saving time changes."""
+    start = datetime(day.year, day.month, day.day, tzinfo=tz)
+    following = day + timedelta(days=1)
+    end = datetime(following.year, following.month, following.day, tzinfo=tz)
+    return Decimal(_seconds_between(start, end)) / SECONDS_PER_HOUR

@@ -1,0 +1,190 @@
+"""Managed-API prices: genai-prices' bundled snapshot, plus the config's overrides and private rates.
+
+The snapshot is offline: nothing is fetched at run time unless `prices.fetch_updates` is set.
+A model is named `provider:model` (`openai:gpt-4o`) or by its model name alone (`gpt-4o`), which
+genai-prices matches to a provider.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from importlib.metadata import version
+from typing import Any
+
+from auditor.config import ApiPriceOverride
+
+PER_MTOK = Decimal(1_000_000)
+
+# The comparisons `auditor breakeven` makes when none are asked for: the design's three.
+DEFAULT_COMPARISONS = (
+    "openai:gpt-4o",
+    "anthropic:claude-3-5-haiku",
+    "together:meta-llama/Llama-3-70b-chat-hf",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiPrice:
+    """An API model's price in USD per million tokens."""
+
+    provider: str
+    model: str
+    input_mtok_usd: Decimal
+    output_mtok_usd: Decimal
+    cache_read_mtok_usd: Decimal | None
+    source: str
+    """Where the price comes from: `genai-prices X.Y.Z` or `config`."""
+    as_of: date | None = None
+    name: str | None = None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def input_usd_per_token(self) -> Decimal:
+        return self.input_mtok_usd / PER_MTOK
+
+    @property
+    def output_usd_per_token(self) -> Decimal:
+        return self.output_mtok_usd / PER_MTOK
+
+
+class UnknownModelError(LookupError):
+    def __init__(self, ref: str, suggestions: list[str]) -> None:
+        hint = f"; did you mean: {', '.join(suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown API model {ref!r}{hint} (`auditor prices` lists them)")
+        self.ref = ref
+        self.suggestions = suggestions
+
+
+def _genai_version() -> str:
+    return version("genai-prices")
+
+
+def _split_ref(ref: str) -> tuple[str | None, str]:
+    provider, sep, model = ref.partition(":")
+    return (provider.strip().lower(), model.strip()) if sep else (None, ref.strip())
+
+
+def _decimal(value: Any) -> Decimal | None:
+    # genai-prices gives Decimal for flat prices and a TieredPrices object for tiered ones: the base tier.
+    if value is None:
+        return None
+    if isinstance(value, Decimal):
+        return value
+    base = getattr(value, "base", None)
+    return base if isinstance(base, Decimal) else None
+
+
+class ApiPriceCatalog:
+    """Looks up API prices: config overrides first, then the genai-prices snapshot."""
+
+    def __init__(
+        self,
+        overrides: Mapping[str, ApiPriceOverride] | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        self._overrides = dict(overrides or {})
+        self._now = now or datetime.now(tz=UTC)
+
+    def _snapshot(self) -> Any:
+        from genai_prices import data_snapshot  # loads a large table: only when a price is needed
+
+        return data_snapshot.get_snapshot()
+
+    def _override(self, ref: str) -> ApiPrice | None:
+        provider, model = _split_ref(ref)
+        for key, o in self._overrides.items():
+            key_provider, key_model = _split_ref(key)
+            effective_provider = key_provider or o.provider
+            if key_model.lower() == model.lower() and provider in (None, effective_provider.lower()):
+                return ApiPrice(
+                    provider=effective_provider,
+                    model=key_model,
+                    input_mtok_usd=o.input_mtok_usd,
+                    output_mtok_usd=o.output_mtok_usd,
+                    cache_read_mtok_usd=o.cache_read_mtok_usd,
+                    source=f"config{f' ({o.source})' if o.source else ''}",
+                    as_of=o.as_of,
+                )
+        return None
+
+    def get(self, ref: str) -> ApiPrice:
+        """The price of `provider:model` or `model`; UnknownModelError suggests close names."""
+        found = self._override(ref)
+        if found is not None:
+            return found
+        provider_id, model_ref = _split_ref(ref)
+        if not model_ref:
+            raise UnknownModelError(ref, [])
+        try:
+            provider, info = self._snapshot().find_provider_model(model_ref, None, provider_id, None)
+        except LookupError:
+            raise UnknownModelError(ref, self.suggest(ref)) from None
+        prices = info.get_prices(self._now)
+        input_mtok = _decimal(getattr(prices, "input_mtok", None))
+        output_mtok = _decimal(getattr(prices, "output_mtok", None))
+        if input_mtok is None or output_mtok is None:
+            raise UnknownModelError(ref, []) from None
+        return ApiPrice(
+            provider=provider.id,
+            model=info.id,
+            input_mtok_usd=input_mtok,
+            output_mtok_usd=output_mtok,
+            cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
+            source=f"genai-prices {_genai_version()}",
+            name=info.name,
+        )
+
+    def all(self, provider: str | None = None) -> Iterator[ApiPrice]:
+        """Every token-priced model, overrides included, optionally of one provider."""
+        wanted = provider.lower() if provider else None
+        for key in self._overrides:
+            price = self._override(key)
+            if price is not None and (wanted is None or price.provider.lower() == wanted):
+                yield price
+        for p in self._snapshot().providers:
+            if wanted is not None and p.id != wanted:
+                continue
+            for info in p.models:
+                if info.deprecated:
+                    continue
+                prices = info.get_prices(self._now)
+                input_mtok = _decimal(getattr(prices, "input_mtok", None))
+                output_mtok = _decimal(getattr(prices, "output_mtok", None))
+                if input_mtok is None or output_mtok is None:
+                    continue
+                yield ApiPrice(
+                    provider=p.id,
+                    model=info.id,
+                    input_mtok_usd=input_mtok,
+                    output_mtok_usd=output_mtok,
+                    cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
+                    source=f"genai-prices {_genai_version()}",
+                    name=info.name,
+                )
+
+    def providers(self) -> list[str]:
+        return sorted({p.id for p in self._snapshot().providers} | {p.provider for p in self.all_overrides()})
+
+    def all_overrides(self) -> list[ApiPrice]:
+        return [p for key in self._overrides if (p := self._override(key)) is not None]
+
+    def suggest(self, ref: str, limit: int = 3) -> list[str]:
+        provider_id, model_ref = _split_ref(ref)
+        candidates: dict[str, str] = {}
+        for p in self._snapshot().providers:
+            if provider_id and p.id != provider_id:
+                continue
+            for info in p.models:
+                candidates[info.id.lower()] = f"{p.id}:{info.id}"
+        for o in self.all_overrides():
+            candidates[o.model.lower()] = o.ref
+        close = difflib.get_close_matches(model_ref.lower(), list(candidates), n=limit, cutoff=0.6)
+        return [candidates[c] for c in close]

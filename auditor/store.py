@@ -1,0 +1,490 @@
+"""The store: SQLAlchemy Core over SQLite (WAL, the embedded default) or PostgreSQL (fleets).
+
+Only `_configure_sqlite` knows a dialect; every query is portable Core. Money is kept exactly
+(`ExactDecimal`); timestamps are UTC epoch seconds. Writes are batched, one transaction a batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    Double,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from auditor.config import parse_store_url
+from auditor.model import (
+    Alert,
+    AlertState,
+    CostBasis,
+    CostLine,
+    DeploymentMinute,
+    GpuMinute,
+    GpuSample,
+    ServerSample,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used; the message says what to fix."""
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Money without rounding: NUMERIC on PostgreSQL, the decimal's text on SQLite (which has no decimal)."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(38, 18, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return str(value)
+        return value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return value if isinstance(value, Decimal) else Decimal(value)
+
+
+metadata = MetaData()
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("applied_ts", Double, nullable=False),
+)
+
+gpu_samples = Table(
+    "gpu_samples",
+    metadata,
+    Column("ts", Double, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("gpu_uuid", String(96), nullable=False),
+    Column("gpu_index", Integer, nullable=False),
+    Column("deployment", String(64)),
+    Column("gpu_name", String(128)),
+    Column("util_pct", Double),
+    Column("mem_util_pct", Double),
+    Column("sm_active_pct", Double),
+    Column("tensor_active_pct", Double),
+    Column("mem_used_bytes", BigInteger),
+    Column("mem_total_bytes", BigInteger),
+    Column("power_w", Double),
+    Column("energy_j", Double),
+    Column("sm_clock_mhz", Integer),
+    Column("process_count", Integer),
+    Column("process_mem_bytes", BigInteger),
+    Index("ix_gpu_samples_uuid_ts", "gpu_uuid", "ts"),
+    Index("ix_gpu_samples_ts", "ts"),
+)
+
+server_samples = Table(
+    "server_samples",
+    metadata,
+    Column("ts", Double, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("deployment", String(64), nullable=False),
+    Column("instance", String(512), nullable=False),
+    Column("server_kind", String(16)),
+    Column("model_name", String(255)),
+    Column("prompt_tokens_total", Double),
+    Column("generation_tokens_total", Double),
+    Column("requests_running", Double),
+    Column("requests_waiting", Double),
+    Column("kv_cache_usage", Double),
+    Index("ix_server_samples_series_ts", "deployment", "instance", "ts"),
+    Index("ix_server_samples_ts", "ts"),
+)
+
+gpu_minutes = Table(
+    "gpu_minutes",
+    metadata,
+    Column("minute_ts", BigInteger, nullable=False),
+    Column("host", String(255), nullable=False),
+    Column("gpu_uuid", String(96), nullable=False),
+    Column("gpu_index", Integer, nullable=False),
+    Column("deployment", String(64)),
+    Column("observed_s", Double, nullable=False),
+    Column("util_observed_s", Double, nullable=False),
+    Column("idle_s", Double, nullable=False),
+    Column("loaded_s", Double, nullable=False),
+    Column("gpu_util", Double),
+    Column("gpu_util_max", Double),
+    Column("sm_active", Double),
+    Column("energy_j", Double),
+    Column("power_mean_w", Double),
+    Column("mem_used_max_bytes", BigInteger),
+    Column("mem_total_bytes", BigInteger),
+    PrimaryKeyConstraint("gpu_uuid", "minute_ts"),
+    Index("ix_gpu_minutes_minute", "minute_ts"),
+    Index("ix_gpu_minutes_deployment_minute", "deployment", "minute_ts"),
+)
+
+deployment_minutes = Table(
+    "deployment_minutes",
+    metadata,
+    Column("minute_ts", BigInteger, nullable=False),
+    Column("deployment", String(64), nullable=False),
+    Column("instances", Integer, nullable=False),
+    Column("server_observed_s", Double, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("generation_tokens", BigInteger, nullable=False),
+    Column("request_busy_s", Double, nullable=False),
+    Column("requests_running_mean", Double),
+    Column("requests_waiting_mean", Double),
+    Column("kv_cache_mean", Double),
+    Column("kv_cache_max", Double),
+    Column("gpu_observed_s", Double, nullable=False),
+    Column("gpu_util", Double),
+    Column("sm_active", Double),
+    Column("request_busy", Double),
+    Column("throughput_util", Double),
+    PrimaryKeyConstraint("deployment", "minute_ts"),
+    Index("ix_deployment_minutes_minute", "minute_ts"),
+)
+
+cost_lines = Table(
+    "cost_lines",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("day", Date, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("account", String(128), nullable=False),
+    Column("resource", String(512), nullable=False),
+    Column("usage_type", String(255), nullable=False),
+    Column("amount_usd", ExactDecimal, nullable=False),
+    Column("deployment", String(64)),
+    Column("usage_hours", ExactDecimal),
+    Column("gpu_hours", ExactDecimal),
+    Column("basis", String(16), nullable=False),
+    Column("estimated", Boolean, nullable=False),
+    Index("ix_cost_lines_source_account_day", "source", "account", "day"),
+    Index("ix_cost_lines_day", "day"),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("rule", String(64), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("first_seen_ts", Double, nullable=False),
+    Column("last_seen_ts", Double, nullable=False),
+    Column("last_sent_ts", Double),
+    Column("payload", Text, nullable=False),
+    PrimaryKeyConstraint("rule", "subject"),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    """The first schema. Later migrations add to it (ALTER TABLE, new tables) and never edit this one's result."""
+    metadata.create_all(conn, checkfirst=True)
+
+
+# Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
+MIGRATIONS = (_migration_1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _configure_sqlite(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers (`auditor status`, the report) never block the daemon's writes, nor it them.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for a supported URL; for SQLite, the file's directory is created if missing."""
+    try:
+        parsed = parse_store_url(url)
+    except ValueError as exc:
+        raise StoreError(f"store URL {url!r}: {exc}") from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database != ":memory:" and not database.startswith("file:"):
+            directory = Path(database).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the store's directory {directory}: {exc.strerror}; "
+                    "set store.url to a writable place"
+                ) from None
+        engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def _record_values(record: object) -> dict[str, Any]:
+    values = asdict(record)  # type: ignore[call-overload]
+    for key, value in values.items():
+        if isinstance(value, CostBasis | AlertState):
+            values[key] = value.value
+    return values
+
+
+R = TypeVar("R")
+
+
+def _records(cls: type[R], rows: Iterable[Any]) -> list[R]:
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    return [cls(**{name: getattr(row, name) for name in names}) for row in rows]
+
+
+class Store:
+    """All reads and writes of the auditor's tables."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        store = cls(create_store_engine(url))
+        if migrate:
+            store.migrate()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            if not self.engine.dialect.has_table(conn, "schema_version"):
+                return 0
+            version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+            return int(version or 0)
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION, each step in its own transaction; returns the version."""
+        current = self.schema_version()
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store's schema is version {current}, newer than this program's {SCHEMA_VERSION}: "
+                "upgrade gpu-auditor"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with self.engine.begin() as conn:
+                MIGRATIONS[version - 1](conn)
+                conn.execute(insert(schema_version).values(version=version, applied_ts=time.time()))
+        return SCHEMA_VERSION
+
+    # -- raw samples ----------------------------------------------------------------------------
+
+    def add_gpu_samples(self, samples: Sequence[GpuSample]) -> None:
+        if samples:
+            with self.engine.begin() as conn:
+                conn.execute(insert(gpu_samples), [_record_values(s) for s in samples])
+
+    def add_server_samples(self, samples: Sequence[ServerSample]) -> None:
+        if samples:
+            with self.engine.begin() as conn:
+                conn.execute(insert(server_samples), [_record_values(s) for s in samples])
+
+    def gpu_samples(self, start_ts: float, end_ts: float) -> list[GpuSample]:
+        """Samples with start_ts <= ts < end_ts, ordered by GPU then time."""
+        query = (
+            select(gpu_samples)
+            .where(gpu_samples.c.ts >= start_ts, gpu_samples.c.ts < end_ts)
+            .order_by(gpu_samples.c.gpu_uuid, gpu_samples.c.ts)
+        )
+        with self.engine.connect() as conn:
+            return _records(GpuSample, conn.execute(query))
+
+    def last_gpu_samples_before(self, ts: float) -> list[GpuSample]:
+        """Each GPU's last sample before ts: the left end of its first interval in a roll-up window."""
+        ranked = select(
+            gpu_samples,
+            func.row_number()
+            .over(partition_by=gpu_samples.c.gpu_uuid, order_by=gpu_samples.c.ts.desc())
+            .label("rank"),
+        ).where(gpu_samples.c.ts < ts)
+        sub = ranked.subquery()
+        query = select(*[sub.c[c.name] for c in gpu_samples.columns]).where(sub.c.rank == 1)
+        with self.engine.connect() as conn:
+            return _records(GpuSample, conn.execute(query))
+
+    def server_samples(self, start_ts: float, end_ts: float) -> list[ServerSample]:
+        """Samples with start_ts <= ts < end_ts, ordered by deployment, instance, then time."""
+        query = (
+            select(server_samples)
+            .where(server_samples.c.ts >= start_ts, server_samples.c.ts < end_ts)
+            .order_by(server_samples.c.deployment, server_samples.c.instance, server_samples.c.ts)
+        )
+        with self.engine.connect() as conn:
+            return _records(ServerSample, conn.execute(query))
+
+    def last_server_samples_before(self, ts: float) -> list[ServerSample]:
+        ranked = select(
+            server_samples,
+            func.row_number()
+            .over(
+                partition_by=(server_samples.c.deployment, server_samples.c.instance),
+                order_by=server_samples.c.ts.desc(),
+            )
+            .label("rank"),
+        ).where(server_samples.c.ts < ts)
+        sub = ranked.subquery()
+        query = select(*[sub.c[c.name] for c in server_samples.columns]).where(sub.c.rank == 1)
+        with self.engine.connect() as conn:
+            return _records(ServerSample, conn.execute(query))
+
+    # -- roll-ups -------------------------------------------------------------------------------
+
+    def replace_minutes(
+        self,
+        start_minute_ts: int,
+        end_minute_ts: int,
+        gpu_rows: Sequence[GpuMinute],
+        deployment_rows: Sequence[DeploymentMinute],
+    ) -> None:
+        """Replace every roll-up row in [start, end) at once, so that re-running a roll-up changes nothing."""
+        with self.engine.begin() as conn:
+            for table, rows in ((gpu_minutes, gpu_rows), (deployment_minutes, deployment_rows)):
+                conn.execute(
+                    delete(table).where(table.c.minute_ts >= start_minute_ts, table.c.minute_ts < end_minute_ts)
+                )
+                if rows:
+                    conn.execute(insert(table), [_record_values(r) for r in rows])
+
+    def gpu_minutes(self, start_ts: float, end_ts: float, deployment: str | None = None) -> list[GpuMinute]:
+        query = select(gpu_minutes).where(gpu_minutes.c.minute_ts >= start_ts, gpu_minutes.c.minute_ts < end_ts)
+        if deployment is not None:
+            query = query.where(gpu_minutes.c.deployment == deployment)
+        query = query.order_by(gpu_minutes.c.minute_ts, gpu_minutes.c.gpu_uuid)
+        with self.engine.connect() as conn:
+            return _records(GpuMinute, conn.execute(query))
+
+    def deployment_minutes(
+        self, start_ts: float, end_ts: float, deployment: str | None = None
+    ) -> list[DeploymentMinute]:
+        query = select(deployment_minutes).where(
+            deployment_minutes.c.minute_ts >= start_ts, deployment_minutes.c.minute_ts < end_ts
+        )
+        if deployment is not None:
+            query = query.where(deployment_minutes.c.deployment == deployment)
+        query = query.order_by(deployment_minutes.c.minute_ts, deployment_minutes.c.deployment)
+        with self.engine.connect() as conn:
+            return _records(DeploymentMinute, conn.execute(query))
+
+    def last_minute_ts(self) -> int | None:
+        """The newest rolled-up minute, or None before the first roll-up."""
+        with self.engine.connect() as conn:
+            value = conn.execute(select(func.max(gpu_minutes.c.minute_ts))).scalar()
+            other = conn.execute(select(func.max(deployment_minutes.c.minute_ts))).scalar()
+        known = [int(v) for v in (value, other) if v is not None]
+        return max(known) if known else None
+
+    # -- cost lines -----------------------------------------------------------------------------
+
+    def replace_cost_lines(
+        self, source: str, account: str, start_day: date, end_day: date, lines: Sequence[CostLine]
+    ) -> None:
+        """Replace one source's lines for days in [start_day, end_day): a re-read of a restated bill
+        replaces what it restates, and syncing the same window twice changes nothing."""
+        for line in lines:
+            if line.source != source or line.account != account or not start_day <= line.day < end_day:
+                raise ValueError(f"cost line {line} is outside the window it replaces")
+        with self.engine.begin() as conn:
+            conn.execute(
+                delete(cost_lines).where(
+                    cost_lines.c.source == source,
+                    cost_lines.c.account == account,
+                    cost_lines.c.day >= start_day,
+                    cost_lines.c.day < end_day,
+                )
+            )
+            if lines:
+                conn.execute(insert(cost_lines), [_record_values(line) for line in lines])
+
+    def cost_lines(self, start_day: date, end_day: date, deployment: str | None = None) -> list[CostLine]:
+        """Lines for days in [start_day, end_day)."""
+        query = select(cost_lines).where(cost_lines.c.day >= start_day, cost_lines.c.day < end_day)
+        if deployment is not None:
+            query = query.where(cost_lines.c.deployment == deployment)
+        query = query.order_by(cost_lines.c.day, cost_lines.c.id)
+        with self.engine.connect() as conn:
+            lines = _records(CostLine, conn.execute(query))
+        return [_with_enums(line) for line in lines]
+
+    # -- alerts ---------------------------------------------------------------------------------
+
+    def alerts(self) -> list[Alert]:
+        with self.engine.connect() as conn:
+            rows = _records(Alert, conn.execute(select(alerts).order_by(alerts.c.rule, alerts.c.subject)))
+        return [
+            Alert(**{**_record_values(a), "state": AlertState(a.state)})  # stored as text
+            for a in rows
+        ]
+
+    def put_alert(self, alert: Alert) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(alerts).where(alerts.c.rule == alert.rule, alerts.c.subject == alert.subject))
+            conn.execute(insert(alerts).values(**_record_values(alert)))
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def prune(self, now_ts: float, raw_retention_s: float, rollup_retention_s: float) -> dict[str, int]:
+        """Delete raw samples and roll-ups past their retention; returns rows deleted per table."""
+        deleted: dict[str, int] = {}
+        with self.engine.begin() as conn:
+            for table, column, keep_s in (
+                (gpu_samples, gpu_samples.c.ts, raw_retention_s),
+                (server_samples, server_samples.c.ts, raw_retention_s),
+                (gpu_minutes, gpu_minutes.c.minute_ts, rollup_retention_s),
+                (deployment_minutes, deployment_minutes.c.minute_ts, rollup_retention_s),
+            ):
+                result = conn.execute(delete(table).where(column < now_ts - keep_s))
+                deleted[table.name] = result.rowcount
+        return deleted
+
+
+def _with_enums(line: CostLine) -> CostLine:
+    values = _record_values(line)
+    values["basis"] = CostBasis(values["basis"])
+    values["estimated"] = bool(values["estimated"])
+    return CostLine(**values)

@@ -1,0 +1,70 @@
+"""Parsing and showing quantities people type and read: token volumes, dollars, shares."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+CENT = Decimal("0.01")
+
+
+def parse_token_count(text: str) -> int:
+    """`100M`, `1.5B`, `2e9`, `120000000`, `120_000_000` → a whole, non-negative number of tokens.
+
+    ValueError says what was wrong and how to write it."""
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    suffix = cleaned[-1:].upper() if cleaned[-1:].isalpha() and cleaned[-1:].upper() in _SUFFIXES else ""
+    number = cleaned[: -len(suffix)] if suffix else cleaned
+    try:
+        value = Decimal(number) * _SUFFIXES[suffix]
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a token count; write e.g. 100M, 1.5B, 2e9 or 120000000") from None
+    if not value.is_finite():
+        raise ValueError(f"{text!r} is not a finite token count")
+    if value < 0:
+        raise ValueError(f"{text!r} is negative; token counts are 0 or more")
+    if value != value.to_integral_value():
+        raise ValueError(f"{text!r} is not a whole number of tokens")
+    return int(value)
+
+
+def parse_usd(text: str, *, allow_zero: bool = True) -> Decimal:
+    """`2.50`, `$2.50`, `25,000` → an exact, non-negative Decimal."""
+    cleaned = text.strip().removeprefix("$").replace("_", "").replace(",", "")
+    try:
+        value = Decimal(cleaned)
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not an amount in USD; write e.g. 2.50") from None
+    if not value.is_finite() or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{text!r} must be {'0 or more' if allow_zero else 'more than 0'} USD")
+    return value
+
+
+def cents(amount: Decimal) -> Decimal:
+    """Round to the cent for display (banker's rounding, as accounting systems do)."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
+def format_usd(amount: Decimal | None) -> str:
+    if amount is None:
+        return "—"
+    rounded = cents(amount)
+    sign = "-" if rounded < 0 else ""
+    return f"{sign}${abs(rounded):,.2f}"
+
+
+def format_tokens(count: float | Decimal | None) -> str:
+    """1,500,000,000 → `1.50B`; small counts in full."""
+    if count is None:
+        return "—"
+    value = float(count)
+    for factor, suffix in ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "K")):
+        if abs(value) >= factor:
+            return f"{value / factor:,.2f}{suffix}"
+    return f"{value:,.0f}"
+
+
+def format_share(share: float | Decimal | None) -> str:
+    if share is None:
+        return "—"
+    return f"{float(share) * 100:,.1f}%"

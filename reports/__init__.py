@@ -1,0 +1,1 @@
+"""Reports: the monthly finance report, the weekly digest and their delivery."""

@@ -1,0 +1,1 @@
+"""Rules: one module per rule, registered in a small registry, thresholds from config."""

@@ -1,0 +1,251 @@
+"""The design's formulas: hand arithmetic from the design's own figures, and properties (hypothesis)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from auditor.costing import (
+    GpuHours,
+    WhatIf,
+    api_cost_usd,
+    blended_price_per_token,
+    breakeven_tokens_per_month,
+    breakeven_utilization,
+    cost_deployment,
+    cost_per_mtok_usd,
+    day_hours,
+    hours_from_seconds,
+    idle_cost_usd,
+    measured_capacity_tokens_per_s,
+    prorate_monthly_usd,
+)
+from auditor.model import CostBasis, CostLine, DeploymentMinute, GpuMinute, UtilizationMetric
+from auditor.prices import ApiPrice
+
+GPT_4O = ApiPrice("openai", "gpt-4o", Decimal("2.5"), Decimal(10), None, "test")
+HAIKU = ApiPrice("anthropic", "claude-3-5-haiku", Decimal("0.8"), Decimal(4), None, "test")
+TOGETHER_70B = ApiPrice("together", "llama-3-70b", Decimal("0.9"), Decimal("0.9"), None, "test")
+UTC_ZONE = ZoneInfo("UTC")
+
+tokens = st.integers(min_value=0, max_value=10**13)
+money = st.decimals(min_value=0, max_value=10**7, places=6, allow_nan=False, allow_infinity=False)
+prices = st.builds(
+    ApiPrice,
+    st.just("p"),
+    st.just("m"),
+    st.decimals(min_value=Decimal("0.01"), max_value=100, places=4),
+    st.decimals(min_value=Decimal("0.01"), max_value=100, places=4),
+    st.none(),
+    st.just("test"),
+)
+
+
+def test_design_figures_api_equivalents() -> None:
+    # 100M input + 20M output a month: GPT-4o $450, Haiku $160, Together $108.
+    assert api_cost_usd(100_000_000, 20_000_000, GPT_4O) == Decimal(450)
+    assert api_cost_usd(100_000_000, 20_000_000, HAIKU) == Decimal(160)
+    assert api_cost_usd(100_000_000, 20_000_000, TOGETHER_70B) == Decimal(108)
+
+
+def test_design_figures_self_hosted_month() -> None:
+    what_if = WhatIf(100_000_000, 20_000_000, 2, Decimal("2.50"), Decimal(720), Decimal(0), 30_000)
+    assert what_if.monthly_usd == Decimal(3600)
+    comparisons = {c.price.model: c for c in what_if.compare([GPT_4O, TOGETHER_70B])}
+    # Blended GPT-4o price at this mix: $450 / 120M tokens = $3.75 per Mtok → 960M tokens a month.
+    assert comparisons["gpt-4o"].breakeven_tokens_per_month == Decimal(960_000_000)
+    assert comparisons["llama-3-70b"].breakeven_tokens_per_month == Decimal(4_000_000_000)
+    # $5/h ÷ (30,000 tok/s × 3600 s × $3.75e-6 a token = $405/h of API traffic at full load): 1.23%.
+    assert comparisons["gpt-4o"].breakeven_utilization == Decimal(5) / Decimal(405)
+    # The same volume as a share of capacity: 960M / (30,000 × 3600 × 720).
+    assert comparisons["gpt-4o"].breakeven_utilization == Decimal(960_000_000) / (30_000 * 3600 * 720)
+    assert comparisons["gpt-4o"].savings_usd == Decimal(3150)
+
+
+def test_what_if_utilization_and_tco() -> None:
+    what_if = WhatIf(100_000_000, 20_000_000, 2, Decimal("2.50"), Decimal(720), Decimal(25_000), 30_000)
+    assert what_if.monthly_tco_usd == Decimal(28_600)
+    assert what_if.utilization is not None
+    assert float(what_if.utilization) == pytest.approx(120e6 / (30_000 * 3600 * 720))
+
+
+def test_cost_per_mtok_is_unknown_without_tokens() -> None:
+    assert cost_per_mtok_usd(Decimal(100), 0) is None
+    assert cost_per_mtok_usd(Decimal(3600), 120_000_000) == Decimal(30)
+
+
+@given(cost=money, n=st.integers(min_value=1, max_value=10**13))
+def test_cost_per_token_times_tokens_is_cost(cost: Decimal, n: int) -> None:
+    per_mtok = cost_per_mtok_usd(cost, n)
+    assert per_mtok is not None
+    assert abs(per_mtok * n / 1_000_000 - cost) <= Decimal("1e-15") * max(cost, Decimal(1))
+
+
+@given(p=tokens, g=tokens, k=st.integers(min_value=0, max_value=1000), price=prices)
+def test_api_equivalent_is_linear_in_tokens(p: int, g: int, k: int, price: ApiPrice) -> None:
+    assert api_cost_usd(k * p, k * g, price) == k * api_cost_usd(p, g, price)
+    assert api_cost_usd(p, g, price) == api_cost_usd(p, 0, price) + api_cost_usd(0, g, price)
+
+
+@given(
+    hourly=st.decimals(min_value=Decimal("0.01"), max_value=10_000, places=4),
+    capacity=st.floats(min_value=1, max_value=1e6),
+    p=st.integers(min_value=1, max_value=10**12),
+    g=st.integers(min_value=0, max_value=10**12),
+    price=prices,
+)
+def test_breakeven_utilization_times_capacity_and_price_is_hourly_cost(
+    hourly: Decimal, capacity: float, p: int, g: int, price: ApiPrice
+) -> None:
+    blended = blended_price_per_token(p, g, price)
+    share = breakeven_utilization(hourly, capacity, blended)
+    assert share is not None and blended is not None
+    recomputed = share * Decimal(repr(capacity)) * 3600 * blended
+    assert abs(recomputed - hourly) <= Decimal("1e-18") * hourly
+
+
+@given(monthly=money, p=st.integers(min_value=1, max_value=10**12), g=tokens, price=prices)
+def test_breakeven_volume_costs_the_same_on_the_api(monthly: Decimal, p: int, g: int, price: ApiPrice) -> None:
+    blended = blended_price_per_token(p, g, price)
+    volume = breakeven_tokens_per_month(monthly, blended)
+    assert volume is not None and blended is not None
+    assert abs(volume * blended - monthly) <= Decimal("1e-18") * max(monthly, Decimal(1))
+
+
+@given(
+    billed_s=st.integers(min_value=0, max_value=10**8),
+    observed_share=st.floats(min_value=0, max_value=1),
+    idle_share=st.floats(min_value=0, max_value=1),
+)
+def test_idle_busy_unknown_add_up_to_billed(billed_s: int, observed_share: float, idle_share: float) -> None:
+    billed = hours_from_seconds(billed_s)
+    observed = hours_from_seconds(billed_s * observed_share)
+    hours = GpuHours(billed=billed, observed=min(observed, billed), idle=hours_from_seconds(0))
+    hours = GpuHours(billed=hours.billed, observed=hours.observed, idle=(hours.observed * Decimal(idle_share)))
+    assert hours.idle + hours.busy + hours.unknown == hours.billed
+
+
+@given(cost=money, idle_share=st.decimals(min_value=0, max_value=1, places=6))
+def test_idle_cost_is_the_idle_share_of_cost(cost: Decimal, idle_share: Decimal) -> None:
+    billed = Decimal(1440)
+    result = idle_cost_usd(cost, billed * idle_share, billed)
+    assert result is not None
+    assert abs(result - cost * idle_share) <= Decimal("1e-18") * max(cost, Decimal(1))
+    assert idle_cost_usd(cost, Decimal(1), Decimal(0)) is None
+
+
+def test_prorated_overhead_is_exact_for_a_calendar_month_and_split_across_two() -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    october = (datetime(2026, 10, 1, tzinfo=tz), datetime(2026, 11, 1, tzinfo=tz))
+    assert prorate_monthly_usd(Decimal(25_000), *october, tz) == Decimal(25_000)
+    # October has 745 hours in Berlin (DST ends on the 25th); 372.5 of them follow the 16th, 12:30.
+    half = prorate_monthly_usd(Decimal(1000), datetime(2026, 10, 16, 12, 30, tzinfo=tz), october[1], tz)
+    full = prorate_monthly_usd(Decimal(1000), october[0], datetime(2026, 12, 1, tzinfo=tz), tz)
+    assert full == Decimal(2000)
+    assert half == Decimal(500)
+
+
+def test_day_hours_follow_daylight_saving_time() -> None:
+    tz = ZoneInfo("America/New_York")
+    assert day_hours(date(2026, 3, 8), tz) == 23
+    assert day_hours(date(2026, 11, 1), tz) == 25
+    assert day_hours(date(2026, 11, 2), tz) == 24
+
+
+def _gpu_minute(minute_ts: int, util: float | None, observed_s: float = 60, idle_s: float = 0) -> GpuMinute:
+    return GpuMinute(
+        minute_ts=minute_ts,
+        host="h1",
+        gpu_uuid="GPU-0",
+        gpu_index=0,
+        deployment="llama",
+        observed_s=observed_s,
+        util_observed_s=observed_s if util is not None else 0,
+        idle_s=idle_s,
+        loaded_s=observed_s,
+        gpu_util=util,
+        gpu_util_max=util,
+        sm_active=None,
+        energy_j=None,
+        power_mean_w=None,
+        mem_used_max_bytes=None,
+        mem_total_bytes=None,
+    )
+
+
+def _deployment_minute(minute_ts: int, prompt: int, generation: int, busy: float | None) -> DeploymentMinute:
+    return DeploymentMinute(
+        minute_ts=minute_ts,
+        deployment="llama",
+        instances=1,
+        server_observed_s=60,
+        prompt_tokens=prompt,
+        generation_tokens=generation,
+        request_busy_s=60 * (busy or 0),
+        requests_running_mean=None,
+        requests_waiting_mean=None,
+        kv_cache_mean=None,
+        kv_cache_max=None,
+        gpu_observed_s=60,
+        gpu_util=None,
+        sm_active=None,
+        request_busy=busy,
+        throughput_util=None,
+    )
+
+
+def test_cost_deployment_over_a_day() -> None:
+    start = datetime(2026, 10, 5, tzinfo=UTC)
+    end = datetime(2026, 10, 6, tzinfo=UTC)
+    t0 = int(start.timestamp())
+    # One GPU, a $2.40/h static line (24 GPU-hours). Observed 12 hours: 6 busy-polling at 100% util with
+    # no request running (idle, by the server's metrics), 6 at 50% with requests (busy). 12 hours unknown.
+    gpu = [_gpu_minute(t0 + 60 * i, 1.0 if i < 360 else 0.5) for i in range(720)]
+    served = [_deployment_minute(t0 + 60 * i, 0 if i < 360 else 1000, 0 if i < 360 else 200, 0 if i < 360 else 1.0)
+              for i in range(720)]
+    line = CostLine(day=date(2026, 10, 5), source="static", account="static", resource="llama",
+                    usage_type="gpu", amount_usd=Decimal("57.60"), deployment="llama",
+                    gpu_hours=Decimal(24), basis=CostBasis.LIST)
+    result = cost_deployment(
+        deployment="llama", start=start, end=end, tz=UTC_ZONE, cost_lines=[line], gpu_minutes=gpu,
+        deployment_minutes=served, billed_gpus=1, overhead_usd_month=Decimal(0),
+        api_prices=[GPT_4O], capacity_tokens_per_s=None, utilization_metric=UtilizationMetric.GPU_UTIL,
+    )
+    assert result.cost_usd == Decimal("57.60")
+    assert (result.hours.billed, result.hours.observed, result.hours.idle) == (24, 12, 6)
+    assert result.hours.unknown == 12
+    assert result.idle_cost_usd == Decimal("14.40")
+    assert result.prompt_tokens == 360_000 and result.generation_tokens == 72_000
+    assert result.utilization == pytest.approx(0.75)
+    assert result.measures.request_busy == pytest.approx(0.5)
+    assert result.cost_per_mtok_usd == Decimal("57.60") * 1_000_000 / 432_000
+    assert result.apis[0].usd == Decimal("0.9") + Decimal("0.72")
+    assert result.estimated  # a static rate is a list price, not a bill
+    # Capacity was not configured: measured as the best 15-minute mean, 1,200 tokens a minute.
+    assert result.capacity_source == "measured"
+    assert result.capacity_tokens_per_s == pytest.approx(20.0)
+
+
+def test_billed_hours_fall_back_to_configured_gpus() -> None:
+    start = datetime(2026, 10, 5, tzinfo=UTC)
+    result = cost_deployment(
+        deployment="llama", start=start, end=datetime(2026, 10, 6, tzinfo=UTC), tz=UTC_ZONE, cost_lines=[],
+        gpu_minutes=[], deployment_minutes=[], billed_gpus=8, overhead_usd_month=Decimal(0), api_prices=[],
+        capacity_tokens_per_s=30_000,
+    )
+    assert result.hours.billed == 192 and result.hours.unknown == 192
+    assert result.utilization is None  # nothing observed: unknown, not 0
+    assert result.cost_per_mtok_usd is None
+
+
+def test_measured_capacity_needs_consecutive_minutes() -> None:
+    minutes = [_deployment_minute(60 * i, 600, 0, 1.0) for i in range(14)]
+    assert measured_capacity_tokens_per_s(minutes) is None
+    minutes.append(_deployment_minute(60 * 20, 6000, 0, 1.0))  # after a gap: a new run
+    assert measured_capacity_tokens_per_s(minutes) is None
+    assert measured_capacity_tokens_per_s(minutes, minutes=14) == pytest.approx(10.0)

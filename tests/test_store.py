@@ -1,0 +1,134 @@
+"""The store on real SQLite files: migrations, exact money, windowed replacement, retention, WAL."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert, inspect, text
+
+from auditor.model import Alert, AlertState, CostBasis, CostLine, GpuSample
+from auditor.store import SCHEMA_VERSION, Store, StoreError, schema_version
+
+
+def _url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'state' / 'auditor.db'}"
+
+
+def test_migrates_an_empty_database_and_reopens(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
+    assert store.schema_version() == SCHEMA_VERSION
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"gpu_samples", "server_samples", "gpu_minutes", "deployment_minutes", "cost_lines", "alerts"} <= tables
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    store.close()
+    again = Store.open(_url(tmp_path))  # migrating a current schema is a no-op
+    assert again.schema_version() == SCHEMA_VERSION
+
+
+def test_refuses_a_newer_schema(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
+    with store.engine.begin() as conn:
+        conn.execute(insert(schema_version).values(version=SCHEMA_VERSION + 1, applied_ts=0.0))
+    with pytest.raises(StoreError, match="upgrade gpu-auditor"):
+        Store.open(_url(tmp_path))
+
+
+def test_bad_store_urls_say_what_to_use(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="sqlite:////path/to/auditor.db"):
+        Store.open("not a url")
+    with pytest.raises(StoreError, match="unsupported database 'mysql'"):
+        Store.open("mysql://u@h/db")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot create the store's directory"):
+        Store.open(f"sqlite:///{blocker / 'sub' / 'a.db'}")
+
+
+def _line(day: date, amount: str, account: str = "123456789012") -> CostLine:
+    return CostLine(day=day, source="aws", account=account, resource="i-0abc", usage_type="BoxUsage:p5.48xlarge",
+                    amount_usd=Decimal(amount), deployment="llama", usage_hours=Decimal(24),
+                    gpu_hours=Decimal(192), basis=CostBasis.INVOICED, estimated=True)
+
+
+def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
+    october = (date(2026, 10, 1), date(2026, 11, 1))
+    first = [_line(date(2026, 10, d), "1320.9612345678") for d in range(1, 32)]
+    store.replace_cost_lines("aws", "123456789012", *october, first)
+    store.replace_cost_lines("aws", "123456789012", *october, first)  # the same sync twice
+    other = _line(date(2026, 10, 3), "7.01", account="210987654321")
+    store.replace_cost_lines("aws", "210987654321", *october, [other])
+    lines = store.cost_lines(*october)
+    assert len(lines) == 32
+    assert sum((line.amount_usd for line in lines), Decimal(0)) == Decimal("1320.9612345678") * 31 + Decimal("7.01")
+    assert lines[0] == first[0]  # enums, booleans and decimals come back as they went in
+    # AWS restates the 30th and 31st: re-reading those days replaces only them.
+    store.replace_cost_lines("aws", "123456789012", date(2026, 10, 30), date(2026, 11, 1),
+                             [_line(date(2026, 10, 30), "1000"), _line(date(2026, 10, 31), "1000")])
+    total = sum((line.amount_usd for line in store.cost_lines(*october)), Decimal(0))
+    assert total == Decimal("1320.9612345678") * 29 + 2000 + Decimal("7.01")
+    with pytest.raises(ValueError, match="outside the window"):
+        store.replace_cost_lines("aws", "123456789012", date(2026, 11, 1), date(2026, 12, 1), first[:1])
+
+
+def test_prune_keeps_what_is_within_retention(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
+    now = 1_790_000_000.0
+    store.add_gpu_samples([
+        GpuSample(ts=now - 49 * 3600, host="h", gpu_uuid="g", gpu_index=0),
+        GpuSample(ts=now - 47 * 3600, host="h", gpu_uuid="g", gpu_index=0),
+    ])
+    deleted = store.prune(now, raw_retention_s=48 * 3600, rollup_retention_s=397 * 86400)
+    assert deleted["gpu_samples"] == 1
+    assert [s.ts for s in store.gpu_samples(0, now)] == [now - 47 * 3600]
+
+
+def test_alerts_survive_a_reopen(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
+    alert = Alert(rule="move-to-api", subject="llama", state=AlertState.FIRING, severity="warning",
+                  first_seen_ts=1.0, last_seen_ts=2.0, last_sent_ts=None, payload='{"saving_usd": "2700.00"}')
+    store.put_alert(alert)
+    store.put_alert(alert)  # an update, not a duplicate
+    store.close()
+    assert Store.open(_url(tmp_path)).alerts() == [alert]
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from auditor.model import GpuSample
+    from auditor.store import Store
+    store = Store.open(sys.argv[1])
+    for batch in range(40):
+        store.add_gpu_samples([GpuSample(ts=batch * 100.0 + i, host="h", gpu_uuid="g", gpu_index=0,
+                                         util_pct=50.0) for i in range(100)])
+        time.sleep(0.01)
+    """
+)
+
+
+def test_a_reader_reads_while_the_writer_writes(tmp_path: Path) -> None:
+    url = _url(tmp_path)
+    Store.open(url).close()
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, url])
+    reader = Store.open(url, migrate=False)
+    counts = []
+    try:
+        while writer.poll() is None:
+            counts.append(len(reader.gpu_samples(0, 10**9)))
+            time.sleep(0.005)
+    finally:
+        writer.wait(timeout=60)
+    assert writer.returncode == 0
+    assert len(set(counts)) > 2  # the reads really happened while the writer was writing
+    assert counts == sorted(counts)  # reads see whole batches, never going back
+    assert all(c % 100 == 0 for c in counts)  # never half a batch: each is one transaction
+    assert len(reader.gpu_samples(0, 10**9)) == 4000
