@@ -19,13 +19,33 @@ from rich.console import Console
 from rich.table import Table
 
 from auditor import __version__
-from auditor.config import Config, ConfigError, load_config, redacted, resolve_config_path
 from auditor.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
+from auditor.config import Config, ConfigError, load_config, redacted, resolve_config_path
 from auditor.costing import ApiComparison, WhatIf
-from auditor.gpu_prices import GpuPrice, GpuPriceDataError, UnknownInstanceError, find_gpu_price, load_gpu_prices
+from auditor.gpu_prices import (
+    GpuPrice,
+    GpuPriceDataError,
+    UnknownInstanceError,
+    find_gpu_price,
+    load_gpu_prices,
+)
 from auditor.gpu_prices import stale_prices as find_stale_prices
-from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
-from auditor.units import cents, format_share, format_tokens, format_usd, parse_token_count, parse_usd
+from auditor.prices import (
+    DEFAULT_COMPARISONS,
+    ApiPrice,
+    ApiPriceCatalog,
+    UnknownModelError,
+    refresh_api_prices,
+)
+from auditor.units import (
+    cents,
+    format_share,
+    format_tokens,
+    format_usd,
+    parse_positive,
+    parse_token_count,
+    parse_usd,
+)
 
 EXIT_FINDING = 1
 EXIT_USAGE = 2
@@ -45,9 +65,16 @@ app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help=f"Config file (default: $AUDITOR_CONFIG, else {DEFAULT_CONFIG_PATH})."),
+    typer.Option(
+        "--config", "-c", help=f"Config file (default: $AUDITOR_CONFIG, else {DEFAULT_CONFIG_PATH})."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def _console() -> Console:
+    # A pipe or a file gets a width that fits the tables, not the 80 columns rich assumes.
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def _fatal(message: str, code: int = EXIT_USAGE) -> NoReturn:
@@ -80,6 +107,10 @@ def _gpu_catalog() -> list[GpuPrice]:
 
 
 def _api_catalog(config: Config | None) -> ApiPriceCatalog:
+    if config is not None and config.prices.fetch_updates:
+        warning = refresh_api_prices(config.prices.update_url)
+        if warning:
+            _warn(warning)
     return ApiPriceCatalog(config.prices.api if config else None)
 
 
@@ -109,7 +140,8 @@ def version() -> None:
 @app.command()
 def breakeven(
     prompt_tokens: Annotated[
-        str, typer.Option(help="Prompt (input) tokens a month: 100M, 1.5B, 2e9, 120000000.", show_default=False)
+        str,
+        typer.Option(help="Prompt (input) tokens a month: 100M, 1.5B, 2e9, 120000000.", show_default=False),
     ],
     generation_tokens: Annotated[
         str, typer.Option(help="Generated (output) tokens a month.", show_default=False)
@@ -124,27 +156,36 @@ def breakeven(
     pricing: Annotated[
         str, typer.Option(help="With --instance: on_demand, reserved_1y, reserved_3y or spot.")
     ] = "on_demand",
-    hours: Annotated[str, typer.Option(help="Billed hours a month (730 is a year's average month).")] = DEFAULT_HOURS,
+    hours: Annotated[
+        str, typer.Option(help="Billed hours a month (730 is a year's average month).")
+    ] = DEFAULT_HOURS,
     capacity_tokens_per_s: Annotated[
-        float | None, typer.Option(help="Sustained peak tokens/s of the deployment: gives break-even utilization.")
+        float | None,
+        typer.Option(help="Sustained peak tokens/s of the deployment: gives break-even utilization."),
     ] = None,
     overhead_usd_month: Annotated[
         str, typer.Option(help="Engineering, egress, storage, monitoring in USD a month (TCO = GPUs + this).")
     ] = "0",
     api: Annotated[
         list[str] | None,
-        typer.Option(help="API model to compare with, as provider:model or model (repeat it). Default: GPT-4o, "
-        "Claude 3.5 Haiku, Together Llama 3 70B."),
+        typer.Option(
+            help="API model to compare with, as provider:model or model (repeat it). Default: GPT-4o, "
+            "Claude 3.5 Haiku, Together Llama 3 70B."
+        ),
     ] = None,
     config_path: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """What-if: at these monthly volumes, is self-hosting cheaper than each API? No GPU, store or config needed."""
+    """What-if: at these monthly volumes, is self-hosting cheaper than each API?
+
+    Needs no GPU, no store and no config."""
     prompt = _parse("--prompt-tokens", parse_token_count, prompt_tokens)
     generation = _parse("--generation-tokens", parse_token_count, generation_tokens)
     overhead = _parse("--overhead-usd-month", parse_usd, overhead_usd_month)
-    month_hours = _parse("--hours", lambda t: parse_usd(t, allow_zero=False), hours)
-    if capacity_tokens_per_s is not None and not (capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)):
+    month_hours = _parse("--hours", lambda t: parse_positive(t, "hours"), hours)
+    if capacity_tokens_per_s is not None and not (
+        capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)
+    ):
         _fatal("--capacity-tokens-per-s: must be more than 0 tokens/s")
     if gpus is not None and gpus <= 0:
         _fatal("--gpus: must be 1 or more")
@@ -215,8 +256,9 @@ def _verdict(what_if: WhatIf, comparisons: Sequence[ApiComparison]) -> str:
             f"{format_usd(tco)} self-hosted (TCO), saving {format_usd(tco - cheapest.usd)}/month{where}."
         )
     return (
-        f"At {volume} tokens/month, self-hosting is cheaper than every API compared: {format_usd(tco)} (TCO) "
-        f"against {format_usd(cheapest.usd)} on the cheapest, {name}, saving {format_usd(cheapest.usd - tco)}/month."
+        f"At {volume} tokens/month, self-hosting is cheaper than every API compared: "
+        f"{format_usd(tco)} (TCO) against {format_usd(cheapest.usd)} on the cheapest, {name}, "
+        f"saving {format_usd(cheapest.usd - tco)}/month."
     )
 
 
@@ -258,7 +300,7 @@ def _breakeven_json(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdi
 
 
 def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str) -> None:
-    console = Console()
+    console = _console()
     use = what_if.utilization
     capacity = (
         f"; {format_share(use)} of {what_if.capacity_tokens_per_s:,.0f} tokens/s capacity"
@@ -266,11 +308,13 @@ def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verd
         else ""
     )
     console.print(
-        f"Volume: {what_if.prompt_tokens:,} prompt + {what_if.generation_tokens:,} generated tokens/month{capacity}",
+        f"Volume: {what_if.prompt_tokens:,} prompt + {what_if.generation_tokens:,} generated "
+        f"tokens/month{capacity}",
         highlight=False,
     )
     console.print(
-        f"Self-hosted: {what_if.gpus} GPU × {format_usd(what_if.gpu_hourly_usd)}/GPU-hour × {what_if.hours} h "
+        f"Self-hosted: {what_if.gpus} GPU × {format_usd(what_if.gpu_hourly_usd)}/GPU-hour "
+        f"× {what_if.hours} h "
         f"= {format_usd(what_if.monthly_usd)}/month raw, {format_usd(what_if.monthly_tco_usd)}/month TCO",
         highlight=False,
     )
@@ -286,7 +330,8 @@ def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verd
             c.price.ref,
             f"{c.price.input_mtok_usd}/{c.price.output_mtok_usd}",
             format_usd(c.usd),
-            ("API cheaper by " if c.savings_usd > 0 else "self-host cheaper by ") + format_usd(abs(c.savings_usd)),
+            ("API cheaper by " if c.savings_usd > 0 else "self-host cheaper by ")
+            + format_usd(abs(c.savings_usd)),
             format_tokens(c.breakeven_tokens_per_month),
             _utilization_cell(c.breakeven_utilization),
         )
@@ -305,7 +350,9 @@ def _utilization_cell(share: Decimal | None) -> str:
 @app.command()
 def prices(
     provider: Annotated[str | None, typer.Option(help="Only this provider (openai, aws, lambda, …).")] = None,
-    show_all: Annotated[bool, typer.Option("--all", help="Every API provider, not only the main ones.")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Every API provider, not only the main ones.")
+    ] = False,
     config_path: ConfigOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -340,7 +387,9 @@ def _providers(catalog: ApiPriceCatalog) -> list[str]:
     return sorted(set(catalog.providers()) | {r.provider for r in _gpu_catalog()})
 
 
-def _prices_json(gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], stale: Sequence[GpuPrice]) -> Any:
+def _prices_json(
+    gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], stale: Sequence[GpuPrice]
+) -> Any:
     stale_ids = {id(r) for r in stale}
     return {
         "gpu": [
@@ -365,7 +414,9 @@ def _prices_json(gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], sta
                 "model": p.model,
                 "input_mtok_usd": float(p.input_mtok_usd),
                 "output_mtok_usd": float(p.output_mtok_usd),
-                "cache_read_mtok_usd": None if p.cache_read_mtok_usd is None else float(p.cache_read_mtok_usd),
+                "cache_read_mtok_usd": None
+                if p.cache_read_mtok_usd is None
+                else float(p.cache_read_mtok_usd),
                 "source": p.source,
                 "as_of": p.as_of.isoformat() if p.as_of else None,
             }
@@ -377,7 +428,7 @@ def _prices_json(gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], sta
 def _print_prices(
     gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], stale: Sequence[GpuPrice], today: date
 ) -> None:
-    console = Console()
+    console = _console()
     stale_ids = {id(r) for r in stale}
     if gpu_rows:
         table = Table(title="GPU prices (gpu-auditor catalog)", title_justify="left")
@@ -399,9 +450,13 @@ def _print_prices(
         console.print(table)
     if api_rows:
         sources = sorted({p.source for p in api_rows})
-        table = Table(title=f"API prices, USD per million tokens ({'; '.join(sources)})", title_justify="left")
+        table = Table(
+            title=f"API prices, USD per million tokens ({'; '.join(sources)})", title_justify="left"
+        )
         for column in ("provider", "model", "input", "output", "cached input", "as of"):
-            table.add_column(column, justify="right" if column in {"input", "output", "cached input"} else "left")
+            table.add_column(
+                column, justify="right" if column in {"input", "output", "cached input"} else "left"
+            )
         for p in api_rows:
             table.add_row(
                 p.provider,
@@ -428,7 +483,7 @@ def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) 
     if as_json:
         print(json.dumps(effective, indent=2))
         return
-    console = Console()
+    console = _console()
     console.print_json(json.dumps(effective))
     console.print(
         f"config OK: {len(config.deployments)} deployment(s), store {effective['store']['url']}, "
@@ -438,7 +493,7 @@ def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) 
 
 
 def _reference_problems(config: Config) -> list[str]:
-    """Names in the config that must exist elsewhere: API models in the price catalog, instance types in ours."""
+    """Names the config uses that must exist elsewhere: API models, and instance types in our catalog."""
     catalog = _api_catalog(config)
     gpu_catalog: list[GpuPrice] | None = None
     problems = []
@@ -452,7 +507,9 @@ def _reference_problems(config: Config) -> list[str]:
         if deployment.price.source == "static" and instance_type is not None:
             gpu_catalog = gpu_catalog if gpu_catalog is not None else _gpu_catalog()
             try:
-                find_gpu_price(gpu_catalog, instance_type, pricing=getattr(deployment.price, "pricing", "on_demand"))
+                find_gpu_price(
+                    gpu_catalog, instance_type, pricing=getattr(deployment.price, "pricing", "on_demand")
+                )
             except UnknownInstanceError as exc:
                 problems.append(f"deployments[{i}].price.instance_type: {exc}")
     return problems
@@ -462,7 +519,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """The console script: usage errors become one line on stderr and exit status 2."""
     command = typer.main.get_command(app)
     try:
-        result = command.main(args=list(argv) if argv is not None else None, prog_name="auditor", standalone_mode=False)
+        result = command.main(
+            args=list(argv) if argv is not None else None, prog_name="auditor", standalone_mode=False
+        )
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -125,14 +125,24 @@ class StaticPrice(_Strict):
     @model_validator(mode="after")
     def _one_rate(self) -> Self:
         given = [
-            k for k in ("gpu_hourly_usd", "instance_hourly_usd", "instance_type") if getattr(self, k) is not None
+            k
+            for k in ("gpu_hourly_usd", "instance_hourly_usd", "instance_type")
+            if getattr(self, k) is not None
         ]
         if not given:
-            raise ValueError("give one of gpu_hourly_usd, instance_hourly_usd, or instance_type (catalog price)")
+            raise ValueError(
+                "give one of gpu_hourly_usd, instance_hourly_usd, or instance_type (catalog price)"
+            )
         if self.gpu_hourly_usd is not None and len(given) > 1:
             raise ValueError("gpu_hourly_usd excludes instance_hourly_usd and instance_type")
-        if self.instance_hourly_usd is not None and self.gpus_per_instance is None and self.instance_type is None:
-            raise ValueError("instance_hourly_usd needs gpus_per_instance (or an instance_type from the catalog)")
+        if (
+            self.instance_hourly_usd is not None
+            and self.gpus_per_instance is None
+            and self.instance_type is None
+        ):
+            raise ValueError(
+                "instance_hourly_usd needs gpus_per_instance (or an instance_type from the catalog)"
+            )
         return self
 
 
@@ -189,8 +199,11 @@ class Overheads(_Strict):
 
     @property
     def total_usd_month(self) -> Decimal:
-        return self.engineering_usd_month + self.egress_usd_month + self.storage_usd_month + (
-            self.monitoring_usd_month
+        return (
+            self.engineering_usd_month
+            + self.egress_usd_month
+            + self.storage_usd_month
+            + (self.monitoring_usd_month)
         )
 
 
@@ -232,7 +245,7 @@ class DeploymentConfig(_Strict):
 
 
 class ApiPriceOverride(_Strict):
-    """A negotiated or private API price, or a correction to the bundled catalog, in USD per million tokens."""
+    """A negotiated or private API price, or a correction to the bundled catalog, in USD per Mtok."""
 
     provider: str = "private"
     input_mtok_usd: Usd
@@ -245,6 +258,8 @@ class ApiPriceOverride(_Strict):
 class PricesConfig(_Strict):
     fetch_updates: bool = False
     """Let genai-prices download newer API prices at run time. Off: the bundled snapshot is used."""
+    update_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    """Where to fetch from instead of genai-prices' own address (a mirror inside your network)."""
     api: dict[str, ApiPriceOverride] = Field(default_factory=dict)
     gpu_max_age_days: int = Field(180, gt=0)
 
@@ -328,7 +343,7 @@ class RulesConfig(_Strict):
 class SlackConfig(_Strict):
     """Where alerts and the digest go. The token is read from `token_env` or `token_file`, never from here."""
 
-    token_env: str = "SLACK_BOT_TOKEN"
+    token_env: str = "SLACK_BOT_TOKEN"  # noqa: S105  (the variable's name, not a token)
     token_file: Path | None = None
     webhook_url_env: str | None = None
     """An incoming-webhook URL's environment variable, instead of a bot token."""
@@ -463,12 +478,19 @@ def _allowed_keys(loc: Sequence[int | str], raw: Any) -> list[str]:
 
 
 def _price_model(source: str) -> type[BaseModel] | None:
-    return {"static": StaticPrice, "aws": AwsPrice, "gcp": GcpPrice, "onprem": OnPremPrice}.get(source)
+    models: dict[str, type[BaseModel]] = {
+        "static": StaticPrice,
+        "aws": AwsPrice,
+        "gcp": GcpPrice,
+        "onprem": OnPremPrice,
+    }
+    return models.get(source)
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
+        model: type[BaseModel] = annotation
+        return model
     for arg in getattr(annotation, "__args__", ()):
         found = _model_of(arg)
         if found is not None:

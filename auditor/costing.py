@@ -59,7 +59,9 @@ def blended_price_per_token(prompt_tokens: int, generation_tokens: int, price: A
     return api_cost_usd(prompt_tokens, generation_tokens, price) / tokens
 
 
-def breakeven_tokens_per_month(monthly_cost_usd: Decimal, blended_usd_per_token: Decimal | None) -> Decimal | None:
+def breakeven_tokens_per_month(
+    monthly_cost_usd: Decimal, blended_usd_per_token: Decimal | None
+) -> Decimal | None:
     """Monthly tokens at which the API would cost as much as self-hosting."""
     if blended_usd_per_token is None or blended_usd_per_token <= 0:
         return None
@@ -139,9 +141,11 @@ def gpu_hours(
     deployment_minutes: Sequence[DeploymentMinute],
     billed_gpu_hours: Decimal,
 ) -> GpuHours:
-    by_minute = {(m.deployment, m.minute_ts): m for m in deployment_minutes}
-    observed_s = sum(m.observed_s for m in gpu_minutes)
-    idle_s = sum(idle_seconds(m, by_minute.get((m.deployment, m.minute_ts))) for m in gpu_minutes)
+    by_minute: dict[tuple[str | None, int], DeploymentMinute] = {
+        (m.deployment, m.minute_ts): m for m in deployment_minutes
+    }
+    observed_s = sum((m.observed_s for m in gpu_minutes), 0.0)
+    idle_s = sum((idle_seconds(m, by_minute.get((m.deployment, m.minute_ts))) for m in gpu_minutes), 0.0)
     return GpuHours(
         billed=billed_gpu_hours, observed=hours_from_seconds(observed_s), idle=hours_from_seconds(idle_s)
     )

@@ -66,6 +66,25 @@ def _genai_version() -> str:
     return version("genai-prices")
 
 
+def refresh_api_prices(url: str | None = None, timeout_s: float = 15) -> str | None:
+    """Fetch genai-prices' newest catalog once, for the config that asks for it (`prices.fetch_updates`).
+
+    Returns a warning when that failed: the bundled snapshot then stays in use."""
+    from genai_prices import UpdatePrices
+
+    updater = UpdatePrices() if url is None else UpdatePrices(url=url)
+    try:
+        updater.start()
+        updated = updater.wait(timeout=timeout_s)
+    # A refresh is optional: whatever broke it (network, HTTP status, a payload it cannot read), the
+    # bundled prices still answer, and the caller reports the reason.
+    except Exception as exc:  # noqa: BLE001
+        return f"could not update API prices ({type(exc).__name__}: {exc}); using the bundled snapshot"
+    finally:
+        updater.stop()  # type: ignore[no-untyped-call]
+    return None if updated else f"no API price update within {timeout_s:g} s; using the bundled snapshot"
+
+
 def _split_ref(ref: str) -> tuple[str | None, str]:
     provider, sep, model = ref.partition(":")
     return (provider.strip().lower(), model.strip()) if sep else (None, ref.strip())
@@ -92,6 +111,10 @@ class ApiPriceCatalog:
     ) -> None:
         self._overrides = dict(overrides or {})
         self._now = now or datetime.now(tz=UTC)
+
+    def _source(self) -> str:
+        fetched = " (fetched)" if self._snapshot().from_auto_update else ""
+        return f"genai-prices {_genai_version()}{fetched}"
 
     def _snapshot(self) -> Any:
         from genai_prices import data_snapshot  # loads a large table: only when a price is needed
@@ -138,7 +161,7 @@ class ApiPriceCatalog:
             input_mtok_usd=input_mtok,
             output_mtok_usd=output_mtok,
             cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
-            source=f"genai-prices {_genai_version()}",
+            source=self._source(),
             name=info.name,
         )
 
@@ -166,7 +189,7 @@ class ApiPriceCatalog:
                     input_mtok_usd=input_mtok,
                     output_mtok_usd=output_mtok,
                     cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
-                    source=f"genai-prices {_genai_version()}",
+                    source=self._source(),
                     name=info.name,
                 )
 

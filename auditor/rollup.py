@@ -28,11 +28,11 @@ S = TypeVar("S", GpuSample, ServerSample)
 
 
 def minute_floor(ts: float) -> int:
-    return int(math.floor(ts / MINUTE_S)) * MINUTE_S
+    return math.floor(ts / MINUTE_S) * MINUTE_S
 
 
 def minute_of_interval_end(end_ts: float) -> int:
-    """The minute holding the end of an interval `(a, end]`: an end exactly on a boundary belongs before it."""
+    """The minute holding the end of an interval `(a, end]`: an end on a boundary belongs before it."""
     return (math.ceil(end_ts / MINUTE_S) - 1) * MINUTE_S
 
 
@@ -110,7 +110,7 @@ def rollup_gpu(
     max_gap_s: float,
     idle_threshold: float,
 ) -> list[GpuMinute]:
-    """One GPU's samples (in time order; `previous` is its last sample before them) → its minutes in the window."""
+    """One GPU's samples in time order (`previous`: its last one before them) → its minutes in the window."""
     minutes: dict[int, _GpuAcc] = {}
 
     def acc(minute: int, sample: GpuSample) -> _GpuAcc:
@@ -317,7 +317,9 @@ def run_rollup(
         raise ValueError("a roll-up window starts and ends on whole minutes")
     gpu_before = {s.gpu_uuid: s for s in store.last_gpu_samples_before(start_minute_ts)}
     gpu_rows: list[GpuMinute] = []
-    for uuid, series in groupby(store.gpu_samples(start_minute_ts, end_minute_ts + max_gap_s), key=lambda s: s.gpu_uuid):
+    for uuid, series in groupby(
+        store.gpu_samples(start_minute_ts, end_minute_ts + max_gap_s), key=lambda s: s.gpu_uuid
+    ):
         gpu_rows.extend(
             rollup_gpu(
                 list(series),

@@ -217,7 +217,7 @@ alerts = Table(
 
 
 def _migration_1(conn: Connection) -> None:
-    """The first schema. Later migrations add to it (ALTER TABLE, new tables) and never edit this one's result."""
+    """The first schema. Later migrations add to it (ALTER TABLE, new tables), never edit what it made."""
     metadata.create_all(conn, checkfirst=True)
 
 
@@ -259,7 +259,7 @@ def create_store_engine(url: str) -> Engine:
 
 
 def _record_values(record: object) -> dict[str, Any]:
-    values = asdict(record)  # type: ignore[call-overload]
+    values: dict[str, Any] = asdict(record)  # type: ignore[call-overload]
     for key, value in values.items():
         if isinstance(value, CostBasis | AlertState):
             values[key] = value.value
@@ -386,13 +386,17 @@ class Store:
         with self.engine.begin() as conn:
             for table, rows in ((gpu_minutes, gpu_rows), (deployment_minutes, deployment_rows)):
                 conn.execute(
-                    delete(table).where(table.c.minute_ts >= start_minute_ts, table.c.minute_ts < end_minute_ts)
+                    delete(table).where(
+                        table.c.minute_ts >= start_minute_ts, table.c.minute_ts < end_minute_ts
+                    )
                 )
                 if rows:
                     conn.execute(insert(table), [_record_values(r) for r in rows])
 
     def gpu_minutes(self, start_ts: float, end_ts: float, deployment: str | None = None) -> list[GpuMinute]:
-        query = select(gpu_minutes).where(gpu_minutes.c.minute_ts >= start_ts, gpu_minutes.c.minute_ts < end_ts)
+        query = select(gpu_minutes).where(
+            gpu_minutes.c.minute_ts >= start_ts, gpu_minutes.c.minute_ts < end_ts
+        )
         if deployment is not None:
             query = query.where(gpu_minutes.c.deployment == deployment)
         query = query.order_by(gpu_minutes.c.minute_ts, gpu_minutes.c.gpu_uuid)

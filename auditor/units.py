@@ -40,6 +40,17 @@ def parse_usd(text: str, *, allow_zero: bool = True) -> Decimal:
     return value
 
 
+def parse_positive(text: str, unit: str) -> Decimal:
+    """A number more than 0 of `unit` (hours, say), exactly."""
+    try:
+        value = Decimal(text.strip().replace("_", "").replace(",", ""))
+    except InvalidOperation:
+        raise ValueError(f"{text!r} is not a number of {unit}") from None
+    if not value.is_finite() or value <= 0:
+        raise ValueError(f"{text!r} must be more than 0 {unit}")
+    return value
+
+
 def cents(amount: Decimal) -> Decimal:
     """Round to the cent for display (banker's rounding, as accounting systems do)."""
     return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
@@ -67,4 +78,5 @@ def format_tokens(count: float | Decimal | None) -> str:
 def format_share(share: float | Decimal | None) -> str:
     if share is None:
         return "—"
-    return f"{float(share) * 100:,.1f}%"
+    percent = float(share) * 100
+    return f"{percent:,.2f}%" if abs(percent) < 1 else f"{percent:,.1f}%"

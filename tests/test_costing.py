@@ -110,7 +110,9 @@ def test_breakeven_utilization_times_capacity_and_price_is_hourly_cost(
 
 
 @given(monthly=money, p=st.integers(min_value=1, max_value=10**12), g=tokens, price=prices)
-def test_breakeven_volume_costs_the_same_on_the_api(monthly: Decimal, p: int, g: int, price: ApiPrice) -> None:
+def test_breakeven_volume_costs_the_same_on_the_api(
+    monthly: Decimal, p: int, g: int, price: ApiPrice
+) -> None:
     blended = blended_price_per_token(p, g, price)
     volume = breakeven_tokens_per_month(monthly, blended)
     assert volume is not None and blended is not None
@@ -126,7 +128,9 @@ def test_idle_busy_unknown_add_up_to_billed(billed_s: int, observed_share: float
     billed = hours_from_seconds(billed_s)
     observed = hours_from_seconds(billed_s * observed_share)
     hours = GpuHours(billed=billed, observed=min(observed, billed), idle=hours_from_seconds(0))
-    hours = GpuHours(billed=hours.billed, observed=hours.observed, idle=(hours.observed * Decimal(idle_share)))
+    hours = GpuHours(
+        billed=hours.billed, observed=hours.observed, idle=(hours.observed * Decimal(idle_share))
+    )
     assert hours.idle + hours.busy + hours.unknown == hours.billed
 
 
@@ -206,18 +210,41 @@ def test_cost_deployment_over_a_day() -> None:
     # One GPU, a $2.40/h static line (24 GPU-hours). Observed 12 hours: 6 busy-polling at 100% util with
     # no request running (idle, by the server's metrics), 6 at 50% with requests (busy). 12 hours unknown.
     gpu = [_gpu_minute(t0 + 60 * i, 1.0 if i < 360 else 0.5) for i in range(720)]
-    served = [_deployment_minute(t0 + 60 * i, 0 if i < 360 else 1000, 0 if i < 360 else 200, 0 if i < 360 else 1.0)
-              for i in range(720)]
-    line = CostLine(day=date(2026, 10, 5), source="static", account="static", resource="llama",
-                    usage_type="gpu", amount_usd=Decimal("57.60"), deployment="llama",
-                    gpu_hours=Decimal(24), basis=CostBasis.LIST)
+    served = [
+        _deployment_minute(t0 + 60 * i, 0 if i < 360 else 1000, 0 if i < 360 else 200, 0 if i < 360 else 1.0)
+        for i in range(720)
+    ]
+    line = CostLine(
+        day=date(2026, 10, 5),
+        source="static",
+        account="static",
+        resource="llama",
+        usage_type="gpu",
+        amount_usd=Decimal("57.60"),
+        deployment="llama",
+        gpu_hours=Decimal(24),
+        basis=CostBasis.LIST,
+    )
     result = cost_deployment(
-        deployment="llama", start=start, end=end, tz=UTC_ZONE, cost_lines=[line], gpu_minutes=gpu,
-        deployment_minutes=served, billed_gpus=1, overhead_usd_month=Decimal(0),
-        api_prices=[GPT_4O], capacity_tokens_per_s=None, utilization_metric=UtilizationMetric.GPU_UTIL,
+        deployment="llama",
+        start=start,
+        end=end,
+        tz=UTC_ZONE,
+        cost_lines=[line],
+        gpu_minutes=gpu,
+        deployment_minutes=served,
+        billed_gpus=1,
+        overhead_usd_month=Decimal(0),
+        api_prices=[GPT_4O],
+        capacity_tokens_per_s=None,
+        utilization_metric=UtilizationMetric.GPU_UTIL,
     )
     assert result.cost_usd == Decimal("57.60")
-    assert (result.hours.billed, result.hours.observed, result.hours.idle) == (24, 12, 6)
+    assert (result.hours.billed, result.hours.observed, result.hours.idle) == (
+        Decimal(24),
+        Decimal(12),
+        Decimal(6),
+    )
     assert result.hours.unknown == 12
     assert result.idle_cost_usd == Decimal("14.40")
     assert result.prompt_tokens == 360_000 and result.generation_tokens == 72_000
@@ -234,8 +261,16 @@ def test_cost_deployment_over_a_day() -> None:
 def test_billed_hours_fall_back_to_configured_gpus() -> None:
     start = datetime(2026, 10, 5, tzinfo=UTC)
     result = cost_deployment(
-        deployment="llama", start=start, end=datetime(2026, 10, 6, tzinfo=UTC), tz=UTC_ZONE, cost_lines=[],
-        gpu_minutes=[], deployment_minutes=[], billed_gpus=8, overhead_usd_month=Decimal(0), api_prices=[],
+        deployment="llama",
+        start=start,
+        end=datetime(2026, 10, 6, tzinfo=UTC),
+        tz=UTC_ZONE,
+        cost_lines=[],
+        gpu_minutes=[],
+        deployment_minutes=[],
+        billed_gpus=8,
+        overhead_usd_month=Decimal(0),
+        api_prices=[],
         capacity_tokens_per_s=30_000,
     )
     assert result.hours.billed == 192 and result.hours.unknown == 192

@@ -22,16 +22,40 @@ from auditor.store import Store
 T0 = 1_790_000_040  # a whole minute
 
 
-def gpu(ts: float, util: float | None = 50.0, energy_j: float | None = None, **kw: object) -> GpuSample:
-    return GpuSample(ts=ts, host="h1", gpu_uuid="GPU-a", gpu_index=0, deployment="llama", util_pct=util,
-                     energy_j=energy_j, **kw)  # type: ignore[arg-type]
+def gpu(
+    ts: float, util: float | None = 50.0, energy_j: float | None = None, sm_active_pct: float | None = None
+) -> GpuSample:
+    return GpuSample(
+        ts=ts,
+        host="h1",
+        gpu_uuid="GPU-a",
+        gpu_index=0,
+        deployment="llama",
+        util_pct=util,
+        energy_j=energy_j,
+        sm_active_pct=sm_active_pct,
+    )
 
 
-def server(ts: float, prompt: float | None, generation: float | None, running: float | None = 1,
-           instance: str = "http://h1:8000/metrics") -> ServerSample:
-    return ServerSample(ts=ts, host="h1", deployment="llama", instance=instance, server_kind="vllm",
-                        prompt_tokens_total=prompt, generation_tokens_total=generation,
-                        requests_running=running, requests_waiting=0, kv_cache_usage=0.5)
+def server(
+    ts: float,
+    prompt: float | None,
+    generation: float | None,
+    running: float | None = 1,
+    instance: str = "http://h1:8000/metrics",
+) -> ServerSample:
+    return ServerSample(
+        ts=ts,
+        host="h1",
+        deployment="llama",
+        instance=instance,
+        server_kind="vllm",
+        prompt_tokens_total=prompt,
+        generation_tokens_total=generation,
+        requests_running=running,
+        requests_waiting=0,
+        kv_cache_usage=0.5,
+    )
 
 
 def no_capacity(_: str) -> float | None:
@@ -117,8 +141,15 @@ def test_tokens_with_a_server_restart_and_an_outage() -> None:
 def test_two_replicas_add_up() -> None:
     a = [server(T0 + 10 * i, 100 * i, 10 * i, instance="a") for i in range(7)]
     b = [server(T0 + 10 * i, 50 * i, 5 * i, running=0, instance="b") for i in range(7)]
-    (row,) = rollup_deployments(sorted(a + b, key=lambda s: (s.instance, s.ts)), [], [], T0, T0 + 60,
-                                max_gap_s=30, capacity_tokens_per_s=lambda _: 10.0)
+    (row,) = rollup_deployments(
+        sorted(a + b, key=lambda s: (s.instance, s.ts)),
+        [],
+        [],
+        T0,
+        T0 + 60,
+        max_gap_s=30,
+        capacity_tokens_per_s=lambda _: 10.0,
+    )
     assert row.instances == 2
     assert row.server_observed_s == 120
     assert row.prompt_tokens == 900 and row.generation_tokens == 90
@@ -155,4 +186,6 @@ def test_run_rollup_is_idempotent_and_window_independent(store: Store) -> None:
 
 def test_run_rollup_rejects_partial_minutes(store: Store) -> None:
     with pytest.raises(ValueError, match="whole minutes"):
-        run_rollup(store, T0 + 1, T0 + 60, max_gap_s=30, idle_threshold=0.05, capacity_tokens_per_s=no_capacity)
+        run_rollup(
+            store, T0 + 1, T0 + 60, max_gap_s=30, idle_threshold=0.05, capacity_tokens_per_s=no_capacity
+        )

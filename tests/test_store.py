@@ -25,7 +25,14 @@ def test_migrates_an_empty_database_and_reopens(tmp_path: Path) -> None:
     store = Store.open(_url(tmp_path))
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(inspect(store.engine).get_table_names())
-    assert {"gpu_samples", "server_samples", "gpu_minutes", "deployment_minutes", "cost_lines", "alerts"} <= tables
+    assert {
+        "gpu_samples",
+        "server_samples",
+        "gpu_minutes",
+        "deployment_minutes",
+        "cost_lines",
+        "alerts",
+    } <= tables
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     store.close()
@@ -42,7 +49,7 @@ def test_refuses_a_newer_schema(tmp_path: Path) -> None:
 
 
 def test_bad_store_urls_say_what_to_use(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="sqlite:////path/to/auditor.db"):
+    with pytest.raises(StoreError, match=r"sqlite:////path/to/auditor\.db"):
         Store.open("not a url")
     with pytest.raises(StoreError, match="unsupported database 'mysql'"):
         Store.open("mysql://u@h/db")
@@ -53,9 +60,19 @@ def test_bad_store_urls_say_what_to_use(tmp_path: Path) -> None:
 
 
 def _line(day: date, amount: str, account: str = "123456789012") -> CostLine:
-    return CostLine(day=day, source="aws", account=account, resource="i-0abc", usage_type="BoxUsage:p5.48xlarge",
-                    amount_usd=Decimal(amount), deployment="llama", usage_hours=Decimal(24),
-                    gpu_hours=Decimal(192), basis=CostBasis.INVOICED, estimated=True)
+    return CostLine(
+        day=day,
+        source="aws",
+        account=account,
+        resource="i-0abc",
+        usage_type="BoxUsage:p5.48xlarge",
+        amount_usd=Decimal(amount),
+        deployment="llama",
+        usage_hours=Decimal(24),
+        gpu_hours=Decimal(192),
+        basis=CostBasis.INVOICED,
+        estimated=True,
+    )
 
 
 def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: Path) -> None:
@@ -68,11 +85,18 @@ def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: 
     store.replace_cost_lines("aws", "210987654321", *october, [other])
     lines = store.cost_lines(*october)
     assert len(lines) == 32
-    assert sum((line.amount_usd for line in lines), Decimal(0)) == Decimal("1320.9612345678") * 31 + Decimal("7.01")
+    assert sum((line.amount_usd for line in lines), Decimal(0)) == Decimal("1320.9612345678") * 31 + Decimal(
+        "7.01"
+    )
     assert lines[0] == first[0]  # enums, booleans and decimals come back as they went in
     # AWS restates the 30th and 31st: re-reading those days replaces only them.
-    store.replace_cost_lines("aws", "123456789012", date(2026, 10, 30), date(2026, 11, 1),
-                             [_line(date(2026, 10, 30), "1000"), _line(date(2026, 10, 31), "1000")])
+    store.replace_cost_lines(
+        "aws",
+        "123456789012",
+        date(2026, 10, 30),
+        date(2026, 11, 1),
+        [_line(date(2026, 10, 30), "1000"), _line(date(2026, 10, 31), "1000")],
+    )
     total = sum((line.amount_usd for line in store.cost_lines(*october)), Decimal(0))
     assert total == Decimal("1320.9612345678") * 29 + 2000 + Decimal("7.01")
     with pytest.raises(ValueError, match="outside the window"):
@@ -82,10 +106,12 @@ def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: 
 def test_prune_keeps_what_is_within_retention(tmp_path: Path) -> None:
     store = Store.open(_url(tmp_path))
     now = 1_790_000_000.0
-    store.add_gpu_samples([
-        GpuSample(ts=now - 49 * 3600, host="h", gpu_uuid="g", gpu_index=0),
-        GpuSample(ts=now - 47 * 3600, host="h", gpu_uuid="g", gpu_index=0),
-    ])
+    store.add_gpu_samples(
+        [
+            GpuSample(ts=now - 49 * 3600, host="h", gpu_uuid="g", gpu_index=0),
+            GpuSample(ts=now - 47 * 3600, host="h", gpu_uuid="g", gpu_index=0),
+        ]
+    )
     deleted = store.prune(now, raw_retention_s=48 * 3600, rollup_retention_s=397 * 86400)
     assert deleted["gpu_samples"] == 1
     assert [s.ts for s in store.gpu_samples(0, now)] == [now - 47 * 3600]
@@ -93,8 +119,16 @@ def test_prune_keeps_what_is_within_retention(tmp_path: Path) -> None:
 
 def test_alerts_survive_a_reopen(tmp_path: Path) -> None:
     store = Store.open(_url(tmp_path))
-    alert = Alert(rule="move-to-api", subject="llama", state=AlertState.FIRING, severity="warning",
-                  first_seen_ts=1.0, last_seen_ts=2.0, last_sent_ts=None, payload='{"saving_usd": "2700.00"}')
+    alert = Alert(
+        rule="move-to-api",
+        subject="llama",
+        state=AlertState.FIRING,
+        severity="warning",
+        first_seen_ts=1.0,
+        last_seen_ts=2.0,
+        last_sent_ts=None,
+        payload='{"saving_usd": "2700.00"}',
+    )
     store.put_alert(alert)
     store.put_alert(alert)  # an update, not a duplicate
     store.close()
