@@ -84,11 +84,29 @@ def price_server(tmp_path: Path) -> Iterator[str]:
 
 def _breakeven_with(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(AUDITOR), "breakeven", "--prompt-tokens", "100M", "--generation-tokens", "20M", "--gpus", "2",
-         "--gpu-hourly-usd", "2.5", "--api", "openai:gpt-4o", "--json", "--config", str(config)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(AUDITOR),
+            "breakeven",
+            "--prompt-tokens",
+            "100M",
+            "--generation-tokens",
+            "20M",
+            "--gpus",
+            "2",
+            "--gpu-hourly-usd",
+            "2.5",
+            "--api",
+            "openai:gpt-4o",
+            "--json",
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={k: v for k, v in os.environ.items() if k != "AUDITOR_CONFIG"},
-    )  # fmt: skip
+    )
 
 
 def test_fetch_updates_uses_the_fetched_catalog(tmp_path: Path, price_server: str) -> None:
