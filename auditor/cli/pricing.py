@@ -1,7 +1,4 @@
-"""`auditor`: the command line, and the composition root that builds what each command needs.
-
-Exit codes: 0 ok; 1 a finding or a failed check; 2 bad usage or bad input (one line, no traceback).
-"""
+"""Commands that need no GPU and no store: `breakeven`, `prices`, `config check`, `version`."""
 
 from __future__ import annotations
 
@@ -11,32 +8,31 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from auditor import __version__
-from auditor.config import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH
-from auditor.config import Config, ConfigError, load_config, redacted, resolve_config_path
+from auditor.cli.common import (
+    EXIT_USAGE,
+    ConfigOption,
+    JsonOption,
+    api_catalog,
+    app,
+    config_app,
+    console,
+    fatal,
+    gpu_catalog,
+    load_config_or_exit,
+    require_config,
+    warn,
+)
+from auditor.config import Config, redacted
 from auditor.costing import ApiComparison, WhatIf
-from auditor.gpu_prices import (
-    GpuPrice,
-    GpuPriceDataError,
-    UnknownInstanceError,
-    find_gpu_price,
-    load_gpu_prices,
-)
+from auditor.gpu_prices import GpuPrice, UnknownInstanceError, find_gpu_price
 from auditor.gpu_prices import stale_prices as find_stale_prices
-from auditor.prices import (
-    DEFAULT_COMPARISONS,
-    ApiPrice,
-    ApiPriceCatalog,
-    UnknownModelError,
-    refresh_api_prices,
-)
+from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
 from auditor.units import (
     cents,
     format_share,
@@ -47,71 +43,9 @@ from auditor.units import (
     parse_usd,
 )
 
-EXIT_FINDING = 1
-EXIT_USAGE = 2
 DEFAULT_HOURS = "730"
 # Without --provider, `auditor prices` lists these (the full catalog has about 2,000 models).
 FEATURED_PROVIDERS = ("openai", "anthropic", "google", "mistral", "together", "fireworks", "groq", "deepseek")
-
-app = typer.Typer(
-    name="auditor",
-    help="GPU utilization auditor: is self-hosting your LLMs still paying for itself?",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
-app.add_typer(config_app, name="config")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help=f"Config file (default: $AUDITOR_CONFIG, else {DEFAULT_CONFIG_PATH})."
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
-
-
-def _console() -> Console:
-    # A pipe or a file gets a width that fits the tables, not the 80 columns rich assumes.
-    return Console() if sys.stdout.isatty() else Console(width=160)
-
-
-def _fatal(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(f"auditor: error: {message}", file=sys.stderr)
-    raise typer.Exit(code)
-
-
-def _warn(message: str) -> None:
-    print(f"auditor: warning: {message}", file=sys.stderr)
-
-
-def _load_config(explicit: Path | None, *, required: bool) -> Config | None:
-    """The config named by --config or $AUDITOR_CONFIG (it must exist), else the default file if present."""
-    path = resolve_config_path(explicit)
-    if not required and path == DEFAULT_CONFIG_PATH and explicit is None and not path.exists():
-        return None
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(f"auditor: error: {problem}", file=sys.stderr)
-        raise typer.Exit(EXIT_USAGE) from None
-
-
-def _gpu_catalog() -> list[GpuPrice]:
-    try:
-        return load_gpu_prices()
-    except GpuPriceDataError as exc:
-        _fatal(f"the packaged GPU price catalog is damaged: {exc}; reinstall gpu-auditor", code=EXIT_FINDING)
-
-
-def _api_catalog(config: Config | None) -> ApiPriceCatalog:
-    if config is not None and config.prices.fetch_updates:
-        warning = refresh_api_prices(config.prices.update_url)
-        if warning:
-            _warn(warning)
-    return ApiPriceCatalog(config.prices.api if config else None)
 
 
 def _api_prices(catalog: ApiPriceCatalog, refs: Sequence[str]) -> list[ApiPrice]:
@@ -120,7 +54,7 @@ def _api_prices(catalog: ApiPriceCatalog, refs: Sequence[str]) -> list[ApiPrice]
         try:
             prices.append(catalog.get(ref))
         except UnknownModelError as exc:
-            _fatal(f"--api: {exc}")
+            fatal(f"--api: {exc}")
     return prices
 
 
@@ -128,7 +62,7 @@ def _parse(option: str, parser: Any, text: str) -> Any:
     try:
         return parser(text)
     except ValueError as exc:
-        _fatal(f"{option}: {exc}")
+        fatal(f"{option}: {exc}")
 
 
 @app.command()
@@ -186,10 +120,10 @@ def breakeven(
     if capacity_tokens_per_s is not None and not (
         capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)
     ):
-        _fatal("--capacity-tokens-per-s: must be more than 0 tokens/s")
+        fatal("--capacity-tokens-per-s: must be more than 0 tokens/s")
     if gpus is not None and gpus <= 0:
-        _fatal("--gpus: must be 1 or more")
-    config = _load_config(config_path, required=False)
+        fatal("--gpus: must be 1 or more")
+    config = load_config_or_exit(config_path, required=False)
     notes: list[str] = []
     gpu_count, rate = _self_hosted_rate(gpus, gpu_hourly_usd, instance, pricing, notes)
     what_if = WhatIf(
@@ -201,7 +135,7 @@ def breakeven(
         overhead_usd_month=overhead,
         capacity_tokens_per_s=capacity_tokens_per_s,
     )
-    prices = _api_prices(_api_catalog(config), api or DEFAULT_COMPARISONS)
+    prices = _api_prices(api_catalog(config), api or DEFAULT_COMPARISONS)
     comparisons = what_if.compare(prices)
     verdict = _verdict(what_if, comparisons)
     if as_json:
@@ -217,18 +151,18 @@ def _self_hosted_rate(
 ) -> tuple[int, Decimal]:
     """(GPUs billed, USD per GPU-hour) from --gpus/--gpu-hourly-usd or --instance."""
     if instance is None and gpu_hourly_usd is None:
-        _fatal("give --gpu-hourly-usd (with --gpus), or --instance to price from the catalog")
+        fatal("give --gpu-hourly-usd (with --gpus), or --instance to price from the catalog")
     if instance is not None and gpu_hourly_usd is not None:
-        _fatal("give --gpu-hourly-usd or --instance, not both")
+        fatal("give --gpu-hourly-usd or --instance, not both")
     if gpu_hourly_usd is not None:
         if gpus is None:
-            _fatal("--gpus: how many GPUs are billed? (with --gpu-hourly-usd)")
+            fatal("--gpus: how many GPUs are billed? (with --gpu-hourly-usd)")
         return gpus, _parse("--gpu-hourly-usd", parse_usd, gpu_hourly_usd)
     assert instance is not None  # noqa: S101  (both None was rejected above)
     try:
-        row = find_gpu_price(_gpu_catalog(), instance, pricing=pricing)
+        row = find_gpu_price(gpu_catalog(), instance, pricing=pricing)
     except UnknownInstanceError as exc:
-        _fatal(f"--instance: {exc}")
+        fatal(f"--instance: {exc}")
     instances = 1 if gpus is None else math.ceil(gpus / row.gpus)
     if gpus is not None and gpus % row.gpus:
         notes.append(
@@ -300,19 +234,19 @@ def _breakeven_json(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdi
 
 
 def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str) -> None:
-    console = _console()
+    out = console()
     use = what_if.utilization
     capacity = (
         f"; {format_share(use)} of {what_if.capacity_tokens_per_s:,.0f} tokens/s capacity"
         if use is not None and what_if.capacity_tokens_per_s
         else ""
     )
-    console.print(
+    out.print(
         f"Volume: {what_if.prompt_tokens:,} prompt + {what_if.generation_tokens:,} generated "
         f"tokens/month{capacity}",
         highlight=False,
     )
-    console.print(
+    out.print(
         f"Self-hosted: {what_if.gpus} GPU × {format_usd(what_if.gpu_hourly_usd)}/GPU-hour "
         f"× {what_if.hours} h "
         f"= {format_usd(what_if.monthly_usd)}/month raw, {format_usd(what_if.monthly_tco_usd)}/month TCO",
@@ -335,8 +269,8 @@ def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verd
             format_tokens(c.breakeven_tokens_per_month),
             _utilization_cell(c.breakeven_utilization),
         )
-    console.print(table)
-    console.print(verdict, highlight=False)
+    out.print(table)
+    out.print(verdict, highlight=False)
 
 
 def _utilization_cell(share: Decimal | None) -> str:
@@ -357,10 +291,10 @@ def prices(
     as_json: JsonOption = False,
 ) -> None:
     """List GPU prices (our catalog) and API prices (genai-prices and config), with their dates."""
-    config = _load_config(config_path, required=False)
+    config = load_config_or_exit(config_path, required=False)
     max_age_days = config.prices.gpu_max_age_days if config else 180
-    gpu_rows = [r for r in _gpu_catalog() if provider is None or r.provider == provider.lower()]
-    catalog = _api_catalog(config)
+    gpu_rows = [r for r in gpu_catalog() if provider is None or r.provider == provider.lower()]
+    catalog = api_catalog(config)
     if provider is not None:
         api_rows = list(catalog.all(provider))
     elif show_all:
@@ -368,7 +302,7 @@ def prices(
     else:
         api_rows = [p for name in FEATURED_PROVIDERS for p in catalog.all(name)] + catalog.all_overrides()
     if provider is not None and not gpu_rows and not api_rows:
-        _fatal(f"--provider: no prices for {provider!r}; providers: {', '.join(_providers(catalog))}")
+        fatal(f"--provider: no prices for {provider!r}; providers: {', '.join(_providers(catalog))}")
     today = datetime.now(tz=UTC).date()
     stale = find_stale_prices(gpu_rows, today, max_age_days)
     if as_json:
@@ -377,14 +311,14 @@ def prices(
         _print_prices(gpu_rows, api_rows, stale, today)
     if stale:
         oldest = min(stale, key=lambda r: r.as_of)
-        _warn(
+        warn(
             f"{len(stale)} GPU price(s) are older than {max_age_days} days (oldest: {oldest.provider} "
             f"{oldest.instance_type}, {oldest.as_of.isoformat()}): check them before relying on them"
         )
 
 
 def _providers(catalog: ApiPriceCatalog) -> list[str]:
-    return sorted(set(catalog.providers()) | {r.provider for r in _gpu_catalog()})
+    return sorted(set(catalog.providers()) | {r.provider for r in gpu_catalog()})
 
 
 def _prices_json(
@@ -428,7 +362,7 @@ def _prices_json(
 def _print_prices(
     gpu_rows: Sequence[GpuPrice], api_rows: Sequence[ApiPrice], stale: Sequence[GpuPrice], today: date
 ) -> None:
-    console = _console()
+    out = console()
     stale_ids = {id(r) for r in stale}
     if gpu_rows:
         table = Table(title="GPU prices (gpu-auditor catalog)", title_justify="left")
@@ -447,7 +381,7 @@ def _print_prices(
                 f"{r.as_of.isoformat()}{' (stale)' if id(r) in stale_ids else ''}",
                 style="yellow" if age < 0 or id(r) in stale_ids else None,
             )
-        console.print(table)
+        out.print(table)
     if api_rows:
         sources = sorted({p.source for p in api_rows})
         table = Table(
@@ -466,14 +400,13 @@ def _print_prices(
                 "—" if p.cache_read_mtok_usd is None else f"{p.cache_read_mtok_usd}",
                 p.as_of.isoformat() if p.as_of else "snapshot",
             )
-        console.print(table)
+        out.print(table)
 
 
 @config_app.command("check")
 def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
     """Validate the config file; print the effective config (secrets hidden), or every problem."""
-    config = _load_config(config_path, required=True)
-    assert config is not None  # noqa: S101  (required=True never returns None)
+    config = require_config(config_path)
     problems = list(_reference_problems(config))
     if problems:
         for problem in problems:
@@ -483,9 +416,9 @@ def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) 
     if as_json:
         print(json.dumps(effective, indent=2))
         return
-    console = _console()
-    console.print_json(json.dumps(effective))
-    console.print(
+    out = console()
+    out.print_json(json.dumps(effective))
+    out.print(
         f"config OK: {len(config.deployments)} deployment(s), store {effective['store']['url']}, "
         f"timezone {config.timezone}",
         highlight=False,
@@ -494,8 +427,8 @@ def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) 
 
 def _reference_problems(config: Config) -> list[str]:
     """Names the config uses that must exist elsewhere: API models, and instance types in our catalog."""
-    catalog = _api_catalog(config)
-    gpu_catalog: list[GpuPrice] | None = None
+    catalog = api_catalog(config)
+    gpus: list[GpuPrice] | None = None
     problems = []
     for i, deployment in enumerate(config.deployments):
         for j, ref in enumerate(deployment.compare_to):
@@ -505,30 +438,9 @@ def _reference_problems(config: Config) -> list[str]:
                 problems.append(f"deployments[{i}].compare_to[{j}]: {exc}")
         instance_type = getattr(deployment.price, "instance_type", None)
         if deployment.price.source == "static" and instance_type is not None:
-            gpu_catalog = gpu_catalog if gpu_catalog is not None else _gpu_catalog()
+            gpus = gpus if gpus is not None else gpu_catalog()
             try:
-                find_gpu_price(
-                    gpu_catalog, instance_type, pricing=getattr(deployment.price, "pricing", "on_demand")
-                )
+                find_gpu_price(gpus, instance_type, pricing=getattr(deployment.price, "pricing", "on_demand"))
             except UnknownInstanceError as exc:
                 problems.append(f"deployments[{i}].price.instance_type: {exc}")
     return problems
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The console script: usage errors become one line on stderr and exit status 2."""
-    command = typer.main.get_command(app)
-    try:
-        result = command.main(
-            args=list(argv) if argv is not None else None, prog_name="auditor", standalone_mode=False
-        )
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        print("auditor: aborted", file=sys.stderr)
-        sys.exit(130)
-    except typer.TyperException as exc:  # click-style usage errors: unknown option, missing value, …
-        where = getattr(getattr(exc, "ctx", None), "command_path", "auditor")
-        print(f"auditor: error: {exc.format_message()} (see `{where} --help`)", file=sys.stderr)
-        sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
-    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,90 @@
+"""What every command shares: the Typer app, common options, config loading, and one-line errors.
+
+Exit codes: 0 ok; 1 a finding or a failed check; 2 bad usage or bad input (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from auditor.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, resolve_config_path
+from auditor.gpu_prices import GpuPrice, GpuPriceDataError, load_gpu_prices
+from auditor.prices import ApiPriceCatalog, refresh_api_prices
+
+EXIT_OK = 0
+EXIT_FINDING = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(
+    name="auditor",
+    help="GPU utilization auditor: is self-hosting your LLMs still paying for itself?",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help=f"Config file (default: $AUDITOR_CONFIG, else {DEFAULT_CONFIG_PATH})."
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+def console() -> Console:
+    # A pipe or a file gets a width that fits the tables, not the 80 columns rich assumes.
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def fatal(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(f"auditor: error: {message}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    print(f"auditor: warning: {message}", file=sys.stderr)
+
+
+def load_config_or_exit(explicit: Path | None, *, required: bool) -> Config | None:
+    """The config named by --config or $AUDITOR_CONFIG (it must exist), else the default file if present.
+
+    With required=False and no config anywhere, None: the command runs on defaults."""
+    path = resolve_config_path(explicit)
+    if not required and path == DEFAULT_CONFIG_PATH and explicit is None and not path.exists():
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"auditor: error: {problem}", file=sys.stderr)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def require_config(explicit: Path | None) -> Config:
+    config = load_config_or_exit(explicit, required=True)
+    assert config is not None  # noqa: S101  (required=True never returns None)
+    return config
+
+
+def gpu_catalog() -> list[GpuPrice]:
+    try:
+        return load_gpu_prices()
+    except GpuPriceDataError as exc:
+        fatal(f"the packaged GPU price catalog is damaged: {exc}; reinstall gpu-auditor", code=EXIT_FINDING)
+
+
+def api_catalog(config: Config | None) -> ApiPriceCatalog:
+    """API prices: config overrides over genai-prices, refreshed first only if the config asks."""
+    if config is not None and config.prices.fetch_updates:
+        warning = refresh_api_prices(config.prices.update_url)
+        if warning:
+            warn(warning)
+    return ApiPriceCatalog(config.prices.api if config else None)
