@@ -172,3 +172,28 @@ class Alert:
     last_sent_ts: float | None
     payload: str
     """JSON: the figures that justify it."""
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """What a rule concluded about one subject: a recommendation with the dollars at stake."""
+
+    rule: str
+    subject: str
+    """A deployment's name, a GPU's UUID, or `fleet`."""
+    severity: Severity
+    title: str
+    text: str
+    """The recommendation, in one sentence."""
+    usd_per_month: Decimal | None
+    """The money at stake a month (the saving, or the overspend); None where it is not about money."""
+    figures: tuple[tuple[str, str], ...] = ()
+    """(label, value as shown) pairs: the figures that justify it."""
+    command: str | None = None
+    """The command that shows more (`auditor report --month 2026-10 --deployment llama`)."""

@@ -1,1 +1,1 @@
-"""Rules: one module per rule, registered in a small registry, thresholds from config."""
+"""Rules: one module per rule, thresholds from config; `rules.registry` holds the contract."""

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 import typer
 
-from auditor.cli import pricing
+from auditor.cli import alerts, host, pricing, report
 from auditor.cli.common import EXIT_USAGE, app
 
-COMMAND_MODULES = (pricing,)  # imported for their commands; listed so the import is explicit
+# Imported for the commands they register; listed so that the import is explicit.
+COMMAND_MODULES = (pricing, host, alerts, report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,1 @@
+"""Commands of the rules and alerts: `rules check`, `digest`."""

@@ -1,0 +1,1 @@
+"""Commands that run on or read from a GPU host: `daemon`, `doctor`, `status`."""

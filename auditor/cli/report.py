@@ -1,0 +1,1 @@
+"""Commands of the finance report: `report`, `replay`, `demo`."""
