@@ -150,6 +150,18 @@ def test_unknown_instance_suggests_close_names() -> None:
     assert "did you mean" in result.stderr and "p5.48xlarge" in result.stderr
 
 
+def test_an_instance_without_that_pricing_says_what_the_catalog_has() -> None:
+    args = ["breakeven", "--prompt-tokens", "1B", "--generation-tokens", "1B", "--instance", "g5.xlarge"]
+    result = run(*args, "--pricing", "reserved_3y")
+    assert result.returncode == 2
+    assert "no reserved_3y price for instance type 'g5.xlarge'; the catalog has: aws on_demand" in (
+        result.stderr
+    )
+    assert result.stderr.count("\n") == 1
+    result = run(*args, "--pricing", "cheap")
+    assert result.returncode == 2 and "--pricing: 'cheap' is not one of on_demand" in result.stderr
+
+
 def test_usage_errors_are_one_line_too() -> None:
     result = run("breakeven", "--prompt-tokens", "1M")
     assert result.returncode == 2

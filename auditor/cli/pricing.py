@@ -30,7 +30,7 @@ from auditor.cli.common import (
 )
 from auditor.config import Config, redacted
 from auditor.costing import ApiComparison, WhatIf
-from auditor.gpu_prices import GpuPrice, UnknownInstanceError, find_gpu_price
+from auditor.gpu_prices import PRICING_KINDS, GpuPrice, find_gpu_price
 from auditor.gpu_prices import stale_prices as find_stale_prices
 from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
 from auditor.units import (
@@ -159,9 +159,11 @@ def _self_hosted_rate(
             fatal("--gpus: how many GPUs are billed? (with --gpu-hourly-usd)")
         return gpus, _parse("--gpu-hourly-usd", parse_usd, gpu_hourly_usd)
     assert instance is not None  # noqa: S101  (both None was rejected above)
+    if pricing not in PRICING_KINDS:
+        fatal(f"--pricing: {pricing!r} is not one of {', '.join(sorted(PRICING_KINDS))}")
     try:
         row = find_gpu_price(gpu_catalog(), instance, pricing=pricing)
-    except UnknownInstanceError as exc:
+    except LookupError as exc:  # unknown type, no price of that kind, or several
         fatal(f"--instance: {exc}")
     instances = 1 if gpus is None else math.ceil(gpus / row.gpus)
     if gpus is not None and gpus % row.gpus:
@@ -441,6 +443,6 @@ def _reference_problems(config: Config) -> list[str]:
             gpus = gpus if gpus is not None else gpu_catalog()
             try:
                 find_gpu_price(gpus, instance_type, pricing=getattr(deployment.price, "pricing", "on_demand"))
-            except UnknownInstanceError as exc:
+            except LookupError as exc:  # unknown type, no price of that kind, or several
                 problems.append(f"deployments[{i}].price.instance_type: {exc}")
     return problems
