@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from pathlib import Path
 
 from auditor.analysis import cost_window, local_days
 from auditor.config import parse_config
@@ -40,9 +39,9 @@ tags = { deployment = "qwen" }
 """
 
 
-def test_a_window_reconciles_with_its_cost_lines(tmp_path: Path) -> None:
+def test_a_window_reconciles_with_its_cost_lines(store_url: str) -> None:
     config = parse_config(CONFIG)
-    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    store = Store.open(store_url)
     october = (date(2026, 10, 1), date(2026, 11, 1))
     aws = [
         CostLine(

@@ -21,8 +21,8 @@ def _url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'state' / 'auditor.db'}"
 
 
-def test_migrates_an_empty_database_and_reopens(tmp_path: Path) -> None:
-    store = Store.open(_url(tmp_path))
+def test_migrates_an_empty_database_and_reopens(store_url: str) -> None:
+    store = Store.open(store_url)
     assert store.schema_version() == SCHEMA_VERSION
     tables = set(inspect(store.engine).get_table_names())
     assert {
@@ -33,19 +33,26 @@ def test_migrates_an_empty_database_and_reopens(tmp_path: Path) -> None:
         "cost_lines",
         "alerts",
     } <= tables
+    store.close()
+    again = Store.open(store_url)  # migrating a current schema is a no-op
+    assert again.schema_version() == SCHEMA_VERSION
+    again.close()
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = Store.open(_url(tmp_path))
     with store.engine.connect() as conn:
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-    store.close()
-    again = Store.open(_url(tmp_path))  # migrating a current schema is a no-op
-    assert again.schema_version() == SCHEMA_VERSION
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 10_000
 
 
-def test_refuses_a_newer_schema(tmp_path: Path) -> None:
-    store = Store.open(_url(tmp_path))
+def test_refuses_a_newer_schema(store_url: str) -> None:
+    store = Store.open(store_url)
     with store.engine.begin() as conn:
         conn.execute(insert(schema_version).values(version=SCHEMA_VERSION + 1, applied_ts=0.0))
+    store.close()
     with pytest.raises(StoreError, match="upgrade gpu-auditor"):
-        Store.open(_url(tmp_path))
+        Store.open(store_url)
 
 
 def test_bad_store_urls_say_what_to_use(tmp_path: Path) -> None:
@@ -75,8 +82,8 @@ def _line(day: date, amount: str, account: str = "123456789012") -> CostLine:
     )
 
 
-def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: Path) -> None:
-    store = Store.open(_url(tmp_path))
+def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(store_url: str) -> None:
+    store = Store.open(store_url)
     october = (date(2026, 10, 1), date(2026, 11, 1))
     first = [_line(date(2026, 10, d), "1320.9612345678") for d in range(1, 32)]
     store.replace_cost_lines("aws", "123456789012", *october, first)
@@ -103,8 +110,8 @@ def test_cost_lines_keep_money_exact_and_a_resync_replaces_its_window(tmp_path: 
         store.replace_cost_lines("aws", "123456789012", date(2026, 11, 1), date(2026, 12, 1), first[:1])
 
 
-def test_prune_keeps_what_is_within_retention(tmp_path: Path) -> None:
-    store = Store.open(_url(tmp_path))
+def test_prune_keeps_what_is_within_retention(store_url: str) -> None:
+    store = Store.open(store_url)
     now = 1_790_000_000.0
     store.add_gpu_samples(
         [
@@ -117,8 +124,8 @@ def test_prune_keeps_what_is_within_retention(tmp_path: Path) -> None:
     assert [s.ts for s in store.gpu_samples(0, now)] == [now - 47 * 3600]
 
 
-def test_alerts_survive_a_reopen(tmp_path: Path) -> None:
-    store = Store.open(_url(tmp_path))
+def test_alerts_survive_a_reopen(store_url: str) -> None:
+    store = Store.open(store_url)
     alert = Alert(
         rule="move-to-api",
         subject="llama",
@@ -132,7 +139,7 @@ def test_alerts_survive_a_reopen(tmp_path: Path) -> None:
     store.put_alert(alert)
     store.put_alert(alert)  # an update, not a duplicate
     store.close()
-    assert Store.open(_url(tmp_path)).alerts() == [alert]
+    assert Store.open(store_url).alerts() == [alert]
 
 
 WRITER = textwrap.dedent(
