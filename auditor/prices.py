@@ -150,13 +150,19 @@ class ApiPriceCatalog:
             provider, info = self._snapshot().find_provider_model(model_ref, None, provider_id, None)
         except LookupError:
             raise UnknownModelError(ref, self.suggest(ref)) from None
+        price = self._token_price(provider.id, info)
+        if price is None:  # priced per request, per image…: not comparable per token
+            raise UnknownModelError(ref, [])
+        return price
+
+    def _token_price(self, provider_id: str, info: Any) -> ApiPrice | None:
         prices = info.get_prices(self._now)
         input_mtok = _decimal(getattr(prices, "input_mtok", None))
         output_mtok = _decimal(getattr(prices, "output_mtok", None))
         if input_mtok is None or output_mtok is None:
-            raise UnknownModelError(ref, []) from None
+            return None
         return ApiPrice(
-            provider=provider.id,
+            provider=provider_id,
             model=info.id,
             input_mtok_usd=input_mtok,
             output_mtok_usd=output_mtok,
@@ -176,22 +182,9 @@ class ApiPriceCatalog:
             if wanted is not None and p.id != wanted:
                 continue
             for info in p.models:
-                if info.deprecated:
-                    continue
-                prices = info.get_prices(self._now)
-                input_mtok = _decimal(getattr(prices, "input_mtok", None))
-                output_mtok = _decimal(getattr(prices, "output_mtok", None))
-                if input_mtok is None or output_mtok is None:
-                    continue
-                yield ApiPrice(
-                    provider=p.id,
-                    model=info.id,
-                    input_mtok_usd=input_mtok,
-                    output_mtok_usd=output_mtok,
-                    cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
-                    source=self._source(),
-                    name=info.name,
-                )
+                price = None if info.deprecated else self._token_price(p.id, info)
+                if price is not None:
+                    yield price
 
     def providers(self) -> list[str]:
         return sorted({p.id for p in self._snapshot().providers} | {p.provider for p in self.all_overrides()})
