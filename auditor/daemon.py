@@ -1,0 +1,335 @@
+"""`auditor daemon`: sample, roll up, keep retention, serve the exporter, talk to systemd.
+
+Jobs run on APScheduler 3 (a BackgroundScheduler); they are data (`JobSpec`), so more can be
+added from a list (`extra_jobs`: the alert cycle, the weekly digest). The main thread waits for
+SIGTERM/SIGINT and pings systemd's watchdog while sampling is healthy; on a signal it stops the
+scheduler, waits briefly for a running pass, rolls up what was sampled, and exits within 5 s.
+
+Logging goes to stderr (journald under systemd), one line when a problem starts and one when it
+ends, never one per retry; no secret is ever formatted into a line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from auditor.config import Config
+from auditor.exporter import DeploymentFigures, ExporterState
+from auditor.model import MINUTE_S, GpuSample, ServerSample
+from auditor.rollup import minute_floor, run_rollup
+from auditor.store import Store
+from collectors.interface import Collection, Collector, CollectorError, Problem
+
+log = logging.getLogger("auditor.daemon")
+
+STOP_DEADLINE_S = 5.0
+JOB_WAIT_S = 3.0
+TRAILING_ROLLUP_S = 5 * MINUTE_S
+"""Each roll-up re-rolls this many trailing seconds, so that samples written late are counted."""
+MAX_PENDING_ROWS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A scheduled job: every `interval_s` seconds, or on a cron schedule (APScheduler's fields)."""
+
+    name: str
+    func: Callable[[], object]
+    interval_s: float | None = None
+    cron: Mapping[str, Any] | None = None
+    run_at_start: bool = False
+
+
+def sd_notify(message: str, env: Mapping[str, str] | None = None) -> bool:
+    """Send one sd_notify datagram to $NOTIFY_SOCKET (absent outside systemd: a no-op)."""
+    env = os.environ if env is None else env
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.warning("cannot notify systemd at %s: %s", env.get("NOTIFY_SOCKET"), exc.strerror)
+        return False
+    return True
+
+
+def watchdog_interval_s(env: Mapping[str, str]) -> float | None:
+    """Half of systemd's WatchdogSec (from $WATCHDOG_USEC), when this process is the one watched."""
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1e6 / 2
+
+
+@dataclass
+class ProblemLog:
+    """One log line when a problem starts and one when it clears; nothing per retry."""
+
+    active: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def update(self, collector: str, problems: Sequence[Problem]) -> None:
+        now = {(collector, p.subject, p.kind): p.message for p in problems}
+        for key, message in now.items():
+            if key not in self.active:
+                log.warning("%s: %s", collector, message)
+        for key in list(self.active):
+            if key[0] == collector and key not in now:
+                log.warning("%s: %s recovered (%s)", collector, key[1], key[2])
+        self.active = {k: v for k, v in self.active.items() if k[0] != collector} | now
+
+
+class Daemon:
+    """The daemon's jobs, over a store and collectors built by the composition root."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        gpu_collectors: Sequence[Collector[GpuSample]],
+        server_collectors: Sequence[Collector[ServerSample]],
+        state: ExporterState,
+        figures: Callable[[datetime], Sequence[DeploymentFigures]] | None = None,
+        clock: Callable[[], float] = time.time,
+        extra_jobs: Sequence[JobSpec] = (),
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.gpu_collectors = list(gpu_collectors)
+        self.server_collectors = list(server_collectors)
+        self.state = state
+        self.figures = figures
+        self.clock = clock
+        self.extra_jobs = list(extra_jobs)
+        self.problems = ProblemLog()
+        self._pending_gpu: list[GpuSample] = []
+        self._pending_server: list[ServerSample] = []
+        self._rolled_once = False
+        self._last_pass_ts: float | None = None
+        self._busy = threading.Lock()
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def jobs(self) -> list[JobSpec]:
+        return [
+            JobSpec(
+                "sample", self.sample, interval_s=self.config.daemon.sample_interval_s, run_at_start=True
+            ),
+            JobSpec("rollup", self.rollup, interval_s=MINUTE_S, run_at_start=True),
+            JobSpec("retention", self.retention, cron={"hour": 3, "minute": 17}, run_at_start=True),
+            *self.extra_jobs,
+        ]
+
+    def _collect(self, collector: Collector[Any]) -> Collection[Any] | None:
+        try:
+            collection = collector.collect()
+        except CollectorError as exc:
+            self.problems.update(collector.name, [Problem("*", exc.kind, str(exc))])
+            self.state.record_errors(collector.name, [exc.kind], down=True)
+            return None
+        self.problems.update(collector.name, collection.problems)
+        self.state.record_errors(collector.name, [p.kind for p in collection.problems])
+        if collection.samples or not collection.problems:
+            self.state.record_success(collector.name, self.clock())
+        return collection
+
+    def sample(self) -> None:
+        """One pass of every collector; the samples are committed before the pass ends."""
+        with self._busy:
+            gpu: list[GpuSample] = []
+            for gpu_collector in self.gpu_collectors:
+                result = self._collect(gpu_collector)
+                if result is not None:
+                    gpu.extend(result.samples)
+            servers: list[ServerSample] = []
+            for server_collector in self.server_collectors:
+                result = self._collect(server_collector)
+                if result is not None:
+                    servers.extend(result.samples)
+            self.state.set_gpu_samples(gpu)
+            self._write(gpu, servers)
+            self._last_pass_ts = time.monotonic()
+
+    def _write(self, gpu: list[GpuSample], servers: list[ServerSample]) -> None:
+        """Commit this pass (and any pass the store refused before); keep them for later on failure."""
+        self._pending_gpu.extend(gpu)
+        self._pending_server.extend(servers)
+        try:
+            self.store.add_gpu_samples(self._pending_gpu)
+            self._pending_gpu = []
+            self.store.add_server_samples(self._pending_server)
+            self._pending_server = []
+        except SQLAlchemyError as exc:
+            kept = len(self._pending_gpu) + len(self._pending_server)
+            self.problems.update(
+                "store",
+                [
+                    Problem(
+                        "store", "write_failed", f"cannot write samples: {getattr(exc, 'orig', None) or exc}"
+                    )
+                ],
+            )
+            self.state.record_errors("store", ["write_failed"])
+            self._pending_gpu = self._pending_gpu[-MAX_PENDING_ROWS:]
+            self._pending_server = self._pending_server[-MAX_PENDING_ROWS:]
+            log.debug("store: %d samples kept in memory for the next pass", kept)
+            return
+        self.problems.update("store", [])
+
+    def rollup(self) -> None:
+        """Roll up the trailing minutes (and, the first time, everything since the last roll-up)."""
+        now = self.clock()
+        end = minute_floor(now) + MINUTE_S
+        max_gap_s = self.config.daemon.effective_max_gap_s
+        start = minute_floor(now - max(TRAILING_ROLLUP_S, max_gap_s + MINUTE_S))
+        if not self._rolled_once:
+            oldest = minute_floor(now - self.config.store.raw_retention_h * 3600)
+            last = self.store.last_minute_ts()
+            start = min(start, max(last if last is not None else oldest, oldest))
+        capacities = {d.name: d.capacity_tokens_per_s for d in self.config.deployments}
+        try:
+            run_rollup(
+                self.store,
+                start,
+                end,
+                max_gap_s=max_gap_s,
+                idle_threshold=self.config.rules.idle_threshold,
+                capacity_tokens_per_s=lambda name: capacities.get(name),
+            )
+        except SQLAlchemyError as exc:
+            self.problems.update(
+                "rollup",
+                [Problem("store", "rollup_failed", f"cannot roll up: {getattr(exc, 'orig', None) or exc}")],
+            )
+            self.state.record_errors("rollup", ["rollup_failed"])
+            return
+        self.problems.update("rollup", [])
+        self._rolled_once = True
+        self.update_figures()
+
+    def update_figures(self) -> None:
+        if self.figures is None:
+            return
+        try:
+            figures = self.figures(datetime.fromtimestamp(self.clock(), UTC))
+        except (LookupError, ValueError, SQLAlchemyError) as exc:
+            self.problems.update("costing", [Problem("costing", "failed", f"cannot cost deployments: {exc}")])
+            return
+        self.problems.update("costing", [])
+        self.state.set_deployments(figures)
+
+    def retention(self) -> None:
+        cfg = self.config.store
+        try:
+            deleted = self.store.prune(
+                self.clock(), cfg.raw_retention_h * 3600, cfg.rollup_retention_days * 86400
+            )
+        except SQLAlchemyError as exc:
+            self.problems.update(
+                "retention",
+                [Problem("store", "prune_failed", f"cannot prune: {getattr(exc, 'orig', None) or exc}")],
+            )
+            return
+        self.problems.update("retention", [])
+        if any(deleted.values()):
+            log.info("retention: deleted %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
+
+    # -- health ---------------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        """Sampling has completed a pass recently (a hung NVML call stops the watchdog pings)."""
+        if self._last_pass_ts is None:
+            return True
+        allowed = max(3 * self.config.daemon.sample_interval_s, 30.0)
+        return time.monotonic() - self._last_pass_ts < allowed
+
+    def flush(self, deadline_s: float) -> bool:
+        """At exit: wait (briefly) for a running pass, then roll up what was sampled.
+
+        False when a pass is stuck (in a driver call, say): the caller must exit without it."""
+        if not self._busy.acquire(timeout=deadline_s):
+            log.warning("a sampling pass did not finish within %.0f s; exiting without it", deadline_s)
+            return False
+        self._busy.release()
+        if self._pending_gpu or self._pending_server:
+            self._write([], [])
+        self.rollup()
+        return True
+
+
+def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundScheduler:
+    scheduler = BackgroundScheduler(
+        timezone=timezone,
+        executors={"default": ThreadPoolExecutor(max_workers=4)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+    )
+    now = datetime.now(UTC)
+    for job in jobs:
+        options: dict[str, Any] = {"id": job.name, "name": job.name, "replace_existing": True}
+        if job.run_at_start:
+            options["next_run_time"] = now
+        if job.interval_s is not None:
+            scheduler.add_job(job.func, "interval", seconds=job.interval_s, **options)
+        elif job.cron is not None:
+            scheduler.add_job(job.func, "cron", **dict(job.cron), **options)
+        else:
+            raise ValueError(f"job {job.name!r} has neither interval_s nor cron")
+    return scheduler
+
+
+def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status: 0, or 1 when a job was
+    stuck at exit (the caller then exits at once, without waiting for the stuck thread)."""
+    env = os.environ if env is None else env
+    stop = stop or threading.Event()
+
+    def _on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: flushing and exiting", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    scheduler = build_scheduler(daemon.jobs(), daemon.config.tz)
+    scheduler.start()
+    sd_notify("READY=1", env)
+    sd_notify(f"STATUS=sampling every {daemon.config.daemon.sample_interval_s:g} s", env)
+    log.info(
+        "started: sampling every %g s, %d GPU and %d server collector(s)",
+        daemon.config.daemon.sample_interval_s,
+        len(daemon.gpu_collectors),
+        len(daemon.server_collectors),
+    )
+    watchdog_s = watchdog_interval_s(env)
+    tick = min(watchdog_s or 1.0, 1.0)
+    flushed = False
+    try:
+        while not stop.wait(tick):
+            if watchdog_s is not None and daemon.healthy():
+                sd_notify("WATCHDOG=1", env)
+    finally:
+        started = time.monotonic()
+        sd_notify("STOPPING=1", env)
+        scheduler.shutdown(wait=False)
+        flushed = daemon.flush(JOB_WAIT_S)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        log.info("stopped in %.1f s", time.monotonic() - started)
+    return 0 if flushed else 1

@@ -1,0 +1,269 @@
+"""The daemon's Prometheus exporter: what it sampled, what it costs, and its own health.
+
+A custom collector on its *own* `CollectorRegistry` (never the global default one), reading an
+in-memory `ExporterState` that the daemon updates: GPU readings after each sampling pass, cost
+figures after each roll-up (costing a month on every scrape would read the store each time).
+Unknown figures are left out of the output, never exported as 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from auditor.analysis import cost_window
+from auditor.config import Config
+from auditor.gpu_prices import GpuPrice
+from auditor.model import GpuSample
+from auditor.prices import ApiPriceCatalog
+from auditor.store import Store
+
+TOKENS_WINDOW_S = 300
+"""tokens/s is the mean over the last five rolled-up minutes."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentFigures:
+    deployment: str
+    tokens_per_s: float | None
+    cost_rate_usd_per_h: Decimal | None
+    cost_per_mtok_usd: dict[str, Decimal | None]
+    """Window (`1h`, `1d`) → cost per million tokens; None where no tokens were served."""
+    idle_cost_month_usd: Decimal | None
+    breakeven_utilization: dict[str, Decimal]
+    """API model → the utilization at which self-hosting costs what that API would."""
+
+
+@dataclass
+class ExporterState:
+    """What the exporter serves; the daemon writes it, the exporter's thread reads it."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    gpu_samples: tuple[GpuSample, ...] = ()
+    deployments: tuple[DeploymentFigures, ...] = ()
+    last_success_ts: dict[str, float] = field(default_factory=dict)
+    errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    up: dict[str, bool] = field(default_factory=dict)
+
+    def set_gpu_samples(self, samples: Sequence[GpuSample]) -> None:
+        with self.lock:
+            self.gpu_samples = tuple(samples)
+
+    def set_deployments(self, figures: Sequence[DeploymentFigures]) -> None:
+        with self.lock:
+            self.deployments = tuple(figures)
+
+    def record_success(self, collector: str, ts: float) -> None:
+        with self.lock:
+            self.last_success_ts[collector] = ts
+            self.up[collector] = True
+
+    def record_errors(self, collector: str, kinds: Iterable[str], *, down: bool = False) -> None:
+        with self.lock:
+            for kind in kinds:
+                self.errors[(collector, kind)] += 1
+            if down:
+                self.up[collector] = False
+
+
+def _tokens_per_s(store: Store, deployment: str, end_ts: float) -> float | None:
+    minutes = store.deployment_minutes(end_ts - TOKENS_WINDOW_S, end_ts, deployment)
+    observed = [m for m in minutes if m.server_observed_s > 0]
+    if not observed:
+        return None
+    tokens = sum(m.prompt_tokens + m.generation_tokens for m in observed)
+    return tokens / (len(observed) * 60)
+
+
+def deployment_figures(
+    store: Store,
+    config: Config,
+    now: datetime,
+    api_catalog: ApiPriceCatalog,
+    gpu_catalog: Sequence[GpuPrice],
+) -> list[DeploymentFigures]:
+    """Cost figures for every deployment at `now`: the last hour, the last day, the month so far."""
+    hour = cost_window(store, config, now - timedelta(hours=1), now, api_catalog, gpu_catalog)
+    day = cost_window(store, config, now - timedelta(days=1), now, api_catalog, gpu_catalog)
+    local = now.astimezone(config.tz)
+    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+    month = (
+        cost_window(store, config, month_start, now, api_catalog, gpu_catalog) if month_start < now else None
+    )
+    by_day = {c.deployment: c for c in day.deployments}
+    by_month = {c.deployment: c for c in month.deployments} if month else {}
+    figures = []
+    for cost in hour.deployments:
+        day_cost = by_day.get(cost.deployment)
+        month_cost = by_month.get(cost.deployment)
+        figures.append(
+            DeploymentFigures(
+                deployment=cost.deployment,
+                tokens_per_s=_tokens_per_s(store, cost.deployment, now.timestamp()),
+                cost_rate_usd_per_h=cost.cost_usd / cost.window_hours if cost.window_hours else None,
+                cost_per_mtok_usd={
+                    "1h": cost.cost_per_mtok_usd,
+                    "1d": day_cost.cost_per_mtok_usd if day_cost else None,
+                },
+                idle_cost_month_usd=month_cost.idle_cost_usd if month_cost else None,
+                breakeven_utilization={
+                    c.price.ref: c.breakeven_utilization
+                    for c in (day_cost.apis if day_cost else [])
+                    if c.breakeven_utilization is not None
+                },
+            )
+        )
+    return figures
+
+
+class AuditorMetrics(Collector):
+    """prometheus_client's custom-collector contract: `collect()` yields metric families."""
+
+    def __init__(self, state: ExporterState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        with self._state.lock:
+            samples = self._state.gpu_samples
+            deployments = self._state.deployments
+            last_success = dict(self._state.last_success_ts)
+            errors = dict(self._state.errors)
+            up = dict(self._state.up)
+        yield from _gpu_families(samples)
+        yield from _deployment_families(deployments)
+        yield from _health_families(last_success, errors, up)
+
+
+_GPU_LABELS = ["host", "gpu_uuid", "gpu_index", "deployment"]
+_GPU_GAUGES: tuple[tuple[str, str, str, float], ...] = (
+    (
+        "auditor_gpu_utilization_ratio",
+        "NVML utilization.gpu as sampled (share of time a kernel ran)",
+        "util_pct",
+        0.01,
+    ),
+    ("auditor_gpu_sm_active_ratio", "GPM SM activity as sampled (Hopper and later)", "sm_active_pct", 0.01),
+    ("auditor_gpu_power_watts", "Power draw as sampled", "power_w", 1.0),
+    ("auditor_gpu_memory_used_bytes", "GPU memory in use as sampled", "mem_used_bytes", 1.0),
+)
+
+
+def _gpu_families(samples: Sequence[GpuSample]) -> Iterator[Metric]:
+    for name, documentation, attribute, scale in _GPU_GAUGES:
+        family = GaugeMetricFamily(name, documentation, labels=_GPU_LABELS)
+        for s in samples:
+            value = getattr(s, attribute)
+            if value is not None:
+                family.add_metric([s.host, s.gpu_uuid, str(s.gpu_index), s.deployment or ""], value * scale)
+        yield family
+    energy = CounterMetricFamily(
+        "auditor_gpu_energy_joules", "Total energy since the driver loaded (NVML)", labels=_GPU_LABELS
+    )
+    for s in samples:
+        if s.energy_j is not None:
+            energy.add_metric([s.host, s.gpu_uuid, str(s.gpu_index), s.deployment or ""], s.energy_j)
+    yield energy
+
+
+def _number(value: Decimal | float | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _deployment_families(deployments: Sequence[DeploymentFigures]) -> Iterator[Metric]:
+    tokens = GaugeMetricFamily(
+        "auditor_deployment_tokens_per_second",
+        f"Tokens served per second (prompt + generated), mean of the last {TOKENS_WINDOW_S // 60} minutes",
+        labels=["deployment"],
+    )
+    rate = GaugeMetricFamily(
+        "auditor_deployment_cost_rate_usd_per_hour",
+        "Cost over the last hour, per hour",
+        labels=["deployment"],
+    )
+    per_mtok = GaugeMetricFamily(
+        "auditor_cost_per_mtok_usd",
+        "Cost per million tokens served over the window",
+        labels=["deployment", "window"],
+    )
+    idle = CounterMetricFamily(
+        "auditor_idle_cost_usd",
+        "Cost of idle GPU time so far this month (resets when a month starts, in the config's time zone)",
+        labels=["deployment"],
+    )
+    breakeven = GaugeMetricFamily(
+        "auditor_breakeven_utilization_ratio",
+        "Utilization at which self-hosting costs what the API would (last day's token mix)",
+        labels=["deployment", "api"],
+    )
+    for d in deployments:
+        _add(tokens, [d.deployment], d.tokens_per_s)
+        _add(rate, [d.deployment], _number(d.cost_rate_usd_per_h))
+        for window, value in d.cost_per_mtok_usd.items():
+            _add(per_mtok, [d.deployment, window], _number(value))
+        _add(idle, [d.deployment], _number(d.idle_cost_month_usd))
+        for api, share in d.breakeven_utilization.items():
+            _add(breakeven, [d.deployment, api], float(share))
+    yield from (tokens, rate, per_mtok, idle, breakeven)
+
+
+def _add(family: Any, labels: list[str], value: float | None) -> None:
+    if value is not None:
+        family.add_metric(labels, value)
+
+
+def _health_families(
+    last_success: dict[str, float], errors: dict[tuple[str, str], int], up: dict[str, bool]
+) -> Iterator[Metric]:
+    success = GaugeMetricFamily(
+        "auditor_collector_last_success_timestamp_seconds",
+        "When the collector last gave samples (Unix time)",
+        labels=["collector"],
+    )
+    for collector, ts in sorted(last_success.items()):
+        success.add_metric([collector], ts)
+    failures = CounterMetricFamily(
+        "auditor_collector_errors", "Problems met by each collector, by kind", labels=["collector", "kind"]
+    )
+    for (collector, kind), count in sorted(errors.items()):
+        failures.add_metric([collector, kind], count)
+    up_family = GaugeMetricFamily(
+        "auditor_collector_up", "1 when the collector's last pass could read its source", labels=["collector"]
+    )
+    for collector, is_up in sorted(up.items()):
+        up_family.add_metric([collector], 1.0 if is_up else 0.0)
+    yield from (success, failures, up_family)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+class Exporter:
+    """Serves the registry over HTTP on its own thread."""
+
+    def __init__(self, state: ExporterState, listen: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(AuditorMetrics(state))
+        self.address, self.port = parse_listen(listen)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Raises OSError when the address is taken or not ours."""
+        self._server, self._thread = start_http_server(self.port, addr=self.address, registry=self.registry)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

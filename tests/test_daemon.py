@@ -1,0 +1,204 @@
+"""The real `auditor daemon` process on the fake NVML and a local vLLM /metrics server."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auditor.config import Config
+from auditor.daemon import Daemon, JobSpec, ProblemLog, build_scheduler, sd_notify, watchdog_interval_s
+from auditor.exporter import ExporterState
+from auditor.store import Store
+from auditor.store import gpu_samples as gpu_samples_table
+from collectors.interface import Problem
+from collectors.nvml import GpuDeploymentMap, NvmlCollector
+from tests.hostkit import THREE_GPUS, VllmServer, daemon_env, daemon_process, load_fake_nvml, write_config
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(0.2)
+    yield sock
+    sock.close()
+
+
+def _wait_ready(sock: socket.socket, timeout_s: float = 30) -> list[str]:
+    """The daemon's messages up to READY=1 (start-up imports take a second or two)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            seen.append(sock.recv(4096).decode())
+        except TimeoutError:
+            continue
+        if seen[-1] == "READY=1":
+            return seen
+    raise AssertionError(f"no READY=1 within {timeout_s} s: {seen}")
+
+
+def _messages(sock: socket.socket) -> list[str]:
+    found = []
+    while True:
+        try:
+            found.append(sock.recv(4096).decode())
+        except TimeoutError:
+            return found
+
+
+def test_sd_notify_writes_to_the_socket(tmp_path: Path, notify_socket: socket.socket) -> None:
+    assert sd_notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    assert _messages(notify_socket) == ["READY=1"]
+    assert not sd_notify("READY=1", {})  # outside systemd: nothing to do
+
+
+def test_watchdog_interval_is_half_of_watchdog_sec() -> None:
+    assert watchdog_interval_s({"WATCHDOG_USEC": "120000000"}) == 60.0
+    assert watchdog_interval_s({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}) is None
+    assert watchdog_interval_s({}) is None
+
+
+def test_problem_log_says_each_problem_once_and_its_recovery(caplog: pytest.LogCaptureFixture) -> None:
+    book = ProblemLog()
+    down = [Problem("http://x/metrics", "unreachable", "http://x/metrics is unreachable")]
+    with caplog.at_level(logging.WARNING, logger="auditor.daemon"):
+        for _ in range(5):
+            book.update("inference", down)
+        book.update("inference", [])
+        book.update("inference", [])
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "inference: http://x/metrics is unreachable",
+        "inference: http://x/metrics recovered (unreachable)",
+    ]
+
+
+def test_jobs_come_from_a_list_and_more_can_be_added() -> None:
+    calls: list[str] = []
+    jobs = [
+        JobSpec("a", lambda: calls.append("a"), interval_s=60),
+        JobSpec("digest", lambda: calls.append("d"), cron={"day_of_week": "mon", "hour": 9}),
+    ]
+    scheduler = build_scheduler(jobs, "UTC")
+    assert sorted(j.id for j in scheduler.get_jobs()) == ["a", "digest"]
+    with pytest.raises(ValueError, match="neither"):
+        build_scheduler([JobSpec("x", lambda: None)], "UTC")
+
+
+def _rows(db: Path, query: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_daemon_samples_rolls_up_and_exits_on_sigterm(tmp_path: Path, notify_socket: socket.socket) -> None:
+    script = {"gpus": [{"profile": "h100_load"}, {"profile": "h200_idle", "lost_after_s": 1.5}]}
+    with VllmServer() as server:
+        config = write_config(tmp_path, servers=[server.url])
+        env = daemon_env(
+            tmp_path, script, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="1000000"
+        )
+        with daemon_process(config, env) as process:
+            ready = _wait_ready(notify_socket)
+            time.sleep(4)
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            process.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            _, stderr = process.communicate(timeout=10)
+            took = time.monotonic() - started
+    assert process.returncode == 0, stderr
+    assert took < 5, f"took {took:.1f} s to stop"
+    messages = ready + _messages(notify_socket)
+    assert "READY=1" in messages and "WATCHDOG=1" in messages and "STOPPING=1" in messages
+    # One line for the lost GPU, however many passes it stayed lost.
+    assert stderr.count("GPU is lost") == 1, stderr
+    assert "Traceback" not in stderr
+    db = tmp_path / "auditor.db"
+    samples = _rows(db, "SELECT gpu_index, COUNT(*) FROM gpu_samples GROUP BY gpu_index ORDER BY gpu_index")
+    counts = dict(samples)
+    assert counts[0] >= 6  # ~8 passes in 4 s at 0.5 s
+    assert counts[1] < counts[0]  # lost after 1.5 s: no samples after that, not zeros
+    # The roll-ups agree with the raw samples they come from.
+    observed = _rows(
+        db, "SELECT gpu_index, SUM(observed_s), MAX(gpu_util) FROM gpu_minutes GROUP BY gpu_index"
+    )
+    by_gpu = {row[0]: row for row in observed}
+    span = _rows(db, "SELECT MAX(ts) - MIN(ts) FROM gpu_samples WHERE gpu_index = 0")[0][0]
+    assert by_gpu[0][1] == pytest.approx(span, abs=0.01)
+    assert by_gpu[0][2] == pytest.approx(1.0)
+    first, last = _rows(
+        db,
+        "SELECT MIN(prompt_tokens_total + generation_tokens_total),"
+        " MAX(prompt_tokens_total + generation_tokens_total) FROM server_samples",
+    )[0]
+    tokens = _rows(
+        db, "SELECT SUM(prompt_tokens + generation_tokens), SUM(request_busy_s) FROM deployment_minutes"
+    )[0]
+    assert tokens[0] == last - first  # counter increases, all of them
+    assert tokens[1] > 0  # one request running in every scrape
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_committed_row_and_the_next_start_carries_on(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    db = tmp_path / "auditor.db"
+    with VllmServer() as server:
+        config = write_config(tmp_path, servers=[server.url])
+        env = daemon_env(tmp_path, THREE_GPUS, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+        with daemon_process(config, env) as process:
+            _wait_ready(notify_socket)
+            time.sleep(3)
+            committed = _rows(db, "SELECT gpu_uuid, ts FROM gpu_samples")
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=5)
+        assert len(committed) >= 9
+        assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
+        after_kill = set(_rows(db, "SELECT gpu_uuid, ts FROM gpu_samples"))
+        assert set(committed) <= after_kill
+        with daemon_process(config, env) as process:
+            _wait_ready(notify_socket)
+            time.sleep(3)
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=10)
+        assert process.returncode == 0, stderr
+    assert _rows(db, "PRAGMA integrity_check") == [("ok",)]
+    final = set(_rows(db, "SELECT gpu_uuid, ts FROM gpu_samples"))
+    assert after_kill < final  # it carried on sampling
+    # The minutes sampled before the kill were rolled up by the second run.
+    first_ts = min(ts for _, ts in committed)
+    assert isinstance(first_ts, float)
+    minute = int(first_ts // 60 * 60)
+    assert _rows(db, f"SELECT COUNT(*) FROM gpu_minutes WHERE minute_ts = {minute}")[0][0] == 3  # noqa: S608
+
+
+def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
+    config = Config.model_validate({"store": {"url": f"sqlite:///{tmp_path / 'a.db'}"}})
+    store = Store.open(config.store.url)
+    nvml = NvmlCollector(
+        load_fake_nvml({"gpus": [{"profile": "h100_load"}]}),
+        host="h",
+        deployments=GpuDeploymentMap([]),
+        interval_s=1,
+    )
+    daemon = Daemon(
+        config=config, store=store, gpu_collectors=[nvml], server_collectors=[], state=ExporterState()
+    )
+    with store.engine.begin() as conn:
+        gpu_samples_table.drop(conn)  # the store fails (a full disk, a broken mount)
+    daemon.sample()
+    daemon.sample()
+    assert ("store", "store", "write_failed") in daemon.problems.active
+    with store.engine.begin() as conn:
+        gpu_samples_table.create(conn)
+    daemon.sample()
+    assert len(store.gpu_samples(0, 2e9)) == 3  # the two refused passes, then this one
+    assert daemon.problems.active == {}

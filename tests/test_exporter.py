@@ -1,0 +1,177 @@
+"""The exporter: figures from a real SQLite store, served over HTTP on its own registry."""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
+
+from auditor.config import Config
+from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
+from auditor.gpu_prices import load_gpu_prices
+from auditor.model import GpuSample, ServerSample
+from auditor.prices import ApiPriceCatalog
+from auditor.rollup import minute_floor, run_rollup
+from auditor.store import Store
+from tests.hostkit import free_port
+
+CONFIG = Config.model_validate(
+    {
+        "deployments": [
+            {
+                "name": "llama",
+                "model": "m",
+                "gpu_type": "H100",
+                "gpus": [{"host": "h", "indexes": [0, 1]}],
+                "servers": [{"url": "http://127.0.0.1:1/metrics"}],
+                "price": {"source": "static", "gpu_hourly_usd": "2.50"},
+            }
+        ]
+    }
+)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+
+
+def _fill(store: Store, now: int) -> None:
+    """70 minutes at 10 s: two busy GPUs, a server serving 100 tokens/s (60 prompt, 40 generated)."""
+    start = now - 70 * 60
+    gpu, server = [], []
+    for i, ts in enumerate(range(start, now + 1, 10)):
+        for index in (0, 1):
+            gpu.append(
+                GpuSample(
+                    ts=ts,
+                    host="h",
+                    gpu_uuid=f"GPU-{index}",
+                    gpu_index=index,
+                    deployment="llama",
+                    util_pct=80.0,
+                    power_w=500.0,
+                    energy_j=1000.0 + 5000 * i,
+                    process_count=1,
+                )
+            )
+        server.append(
+            ServerSample(
+                ts=ts,
+                host="h",
+                deployment="llama",
+                instance="u",
+                prompt_tokens_total=600.0 * i,
+                generation_tokens_total=400.0 * i,
+                requests_running=2,
+            )
+        )
+    store.add_gpu_samples(gpu)
+    store.add_server_samples(server)
+    run_rollup(
+        store,
+        minute_floor(start),
+        now,
+        max_gap_s=30,
+        idle_threshold=0.05,
+        capacity_tokens_per_s=lambda _: None,
+    )
+
+
+def test_deployment_figures_agree_with_hand_arithmetic(store: Store) -> None:
+    now = minute_floor(datetime.now(UTC).timestamp())
+    _fill(store, now)
+    [figures] = deployment_figures(
+        store, CONFIG, datetime.fromtimestamp(now, UTC), ApiPriceCatalog(None), load_gpu_prices()
+    )
+    assert figures.tokens_per_s == pytest.approx(100.0)
+    # 2 GPUs × $2.50/h
+    assert figures.cost_rate_usd_per_h is not None
+    assert abs(figures.cost_rate_usd_per_h - Decimal(5)) < Decimal("1e-9")
+    # $5 for 360,000 tokens in the last hour: $13.89 per million.
+    per_mtok = figures.cost_per_mtok_usd["1h"]
+    assert per_mtok is not None and abs(per_mtok - Decimal(5) / Decimal(360_000) * 10**6) < Decimal("1e-6")
+    assert figures.idle_cost_month_usd is not None and figures.idle_cost_month_usd == 0  # busy all along
+
+
+def test_deployment_without_data_has_unknown_figures(store: Store) -> None:
+    [figures] = deployment_figures(store, CONFIG, datetime.now(UTC), ApiPriceCatalog(None), load_gpu_prices())
+    assert figures.tokens_per_s is None
+    assert figures.cost_per_mtok_usd["1h"] is None
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> None:
+    state = ExporterState()
+    state.set_gpu_samples(
+        [
+            GpuSample(
+                ts=1.0,
+                host="h",
+                gpu_uuid="GPU-0",
+                gpu_index=0,
+                deployment="llama",
+                util_pct=100.0,
+                power_w=633.0,
+                energy_j=1000.0,
+            ),
+            GpuSample(ts=1.0, host="h", gpu_uuid="GPU-1", gpu_index=1, util_pct=None, power_w=77.0),
+        ]
+    )
+    state.set_deployments(
+        [
+            DeploymentFigures(
+                "llama",
+                100.0,
+                Decimal("5"),
+                {"1h": Decimal("13.89"), "1d": None},
+                Decimal("1.25"),
+                {"openai:gpt-4o": Decimal("0.4")},
+            )
+        ]
+    )
+    state.record_success("nvml", 1234.0)
+    state.record_errors("inference", ["unreachable", "unreachable"], down=True)
+    port = free_port()
+    exporter = Exporter(state, f"127.0.0.1:{port}")
+    exporter.start()
+    try:
+        metrics = _scrape(port)
+    finally:
+        exporter.stop()
+    util = {labels["gpu_uuid"]: v for labels, v in metrics["auditor_gpu_utilization_ratio"]}
+    assert util == {"GPU-0": 1.0}  # GPU-1's utilization is unknown: not exported as 0
+    assert {labels["gpu_uuid"]: v for labels, v in metrics["auditor_gpu_power_watts"]} == {
+        "GPU-0": 633.0,
+        "GPU-1": 77.0,
+    }
+    assert metrics["auditor_gpu_energy_joules_total"][0][1] == 1000.0
+    assert metrics["auditor_deployment_tokens_per_second"] == [({"deployment": "llama"}, 100.0)]
+    assert metrics["auditor_deployment_cost_rate_usd_per_hour"] == [({"deployment": "llama"}, 5.0)]
+    assert metrics["auditor_cost_per_mtok_usd"] == [({"deployment": "llama", "window": "1h"}, 13.89)]
+    assert metrics["auditor_idle_cost_usd_total"] == [({"deployment": "llama"}, 1.25)]
+    assert metrics["auditor_breakeven_utilization_ratio"] == [
+        ({"deployment": "llama", "api": "openai:gpt-4o"}, 0.4)
+    ]
+    assert metrics["auditor_collector_last_success_timestamp_seconds"] == [({"collector": "nvml"}, 1234.0)]
+    assert metrics["auditor_collector_errors_total"] == [
+        ({"collector": "inference", "kind": "unreachable"}, 2.0)
+    ]
+    assert ({"collector": "inference"}, 0.0) in metrics["auditor_collector_up"]
+    assert all(name.startswith("auditor_") for name in metrics)
+    # Nothing leaked into the global default registry.
+    assert REGISTRY.get_sample_value("auditor_deployment_tokens_per_second", {"deployment": "llama"}) is None
