@@ -297,10 +297,14 @@ class OptimizeRule(_Rule):
     low: Fraction = 0.40
     high: Fraction = 0.60
     window_days: int = Field(7, gt=0)
+    hysteresis: Fraction = 0.05
+    """A firing finding leaves only this far outside the band (no flapping at its edges)."""
 
 
 class BelowBreakevenRule(_Rule):
     window_days: int = Field(7, gt=0)
+    margin: Fraction = 0.05
+    """A firing finding leaves only when utilization is this much above break-even."""
 
 
 class RunawaySpendRule(_Rule):
@@ -309,27 +313,49 @@ class RunawaySpendRule(_Rule):
     baseline_days: int = Field(7, gt=0)
     day_over_day_factor: float = Field(1.5, gt=1)
     cooldown_h: float = Field(1, ge=0)
+    leave_factor: float = Field(1.8, gt=1)
+    """A firing alert resolves only when the burn rate falls under this multiple of the baseline."""
+    live_minutes: int = Field(10, gt=0)
+    """GPUs seen in the last this many minutes are the ones running now."""
+    min_baseline_h: float = Field(24, gt=0)
+    """Hours of observed history the baseline needs before it judges."""
+    min_jump_usd: Usd = Decimal(100)
+    """A billed day-over-day jump smaller than this many dollars is noise."""
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Self:
+        if self.leave_factor > self.factor:
+            raise ValueError("leave_factor must be at most factor (the alert leaves below where it entered)")
+        return self
 
 
 class IdleLoadedRule(_Rule):
     below: Fraction = 0.05
     hours: float = Field(4, gt=0)
+    min_mem_used_bytes: int = Field(1 << 30, ge=0)
+    """Memory in use that means a model is loaded, where the driver does not list processes."""
 
 
 class OffHoursIdleRule(_Rule):
     below: Fraction = 0.05
     weeks: int = Field(3, gt=0)
+    min_block_h: int = Field(2, gt=0, le=168)
+    """Idle stretches shorter than this many hours are not worth a schedule."""
 
 
 class SaturationRule(_Rule):
     kv_cache_above: Fraction = 0.90
     minutes: int = Field(15, gt=0)
+    leave_below_share: Fraction = 0.5
+    """A firing alert resolves when fewer than this share of the minutes are saturated."""
 
 
 class RulesConfig(_Strict):
     utilization_metric: UtilizationMetric = UtilizationMetric.AUTO
     idle_threshold: Fraction = 0.05
     """A GPU under this utilization (0–1), with no requests running, is idle."""
+    min_coverage: Fraction = 0.5
+    """A window with less than this share of its GPU time observed gives no verdict."""
     move_to_api: MoveToApiRule = Field(default_factory=MoveToApiRule)
     self_host_pays: SelfHostPaysRule = Field(default_factory=SelfHostPaysRule)
     optimize: OptimizeRule = Field(default_factory=OptimizeRule)
@@ -351,6 +377,8 @@ class SlackConfig(_Strict):
     channel_warning: str | None = None
     channel_critical: str | None = None
     digest_channel: str | None = None
+    min_severity: Literal["info", "warning", "critical"] = "warning"
+    """Findings below this severity are kept as alerts but not sent."""
     digest_cron: str = Field("mon 09:00", pattern=r"^(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):[0-5]\d$")
 
 

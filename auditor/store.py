@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -221,8 +223,70 @@ def _migration_1(conn: Connection) -> None:
     metadata.create_all(conn, checkfirst=True)
 
 
+# -- schema 2: the alert outbox (its own MetaData: migration 1's `create_all` must never make it) --
+
+outbox_metadata = MetaData()
+
+outbox = Table(
+    "outbox",
+    outbox_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("key", String(400), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("channel", String(255)),
+    Column("text", Text, nullable=False),
+    Column("blocks", Text, nullable=False),
+    Column("attachment", LargeBinary),
+    Column("attachment_name", String(255)),
+    Column("created_ts", Double, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_ts", Double, nullable=False),
+    Column("last_error", Text),
+    Column("posted_ref", String(255)),
+    Column("sent_ts", Double),
+    Column("sent_ref", String(255)),
+    Index("ix_outbox_pending", "sent_ts", "next_attempt_ts"),
+    Index("ix_outbox_key", "key"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxMessage:
+    """A message waiting for Slack (or sent): marked sent only after Slack accepted it."""
+
+    key: str
+    """What it is about: `rule|subject` for an alert, `digest|2026-W47` for a digest."""
+    kind: str
+    """`firing`, `escalated`, `resolved` or `digest`."""
+    severity: str
+    channel: str | None
+    """None: the sender's default (an incoming webhook has its own channel)."""
+    text: str
+    """The plain-text fallback (notifications, screen readers)."""
+    blocks: str
+    """Block Kit blocks as JSON."""
+    created_ts: float
+    attachment: bytes | None = None
+    """A file to upload with the message (the digest's chart)."""
+    attachment_name: str | None = None
+    id: int | None = None
+    attempts: int = 0
+    next_attempt_ts: float = 0.0
+    last_error: str | None = None
+    posted_ref: str | None = None
+    """The message's Slack `ts` once posted, when its attachment is still to be uploaded."""
+    sent_ts: float | None = None
+    sent_ref: str | None = None
+
+
+def _migration_2(conn: Connection) -> None:
+    """Schema 2: the outbox, where messages wait until Slack has accepted them."""
+    outbox_metadata.create_all(conn, checkfirst=True)
+
+
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
-MIGRATIONS = (_migration_1,)
+MIGRATIONS = (_migration_1, _migration_2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -485,6 +549,118 @@ class Store:
                 result = conn.execute(delete(table).where(column < now_ts - keep_s))
                 deleted[table.name] = result.rowcount
         return deleted
+
+    # -- alert lifecycle and outbox (issue 4) ---------------------------------------------------
+
+    def save_alert_changes(self, changed: Sequence[Alert], messages: Sequence[OutboxMessage]) -> None:
+        """Write alerts' new states and queue their messages in one transaction: a crash between
+        the two can neither lose a notification nor leave one queued for a state never recorded."""
+        with self.engine.begin() as conn:
+            for alert in changed:
+                conn.execute(
+                    delete(alerts).where(alerts.c.rule == alert.rule, alerts.c.subject == alert.subject)
+                )
+                conn.execute(insert(alerts).values(**_record_values(alert)))
+            for message in messages:
+                conn.execute(insert(outbox).values(**_outbox_values(message)))
+
+    def enqueue(self, message: OutboxMessage) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(insert(outbox).values(**_outbox_values(message)))
+            key = result.inserted_primary_key
+            return int(key[0]) if key else 0
+
+    def outbox_pending(self, now_ts: float, limit: int = 100) -> list[OutboxMessage]:
+        """Unsent messages due by now_ts, oldest first."""
+        query = (
+            select(outbox)
+            .where(outbox.c.sent_ts.is_(None), outbox.c.next_attempt_ts <= now_ts)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return _records(OutboxMessage, conn.execute(query))
+
+    def outbox_messages(self, key: str | None = None) -> list[OutboxMessage]:
+        """Every message (sent or not), oldest first; only those of `key` when given."""
+        query = select(outbox).order_by(outbox.c.id)
+        if key is not None:
+            query = query.where(outbox.c.key == key)
+        with self.engine.connect() as conn:
+            return _records(OutboxMessage, conn.execute(query))
+
+    def outbox_mark_sent(self, message_id: int, sent_ts: float, sent_ref: str | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == message_id)
+                .values(sent_ts=sent_ts, sent_ref=sent_ref, attachment=None, last_error=None)
+            )
+
+    def outbox_mark_failed(
+        self, message_id: int, error: str, next_attempt_ts: float, posted_ref: str | None
+    ) -> None:
+        """Count a failed attempt; `posted_ref` keeps a part already delivered from being sent again."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(outbox)
+                .where(outbox.c.id == message_id)
+                .values(
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error[:2000],
+                    next_attempt_ts=next_attempt_ts,
+                    posted_ref=posted_ref,
+                )
+            )
+
+    def prune_outbox(self, before_ts: float) -> int:
+        """Delete messages sent before before_ts; unsent ones are never deleted."""
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(outbox).where(outbox.c.sent_ts < before_ts))
+            return result.rowcount
+
+    def gpu_counts_by_minute(self, start_ts: float, end_ts: float) -> list[tuple[str | None, int, int]]:
+        """(deployment, minute_ts, GPUs observed that minute) for rolled-up minutes in [start, end)."""
+        query = (
+            select(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts, func.count())
+            .where(
+                gpu_minutes.c.minute_ts >= start_ts,
+                gpu_minutes.c.minute_ts < end_ts,
+                gpu_minutes.c.observed_s > 0,
+            )
+            .group_by(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts)
+            .order_by(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts)
+        )
+        with self.engine.connect() as conn:
+            return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(query)]
+
+    def gpus_seen(self, start_ts: float, end_ts: float) -> list[tuple[str | None, str]]:
+        """(deployment, GPU UUID) of every GPU with a raw sample or a rolled-up minute in [start, end)."""
+        raw = (
+            select(gpu_samples.c.deployment, gpu_samples.c.gpu_uuid)
+            .where(gpu_samples.c.ts >= start_ts, gpu_samples.c.ts < end_ts)
+            .distinct()
+        )
+        rolled = (
+            select(gpu_minutes.c.deployment, gpu_minutes.c.gpu_uuid)
+            .where(
+                gpu_minutes.c.minute_ts >= start_ts,
+                gpu_minutes.c.minute_ts < end_ts,
+                gpu_minutes.c.observed_s > 0,
+            )
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            seen = {(row[0], row[1]) for row in conn.execute(raw)}
+            seen |= {(row[0], row[1]) for row in conn.execute(rolled)}
+        return sorted(seen, key=lambda pair: (pair[0] or "", pair[1]))
+
+
+def _outbox_values(message: OutboxMessage) -> dict[str, Any]:
+    values = asdict(message)
+    if values["id"] is None:
+        del values["id"]
+    return values
 
 
 def _with_enums(line: CostLine) -> CostLine:

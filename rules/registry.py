@@ -8,9 +8,9 @@ explicit list of rules; nothing registers itself at import time.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from auditor.config import Config
 from auditor.gpu_prices import GpuPrice
@@ -28,10 +28,20 @@ class RuleContext:
     now: datetime
     api_catalog: ApiPriceCatalog
     gpu_catalog: Sequence[GpuPrice]
+    firing: frozenset[tuple[str, str]] = frozenset()
+    """(rule, subject) of the alerts firing now: a rule holds these to its *leave* threshold
+    (hysteresis), the others to its *enter* threshold."""
+    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Windows already costed in this evaluation, shared by the rules that judge the same window."""
+
+    def is_firing(self, rule: str, subject: str) -> bool:
+        return (rule, subject) in self.firing
 
 
 class Rule(Protocol):
     name: ClassVar[str]
+    config_key: ClassVar[str]
+    """The rule's section of `[rules]` in the config (`move_to_api`)."""
 
     def evaluate(self, context: RuleContext) -> list[Finding]: ...
 

@@ -1,1 +1,162 @@
 """Commands of the rules and alerts: `rules check`, `digest`."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+import rules
+from auditor.alerting import digest_cycle, make_digest, rule_context
+from auditor.cli.common import (
+    EXIT_FINDING,
+    ConfigOption,
+    JsonOption,
+    api_catalog,
+    app,
+    console,
+    fatal,
+    gpu_catalog,
+    require_config,
+)
+from auditor.config import Config
+from auditor.model import Finding, Severity
+from auditor.store import Store, StoreError
+from auditor.units import format_usd
+from reports.digest import digest_text, parse_week
+from reports.slack import SlackConfigError, slack_sender
+
+rules_app = typer.Typer(
+    help="Evaluate the rules: recommendations with the dollars at stake.", no_args_is_help=True
+)
+app.add_typer(rules_app, name="rules")
+
+
+def _open_store(config: Config) -> Store:
+    try:
+        return Store.open(config.store.url)
+    except StoreError as exc:
+        fatal(str(exc))
+
+
+def _finding_json(finding: Finding) -> dict[str, Any]:
+    return {
+        "rule": finding.rule,
+        "subject": finding.subject,
+        "severity": finding.severity.value,
+        "verdict": not rules.is_no_verdict(finding),
+        "title": finding.title,
+        "text": finding.text,
+        "usd_per_month": None if finding.usd_per_month is None else float(round(finding.usd_per_month, 2)),
+        "figures": dict(finding.figures),
+        "command": finding.command,
+    }
+
+
+@rules_app.command("check")
+def rules_check(
+    rule: Annotated[
+        list[str] | None,
+        typer.Option("--rule", help="Only this rule (repeat it); default: every enabled rule."),
+    ] = None,
+    config_path: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Evaluate the rules now and print the findings, most dollars first.
+
+    Exit status 1 when a finding is a warning or critical, 0 otherwise."""
+    config = require_config(config_path)
+    store = _open_store(config)
+    now = datetime.now(tz=UTC)
+    try:
+        context = rule_context(config, store, now, api_catalog(config), gpu_catalog())
+        findings = rules.evaluate(context, rule)
+    except ValueError as exc:
+        fatal(f"--rule: {exc}" if rule else str(exc))
+    finally:
+        store.close()
+    if as_json:
+        print(
+            json.dumps({"now": now.isoformat(), "findings": [_finding_json(f) for f in findings]}, indent=2)
+        )
+    else:
+        _print_findings(findings)
+    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
+    if any(f.severity in (Severity.WARNING, Severity.CRITICAL) for f in verdicts):
+        raise typer.Exit(EXIT_FINDING)
+
+
+def _print_findings(findings: list[Finding]) -> None:
+    out = console()
+    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
+    undecided = [f for f in findings if rules.is_no_verdict(f)]
+    if not verdicts:
+        out.print("No findings.", highlight=False)
+    else:
+        table = Table(title="Findings, most dollars first", title_justify="left")
+        for column in ("$/month", "severity", "rule", "subject", "recommendation"):
+            table.add_column(column, justify="right" if column == "$/month" else "left")
+        for f in verdicts:
+            table.add_row(format_usd(f.usd_per_month), f.severity.value, f.rule, f.subject, f.text)
+        out.print(table)
+        for f in verdicts:
+            figures = "; ".join(f"{label}: {value}" for label, value in f.figures)
+            more = f" (more: {f.command})" if f.command else ""
+            out.print(f"[{f.rule} {f.subject}] {figures}{more}", highlight=False)
+    for f in undecided:
+        out.print(f"no verdict: {f.rule} {f.subject}: {f.text}", highlight=False)
+
+
+@app.command()
+def digest(
+    week: Annotated[
+        str | None, typer.Option(help="ISO week, e.g. 2026-W47 (default: the last complete week).")
+    ] = None,
+    send: Annotated[bool, typer.Option("--send", help="Send it to Slack (once per week).")] = False,
+    config_path: ConfigOption = None,
+) -> None:
+    """The weekly digest: utilization, tokens, cost, idle cost, API equivalent, recommendations."""
+    if week is not None:
+        try:
+            parse_week(week)
+        except ValueError as exc:
+            fatal(f"--week: {exc}")
+    config = require_config(config_path)
+    store = _open_store(config)
+    now = datetime.now(tz=UTC)
+    try:
+        if not send:
+            made = make_digest(
+                config, store, now, week, api_catalog=api_catalog(config), gpu_catalog=gpu_catalog()
+            )
+            print(digest_text(made))
+            return
+        try:
+            sender = slack_sender(config.slack, os.environ)
+        except SlackConfigError as exc:
+            fatal(str(exc))
+        if sender is None:
+            fatal(
+                f"no Slack configured: export {config.slack.token_env} (a bot token), set slack.token_file, "
+                "or slack.webhook_url_env"
+            )
+        cycle = digest_cycle(
+            config, store, now, sender, week, api_catalog=api_catalog(config), gpu_catalog=gpu_catalog()
+        )
+    finally:
+        store.close()
+    flush = cycle.flush
+    if flush is not None and flush.pending:
+        fatal(
+            f"Slack did not accept every message: {flush.pending} wait in the store and go out later",
+            code=EXIT_FINDING,
+        )
+    print(
+        f"digest {cycle.week} sent"
+        if cycle.queued
+        else f"digest {cycle.week} was sent before: not sent again"
+    )

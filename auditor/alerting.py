@@ -1,0 +1,200 @@
+"""Alerts and the weekly digest, end to end: rules → alert lifecycle → outbox → Slack.
+
+A composition root (like `auditor.cli` and `auditor.daemon`): it joins the rules, the reports and the
+core. Plain functions with explicit arguments, so that the daemon's scheduler jobs and the CLI call
+the same code:
+
+- `alert_cycle(config, store, now, sender)`: evaluate the rules, advance the alerts, queue and send;
+- `digest_cycle(config, store, now, sender, week=None)`: build a week's digest and send it once;
+- `digest_due(config, store, now)`: the last complete week's digest has not been queued yet (start-up);
+- `digest_cron_kwargs(config)`: the `CronTrigger` arguments of `slack.digest_cron`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import rules
+from auditor.alerts import (
+    AlertPolicy,
+    Flush,
+    Notification,
+    Sender,
+    advance,
+    firing_keys,
+    flush_outbox,
+)
+from auditor.config import Config
+from auditor.gpu_prices import GpuPrice, load_gpu_prices
+from auditor.model import Finding, Severity
+from auditor.prices import ApiPriceCatalog
+from auditor.store import OutboxMessage, Store
+from reports.digest import (
+    Digest,
+    build_digest,
+    digest_blocks,
+    digest_text,
+    heatmap_png,
+    last_complete_week,
+    week_bounds,
+)
+from reports.slack import SlackSender, alert_message, channel_for, notify_severities
+
+DIGEST_KIND = "digest"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCycle:
+    findings: list[Finding]
+    """Every finding of the rules run, no-verdicts included, ranked."""
+    notifications: list[Notification]
+    flush: Flush | None
+    """None when no sender is configured: alerts are tracked, nothing is queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class DigestCycle:
+    week: str
+    digest: Digest | None
+    """None when the week's digest had been queued before (nothing was built again)."""
+    queued: bool
+    flush: Flush | None
+
+
+def rule_context(
+    config: Config,
+    store: Store,
+    now: datetime,
+    api_catalog: ApiPriceCatalog | None = None,
+    gpu_catalog: Sequence[GpuPrice] | None = None,
+) -> rules.RuleContext:
+    """What the rules read, with the alerts firing now (for their hysteresis)."""
+    return rules.RuleContext(
+        config=config,
+        store=store,
+        now=now,
+        api_catalog=api_catalog if api_catalog is not None else ApiPriceCatalog(config.prices.api, now=now),
+        gpu_catalog=gpu_catalog if gpu_catalog is not None else load_gpu_prices(),
+        firing=firing_keys(store.alerts()),
+    )
+
+
+def sendable_severities(config: Config, sender: Sender | None) -> frozenset[Severity]:
+    """Severities that go out: at least `slack.min_severity`, and (for a bot) with a channel to go to."""
+    if sender is None:
+        return frozenset()
+    webhook = isinstance(sender, SlackSender) and sender.webhook is not None
+    return frozenset(
+        s for s in notify_severities(config.slack) if webhook or channel_for(config.slack, s) is not None
+    )
+
+
+def alert_cycle(
+    config: Config,
+    store: Store,
+    now: datetime,
+    sender: Sender | None,
+    *,
+    names: Sequence[str] | None = None,
+    api_catalog: ApiPriceCatalog | None = None,
+    gpu_catalog: Sequence[GpuPrice] | None = None,
+) -> AlertCycle:
+    """Evaluate the rules (the enabled ones, or `names`), advance the alert lifecycle, queue the
+    messages it calls for in the same transaction as the new states, then send what is due."""
+    context = rule_context(config, store, now, api_catalog, gpu_catalog)
+    findings = rules.evaluate(context, names)
+    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
+    undecided = {(f.rule, f.subject) for f in findings if rules.is_no_verdict(f)}
+    evaluated = {r.name for r in rules.select(names, config.rules)}
+    severities = sendable_severities(config, sender)
+
+    def policy(rule_name: str) -> AlertPolicy:
+        rule = next(r for r in rules.RULES if r.name == rule_name)
+        cooldown_h = float(getattr(config.rules, rule.config_key).cooldown_h)
+        return AlertPolicy(cooldown_s=cooldown_h * 3600, notify=severities)
+
+    now_ts = now.timestamp()
+    cycle = advance(store.alerts(), verdicts, undecided, evaluated, now_ts, policy)
+    messages = [alert_message(note, config.slack, now_ts) for note in cycle.notifications]
+    store.save_alert_changes(cycle.changed, messages)
+    flush = flush_outbox(store, sender, now_ts) if sender is not None else None
+    return AlertCycle(findings=findings, notifications=cycle.notifications, flush=flush)
+
+
+def digest_key(week: str) -> str:
+    return f"{DIGEST_KIND}|{week}"
+
+
+def make_digest(
+    config: Config,
+    store: Store,
+    now: datetime,
+    week: str | None = None,
+    *,
+    api_catalog: ApiPriceCatalog | None = None,
+    gpu_catalog: Sequence[GpuPrice] | None = None,
+) -> Digest:
+    """A week's digest (default: the last complete one), its recommendations as of the week's end."""
+    tz = config.tz
+    week = week or last_complete_week(now, tz)
+    _start, end = week_bounds(week, tz)
+    context = rule_context(config, store, min(end, now), api_catalog, gpu_catalog)
+    findings = [f for f in rules.evaluate(context) if not rules.is_no_verdict(f)]
+    return build_digest(config, store, week, context.api_catalog, context.gpu_catalog, findings)
+
+
+def digest_message(config: Config, digest: Digest, now_ts: float) -> OutboxMessage:
+    slack = config.slack
+    return OutboxMessage(
+        key=digest_key(digest.week),
+        kind=DIGEST_KIND,
+        severity=Severity.INFO.value,
+        channel=slack.digest_channel or slack.channel_info or slack.channel_warning,
+        text=digest_text(digest).split("\n", 1)[0],
+        blocks=json.dumps(digest_blocks(digest)),
+        created_ts=now_ts,
+        next_attempt_ts=now_ts,
+        attachment=heatmap_png(digest),
+        attachment_name=f"gpu-digest-{digest.week}.png",
+    )
+
+
+def digest_cycle(
+    config: Config,
+    store: Store,
+    now: datetime,
+    sender: Sender | None,
+    week: str | None = None,
+    *,
+    api_catalog: ApiPriceCatalog | None = None,
+    gpu_catalog: Sequence[GpuPrice] | None = None,
+) -> DigestCycle:
+    """Queue a week's digest once (default: the last complete week) and send what is due.
+
+    Idempotent: a week already queued (sent or waiting) is not built or queued again, so the daemon may
+    call this at start-up and on its cron without ever sending a week twice."""
+    week = week or last_complete_week(now, config.tz)
+    now_ts = now.timestamp()
+    if store.outbox_messages(digest_key(week)):
+        flush = flush_outbox(store, sender, now_ts) if sender is not None else None
+        return DigestCycle(week=week, digest=None, queued=False, flush=flush)
+    digest = make_digest(config, store, now, week, api_catalog=api_catalog, gpu_catalog=gpu_catalog)
+    if sender is None:
+        return DigestCycle(week=week, digest=digest, queued=False, flush=None)
+    store.enqueue(digest_message(config, digest, now_ts))
+    return DigestCycle(week=week, digest=digest, queued=True, flush=flush_outbox(store, sender, now_ts))
+
+
+def digest_due(config: Config, store: Store, now: datetime) -> bool:
+    """The last complete week's digest was never queued: the daemon missed its cron (run it now)."""
+    return not store.outbox_messages(digest_key(last_complete_week(now, config.tz)))
+
+
+def digest_cron_kwargs(config: Config) -> dict[str, object]:
+    """`slack.digest_cron` ("mon 09:00") as APScheduler `CronTrigger(**kwargs)` arguments."""
+    day, clock = config.slack.digest_cron.split()
+    hour, minute = clock.split(":")
+    return {"day_of_week": day, "hour": int(hour), "minute": int(minute), "timezone": config.timezone}

@@ -1,0 +1,274 @@
+"""The weekly digest: per deployment, the week's utilization, tokens, cost, cost per Mtok, idle cost,
+the change against the week before, the API equivalent, and the open recommendations ranked by dollars.
+
+Rendered as text (the terminal) and as Block Kit (Slack), with a chart: each deployment's utilization
+by hour of the week (a heat map; grey where nothing was observed), drawn with matplotlib's Agg backend.
+Weeks are ISO weeks (`2026-W47`) in the config's time zone.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from auditor.analysis import Bucket, cost_window_aggregated, merged
+from auditor.config import Config
+from auditor.costing import DeploymentCost
+from auditor.gpu_prices import GpuPrice
+from auditor.model import Finding
+from auditor.prices import ApiPriceCatalog
+from auditor.store import Store
+from auditor.units import format_share, format_tokens, format_usd
+
+WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})$")
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MAX_RECOMMENDATIONS = 10
+
+
+def parse_week(text: str) -> tuple[int, int]:
+    """`2026-W47` → (2026, 47); ValueError says how to write it."""
+    match = WEEK_PATTERN.match(text.strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an ISO week; write it as 2026-W47")
+    year, week = int(match.group(1)), int(match.group(2))
+    try:
+        date.fromisocalendar(year, week, 1)
+    except ValueError:
+        raise ValueError(f"{text!r}: {year} has no week {week}") from None
+    return year, week
+
+
+def week_bounds(week: str, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """[Monday 00:00, the next Monday 00:00) of an ISO week, in tz."""
+    year, number = parse_week(week)
+    monday = date.fromisocalendar(year, number, 1)
+    following = monday + timedelta(days=7)
+    return (
+        datetime(monday.year, monday.month, monday.day, tzinfo=tz),
+        datetime(following.year, following.month, following.day, tzinfo=tz),
+    )
+
+
+def week_name(day: date) -> str:
+    year, number, _ = day.isocalendar()
+    return f"{year}-W{number:02d}"
+
+
+def last_complete_week(now: datetime, tz: ZoneInfo) -> str:
+    """The ISO week that ended most recently before now (in tz)."""
+    return week_name(now.astimezone(tz).date() - timedelta(days=7))
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentWeek:
+    name: str
+    cost: DeploymentCost
+    previous: DeploymentCost | None
+    heat: list[list[float | None]] = field(default_factory=list)
+    """Utilization by [weekday][hour] (local), None where nothing was observed."""
+
+    @property
+    def cost_change(self) -> Decimal | None:
+        if self.previous is None or self.previous.cost_usd <= 0:
+            return None
+        return (self.cost.cost_usd - self.previous.cost_usd) / self.previous.cost_usd
+
+    @property
+    def utilization_change(self) -> float | None:
+        if self.previous is None or self.previous.utilization is None or self.cost.utilization is None:
+            return None
+        return self.cost.utilization - self.previous.utilization
+
+    @property
+    def tokens_change(self) -> float | None:
+        if self.previous is None or self.previous.tokens <= 0:
+            return None
+        return (self.cost.tokens - self.previous.tokens) / self.previous.tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    week: str
+    start: datetime
+    end: datetime
+    timezone: str
+    deployments: list[DeploymentWeek]
+    recommendations: list[Finding]
+    """Open recommendations with a dollar figure, most dollars first."""
+    total_usd: Decimal
+    unattributed_usd: Decimal
+
+
+def _heat(buckets: Mapping[int, Bucket], dc: DeploymentCost, tz: ZoneInfo) -> list[list[float | None]]:
+    by_hour: dict[tuple[int, int], list[Bucket]] = defaultdict(list)
+    for bucket_ts, bucket in buckets.items():
+        local = datetime.fromtimestamp(bucket_ts, tz)
+        by_hour[(local.weekday(), local.hour)].append(bucket)
+    grid: list[list[float | None]] = [[None] * 24 for _ in range(7)]
+    for (day, hour), parts in by_hour.items():
+        measures = merged(parts).measures(dc.capacity_tokens_per_s)
+        grid[day][hour] = getattr(measures, dc.utilization_metric.value)
+    return grid
+
+
+def build_digest(
+    config: Config,
+    store: Store,
+    week: str,
+    api_catalog: ApiPriceCatalog,
+    gpu_catalog: Sequence[GpuPrice],
+    findings: Sequence[Finding],
+) -> Digest:
+    """The digest of an ISO week; `findings` are the rules' verdicts at the week's end (ranked)."""
+    tz = config.tz
+    start, end = week_bounds(week, tz)
+    this = cost_window_aggregated(store, config, start, end, api_catalog, gpu_catalog)
+    before = cost_window_aggregated(store, config, start - timedelta(days=7), start, api_catalog, gpu_catalog)
+    previous = {dc.deployment: dc for dc in before.window.deployments}
+    rows = [
+        DeploymentWeek(
+            name=dc.deployment,
+            cost=dc,
+            previous=previous.get(dc.deployment),
+            heat=_heat(this.buckets[dc.deployment], dc, tz),
+        )
+        for dc in this.window.deployments
+    ]
+    recommendations = [f for f in findings if f.usd_per_month is not None]
+    recommendations.sort(key=lambda f: f.usd_per_month or 0, reverse=True)
+    return Digest(
+        week=week,
+        start=start,
+        end=end,
+        timezone=config.timezone,
+        deployments=rows,
+        recommendations=recommendations[:MAX_RECOMMENDATIONS],
+        total_usd=this.window.total_usd,
+        unattributed_usd=this.window.unattributed_usd,
+    )
+
+
+# -- rendering -------------------------------------------------------------------------------------
+
+
+def _change(value: float | Decimal | None, *, points: bool = False) -> str:
+    if value is None:
+        return "—"
+    number = float(value) * 100
+    return f"{number:+.1f} pts" if points else f"{number:+.1f}%"
+
+
+def deployment_lines(row: DeploymentWeek) -> list[tuple[str, str]]:
+    dc = row.cost
+    cheapest = dc.cheapest_api
+    api = "—" if cheapest is None else f"{format_usd(cheapest.usd)} on {cheapest.price.ref}"
+    return [
+        (
+            f"utilization ({dc.utilization_metric.value})",
+            f"{format_share(dc.utilization)} ({_change(row.utilization_change, points=True)})",
+        ),
+        ("tokens", f"{format_tokens(dc.tokens)} ({_change(row.tokens_change)})"),
+        ("cost", f"{format_usd(dc.cost_usd)} ({_change(row.cost_change)})"),
+        ("cost per Mtok", format_usd(dc.cost_per_mtok_usd)),
+        ("idle cost", format_usd(dc.idle_cost_usd)),
+        ("API equivalent", api),
+    ]
+
+
+def _title(digest: Digest) -> str:
+    last_day = (digest.end - timedelta(days=1)).date()
+    return f"GPU cost digest {digest.week} ({digest.start.date()} – {last_day}, {digest.timezone})"
+
+
+def digest_text(digest: Digest) -> str:
+    lines = [_title(digest), ""]
+    lines.append(f"Total billed: {format_usd(digest.total_usd)}")
+    if digest.unattributed_usd:
+        lines.append(f"Unattributed: {format_usd(digest.unattributed_usd)}")
+    for row in digest.deployments:
+        lines += ["", row.name]
+        lines += [f"  {label:<28} {value}" for label, value in deployment_lines(row)]
+    lines += ["", "Open recommendations (most dollars first):"]
+    if not digest.recommendations:
+        lines.append("  none")
+    for finding in digest.recommendations:
+        lines.append(f"  {format_usd(finding.usd_per_month)}/month  [{finding.rule}] {finding.text}")
+    lines += ["", "Changes are against the week before. More: auditor rules check; auditor report"]
+    return "\n".join(lines)
+
+
+def digest_blocks(digest: Digest) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _title(digest)[:150]}},
+        {
+            "type": "section",
+            "text": {"type": "mrkdwn", "text": f"*Total billed:* {format_usd(digest.total_usd)}"},
+        },
+    ]
+    for row in digest.deployments[:20]:
+        fields = [{"type": "mrkdwn", "text": f"*{label}*\n{value}"} for label, value in deployment_lines(row)]
+        blocks.append({"type": "divider"})
+        blocks.append(
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*{row.name}*"}, "fields": fields}
+        )
+    text = (
+        "\n".join(f"• {format_usd(f.usd_per_month)}/month: {f.text}" for f in digest.recommendations)
+        or "No open recommendation."
+    )
+    blocks.append({"type": "divider"})
+    blocks.append(
+        {"type": "section", "text": {"type": "mrkdwn", "text": f"*Open recommendations*\n{text}"[:3000]}}
+    )
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": "Changes are against the week before. "
+                    f"More: `auditor digest --week {digest.week}`",
+                }
+            ],
+        }
+    )
+    return blocks
+
+
+def heatmap_png(digest: Digest) -> bytes | None:
+    """Each deployment's utilization by hour of the week, as a PNG; None without deployments."""
+    if not digest.deployments:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # a large import: only when drawing
+    from matplotlib.figure import Figure
+
+    rows = digest.deployments[:8]
+    figure = Figure(figsize=(10, 1.9 * len(rows) + 0.6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(rows), 1, squeeze=False)
+    image = None
+    for ax, row in zip(axes[:, 0], rows, strict=True):
+        grid = [[float("nan") if v is None else v * 100 for v in day] for day in row.heat]
+        cmap = _colormap()
+        image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
+        ax.set_title(f"{row.name}: utilization by hour ({row.cost.utilization_metric.value}, %)", fontsize=9)
+        ax.set_yticks(range(7), DAYS, fontsize=7)
+        ax.set_xticks(range(0, 24, 3), [f"{h:02d}" for h in range(0, 24, 3)], fontsize=7)
+    if image is not None:
+        figure.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8)
+    figure.suptitle(f"{digest.week} ({digest.timezone}); grey: not observed", fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _colormap() -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["viridis"].with_extremes(bad="#cccccc")

@@ -1,0 +1,129 @@
+"""What several rules share: costed windows, coverage checks, "no verdict", GPU rates, monthly figures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from decimal import Decimal
+
+from auditor.analysis import AggregatedWindow, cost_window_aggregated
+from auditor.config import AwsPrice, DeploymentConfig, GcpPrice, OnPremPrice, StaticPrice
+from auditor.costing import HOURS_PER_MONTH, DeploymentCost
+from auditor.gpu_prices import GpuPrice, find_gpu_price
+from auditor.model import Finding, Severity
+from auditor.rates import RateError, gpu_hourly_usd
+from auditor.units import format_share, format_usd
+from rules.registry import RuleContext
+
+NO_VERDICT = "no verdict"
+"""The first figure's label on a finding that is not a verdict: too little data to judge."""
+
+
+def no_verdict(rule: str, subject: str, reason: str, figures: Sequence[tuple[str, str]] = ()) -> Finding:
+    """A finding that says the rule could not judge, and why: never a verdict, never an alert."""
+    return Finding(
+        rule=rule,
+        subject=subject,
+        severity=Severity.INFO,
+        title=f"{rule}: no verdict for {subject}",
+        text=reason,
+        usd_per_month=None,
+        figures=((NO_VERDICT, reason), *figures),
+    )
+
+
+def is_no_verdict(finding: Finding) -> bool:
+    return bool(finding.figures) and finding.figures[0][0] == NO_VERDICT
+
+
+def aggregated(context: RuleContext, days: float) -> AggregatedWindow:
+    """Every deployment costed over the `days` before now; shared by the rules of one evaluation."""
+    end = context.now
+    start = end - timedelta(days=days)
+    key = ("window", start, end)
+    if key not in context.cache:
+        context.cache[key] = cost_window_aggregated(
+            context.store, context.config, start, end, context.api_catalog, context.gpu_catalog
+        )
+    window: AggregatedWindow = context.cache[key]
+    return window
+
+
+def costed(context: RuleContext, days: float) -> list[DeploymentCost]:
+    return aggregated(context, days).window.deployments
+
+
+def per_month(usd: Decimal, dc: DeploymentCost) -> Decimal:
+    """An amount over the deployment's window, as USD a month (730 hours)."""
+    hours = dc.window_hours
+    return usd * HOURS_PER_MONTH / hours if hours > 0 else Decimal(0)
+
+
+def coverage(dc: DeploymentCost) -> float | None:
+    if dc.hours.billed <= 0:
+        return None
+    return float(dc.hours.observed / dc.hours.billed)
+
+
+def judgement_problem(dc: DeploymentCost, min_coverage: float, *, needs_tokens: bool) -> str | None:
+    """Why this window cannot be judged (too little observed, no cost, no tokens), or None."""
+    share = coverage(dc)
+    if share is None:
+        return "no billed GPU-hours in the window (run `auditor billing sync`, or check the price config)"
+    if share < min_coverage:
+        return (
+            f"only {format_share(share)} of the window's {dc.hours.billed:.1f} billed GPU-hours "
+            "were observed "
+            f"(at least {format_share(min_coverage)} needed); the rest is unknown, not idle"
+        )
+    if dc.utilization is None:
+        return f"{dc.utilization_metric.value} is unknown for this deployment over the window"
+    if dc.cost_usd <= 0:
+        return "no cost recorded for the window (run `auditor billing sync`, or check the price config)"
+    if needs_tokens and dc.tokens == 0 and dc.measures.request_busy is None:
+        return "token counts are unknown: no inference-server metrics in the window"
+    return None
+
+
+def window_figures(dc: DeploymentCost) -> tuple[tuple[str, str], ...]:
+    share = coverage(dc)
+    days = (dc.end - dc.start).total_seconds() / 86400
+    return (
+        (f"utilization ({dc.utilization_metric.value})", format_share(dc.utilization)),
+        ("window", f"{days:g} days to {dc.end:%Y-%m-%d %H:%M}"),
+        ("observed", f"{dc.hours.observed:.1f} of {dc.hours.billed:.1f} GPU-hours ({format_share(share)})"),
+        ("cost (TCO) a month", format_usd(per_month(dc.tco_usd, dc))),
+    )
+
+
+def gpu_rate_in_window(dc: DeploymentCost) -> Decimal | None:
+    """What one GPU-hour cost over the window (raw compute), whatever the price source."""
+    if dc.hours.billed <= 0 or dc.cost_usd <= 0:
+        return None
+    return dc.cost_usd / dc.hours.billed
+
+
+def live_gpu_hourly_usd(deployment: DeploymentConfig, catalog: Sequence[GpuPrice]) -> Decimal | None:
+    """USD per GPU-hour from the price config and the GPU catalog: what one more running GPU costs now.
+
+    None when the config names no rate (a cloud deployment with neither instance type nor catalog row)."""
+    price = deployment.price
+    try:
+        if isinstance(price, StaticPrice):
+            return gpu_hourly_usd(price, catalog)
+        if isinstance(price, AwsPrice | GcpPrice) and price.instance_type is not None:
+            row = find_gpu_price(catalog, price.instance_type, pricing="on_demand")
+            if price.gpus_per_instance is not None:
+                return row.instance_hourly_usd / price.gpus_per_instance
+            return row.gpu_hourly_usd
+    except (RateError, LookupError):
+        return None
+    if isinstance(price, OnPremPrice):
+        monthly = price.purchase_usd / price.amortization_months + price.hosting_usd_month
+        return monthly / HOURS_PER_MONTH / deployment.billed_gpus
+    return None
+
+
+def report_command(context: RuleContext) -> str:
+    local = context.now.astimezone(context.config.tz)
+    return f"auditor report --month {local:%Y-%m}"

@@ -1,0 +1,222 @@
+"""runaway-spend: GPUs burning money far faster than usual, before the bill shows it. Critical.
+
+Three checks, each its own subject:
+- `DEPLOYMENT`: the live burn rate (GPUs seen in the last `live_minutes` × USD per GPU-hour from the
+  price config and the GPU catalog) above `factor` × the trailing baseline (the mean GPUs running over
+  the observed minutes of the last `baseline_days`, at the same rate). Live GPU counts come from raw
+  samples and roll-ups, so it fires within minutes of an autoscaler's runaway, not a day later.
+- `DEPLOYMENT/budget`: month-to-date cost plus the live burn rate to the month's end above the
+  deployment's `monthly_budget_usd`.
+- `DEPLOYMENT/billing` (or `unattributed/billing`): a billed day more than `day_over_day_factor` × the
+  day before, and more than `min_jump_usd` dollars above it.
+
+Config (defaults shown)::
+
+    [rules.runaway_spend]
+    factor = 2.0             # fires above 2× the baseline…
+    leave_factor = 1.8       # …and clears under 1.8× it
+    baseline_days = 7
+    min_baseline_h = 24      # no verdict before a day of history
+    live_minutes = 10
+    day_over_day_factor = 1.5
+    min_jump_usd = 100
+    cooldown_h = 1
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import ClassVar
+
+from auditor.analysis import cost_window_aggregated
+from auditor.config import DeploymentConfig, RunawaySpendRule
+from auditor.costing import HOURS_PER_MONTH, SECONDS_PER_HOUR
+from auditor.model import Finding, Severity
+from auditor.units import format_usd
+from rules.common import costed, gpu_rate_in_window, live_gpu_hourly_usd, no_verdict
+from rules.registry import RuleContext
+
+HOURS_PER_DAY = Decimal(24)
+
+
+class RunawaySpend:
+    name: ClassVar[str] = "runaway-spend"
+    config_key: ClassVar[str] = "runaway_spend"
+
+    def evaluate(self, context: RuleContext) -> list[Finding]:
+        params = context.config.rules.runaway_spend
+        now_ts = context.now.timestamp()
+        live_start = now_ts - params.live_minutes * 60
+        live: dict[str | None, set[str]] = defaultdict(set)
+        for owner, uuid in context.store.gpus_seen(live_start, now_ts):
+            live[owner].add(uuid)
+        counts: dict[str | None, list[int]] = defaultdict(list)
+        for owner, _minute, gpus in context.store.gpu_counts_by_minute(
+            now_ts - params.baseline_days * 86400, live_start
+        ):
+            counts[owner].append(gpus)
+        findings: list[Finding] = []
+        for deployment in context.config.deployments:
+            rate = self._rate(context, deployment, params)
+            burn = None if rate is None else rate * len(live[deployment.name])
+            findings.extend(self._burn(context, deployment, params, rate, burn, counts[deployment.name]))
+            findings.extend(self._budget(context, deployment, burn))
+        findings.extend(self._billing_jumps(context, params))
+        return findings
+
+    def _rate(
+        self, context: RuleContext, deployment: DeploymentConfig, params: RunawaySpendRule
+    ) -> Decimal | None:
+        rate = live_gpu_hourly_usd(deployment, context.gpu_catalog)
+        if rate is not None:
+            return rate
+        for dc in costed(context, params.baseline_days):
+            if dc.deployment == deployment.name:
+                return gpu_rate_in_window(dc)
+        return None
+
+    def _burn(
+        self,
+        context: RuleContext,
+        deployment: DeploymentConfig,
+        params: RunawaySpendRule,
+        rate: Decimal | None,
+        burn: Decimal | None,
+        counts: list[int],
+    ) -> list[Finding]:
+        name = deployment.name
+        if rate is None or burn is None:
+            return [
+                no_verdict(self.name, name, "no GPU-hour rate: give the price an instance_type or a rate")
+            ]
+        observed_h = len(counts) / 60
+        if observed_h < params.min_baseline_h:
+            return [
+                no_verdict(
+                    self.name,
+                    name,
+                    f"only {observed_h:.1f} h of GPU history in the last {params.baseline_days} days "
+                    f"(the baseline needs {params.min_baseline_h:g} h)",
+                )
+            ]
+        mean_gpus = Decimal(sum(counts)) / len(counts)
+        baseline = mean_gpus * rate
+        factor = params.leave_factor if context.is_firing(self.name, name) else params.factor
+        if burn <= baseline * Decimal(repr(factor)):
+            return []
+        gpus = burn / rate
+        excess = (burn - baseline) * HOURS_PER_MONTH
+        return [
+            Finding(
+                rule=self.name,
+                subject=name,
+                severity=Severity.CRITICAL,
+                title=f"{name}: {gpus:.0f} GPUs burning {format_usd(burn)}/h, "
+                f"{burn / baseline:.1f}× its usual {format_usd(baseline)}/h",
+                text=f"Check {name}'s autoscaler now: {gpus:.0f} GPUs run against {mean_gpus:.1f} usually, "
+                f"{format_usd(excess)}/month over its baseline if it stays so.",
+                usd_per_month=excess,
+                figures=(
+                    ("GPUs running now", f"{gpus:.0f} (seen in the last {params.live_minutes} min)"),
+                    ("baseline GPUs", f"{mean_gpus:.1f} (mean over {observed_h:.0f} observed h)"),
+                    ("USD per GPU-hour", format_usd(rate)),
+                    ("burn rate", f"{format_usd(burn)}/h"),
+                    ("baseline burn", f"{format_usd(baseline)}/h"),
+                    ("fires above", f"{factor:g}× baseline"),
+                ),
+                command="auditor status",
+            )
+        ]
+
+    def _budget(
+        self, context: RuleContext, deployment: DeploymentConfig, burn: Decimal | None
+    ) -> list[Finding]:
+        budget = deployment.monthly_budget_usd
+        if budget is None:
+            return []
+        tz = context.config.tz
+        local = context.now.astimezone(tz)
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+        subject = f"{deployment.name}/budget"
+        if context.now <= start:
+            return []
+        window = cost_window_aggregated(
+            context.store,
+            context.config,
+            start,
+            context.now,
+            context.api_catalog,
+            context.gpu_catalog,
+            only=[deployment.name],
+        ).window
+        spent = window.deployments[0].cost_usd
+        hours_left = _hours(context.now, end)
+        if burn is None:
+            elapsed = _hours(start, context.now)
+            burn = spent / elapsed if elapsed > 0 else Decimal(0)
+        projected = spent + burn * hours_left
+        if projected <= budget:
+            return []
+        return [
+            Finding(
+                rule=self.name,
+                subject=subject,
+                severity=Severity.CRITICAL,
+                title=f"{deployment.name}: projected {format_usd(projected)} this month, budget "
+                f"{format_usd(budget)}",
+                text=f"Scale {deployment.name} down or raise its budget: at {format_usd(burn)}/h it ends "
+                f"{start:%B} {format_usd(projected - budget)} over budget.",
+                usd_per_month=projected - budget,
+                figures=(
+                    ("spent this month", format_usd(spent)),
+                    ("burn rate", f"{format_usd(burn)}/h"),
+                    ("hours left in the month", f"{hours_left:.1f}"),
+                    ("projected", format_usd(projected)),
+                    ("budget", format_usd(budget)),
+                ),
+                command=f"auditor report --month {start:%Y-%m}",
+            )
+        ]
+
+    def _billing_jumps(self, context: RuleContext, params: RunawaySpendRule) -> list[Finding]:
+        today = context.now.astimezone(context.config.tz).date()
+        by_day: dict[str, dict[date, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
+        for line in context.store.cost_lines(today - timedelta(days=14), today + timedelta(days=1)):
+            by_day[line.deployment or "unattributed"][line.day] += line.amount_usd
+        findings = []
+        for owner, days in sorted(by_day.items()):
+            last = max(days)
+            before = last - timedelta(days=1)
+            if before not in days:
+                continue
+            jump = days[last] - days[before]
+            factor = Decimal(repr(params.day_over_day_factor))
+            if days[last] <= days[before] * factor or jump < params.min_jump_usd:
+                continue
+            monthly = jump * HOURS_PER_MONTH / HOURS_PER_DAY
+            findings.append(
+                Finding(
+                    rule=self.name,
+                    subject=f"{owner}/billing",
+                    severity=Severity.CRITICAL,
+                    title=f"{owner}: billed {format_usd(days[last])} on {last}, "
+                    f"{format_usd(days[before])} the day before",
+                    text=f"Find what started on {last} in {owner}'s bill: "
+                    f"{format_usd(monthly)}/month more if it stays.",
+                    usd_per_month=monthly,
+                    figures=(
+                        (f"billed {last}", format_usd(days[last])),
+                        (f"billed {before}", format_usd(days[before])),
+                        ("fires above", f"{params.day_over_day_factor:g}× the day before"),
+                    ),
+                    command=f"auditor report --month {last:%Y-%m}",
+                )
+            )
+        return findings
+
+
+def _hours(start: datetime, end: datetime) -> Decimal:
+    return Decimal(int((end - start).total_seconds())) / SECONDS_PER_HOUR

@@ -1,0 +1,78 @@
+"""self-host-pays: sustained high utilization: keep self-hosting, with the margin against the cheapest API.
+
+Config (defaults shown)::
+
+    [rules.self_host_pays]
+    above = 0.65         # anywhere in the 60–70% band where self-hosting starts to pay
+    leave_below = 0.60   # once firing, it clears only under this
+    window_days = 7
+    cooldown_h = 24
+
+Says: "Keep self-hosting llama: $X/month cheaper than openai:gpt-4o." Informational. When even the
+cheapest API costs less than the deployment's TCO at this utilization, it says nothing (the other
+rules speak); with no API to compare, it says so and gives no dollar figure.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from auditor.model import Finding, Severity
+from auditor.units import format_share, format_usd
+from rules.common import costed, judgement_problem, no_verdict, per_month, report_command, window_figures
+from rules.registry import RuleContext
+
+
+class SelfHostPays:
+    name: ClassVar[str] = "self-host-pays"
+    config_key: ClassVar[str] = "self_host_pays"
+
+    def evaluate(self, context: RuleContext) -> list[Finding]:
+        params = context.config.rules.self_host_pays
+        findings: list[Finding] = []
+        for dc in costed(context, params.window_days):
+            problem = judgement_problem(dc, context.config.rules.min_coverage, needs_tokens=bool(dc.apis))
+            if problem is not None:
+                findings.append(no_verdict(self.name, dc.deployment, problem))
+                continue
+            assert dc.utilization is not None  # noqa: S101  (judgement_problem checked it)
+            threshold = params.leave_below if context.is_firing(self.name, dc.deployment) else params.above
+            if dc.utilization <= threshold:
+                continue
+            cheapest = dc.cheapest_api
+            figures = (*window_figures(dc), ("threshold", f"over {format_share(threshold)}"))
+            if cheapest is None:
+                findings.append(
+                    Finding(
+                        rule=self.name,
+                        subject=dc.deployment,
+                        severity=Severity.INFO,
+                        title=f"{dc.deployment}: {format_share(dc.utilization)} utilized",
+                        text=f"Keep self-hosting {dc.deployment}; add compare_to in its config to see the "
+                        "margin against an API.",
+                        usd_per_month=None,
+                        figures=figures,
+                        command=report_command(context),
+                    )
+                )
+                continue
+            margin = per_month(-cheapest.savings_usd, dc)
+            if margin <= 0:
+                continue
+            findings.append(
+                Finding(
+                    rule=self.name,
+                    subject=dc.deployment,
+                    severity=Severity.INFO,
+                    title=f"{dc.deployment}: {format_share(dc.utilization)} utilized; self-hosting pays",
+                    text=f"Keep self-hosting {dc.deployment}: {format_usd(margin)}/month cheaper than "
+                    f"{cheapest.price.ref}.",
+                    usd_per_month=margin,
+                    figures=(
+                        *figures,
+                        (f"{cheapest.price.ref} a month", format_usd(per_month(cheapest.usd, dc))),
+                    ),
+                    command=report_command(context),
+                )
+            )
+        return findings

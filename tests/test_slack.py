@@ -1,0 +1,185 @@
+"""The real slack-sdk against a local server: Block Kit, retries (429, 5xx, no network), file upload."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.webhook import WebhookClient
+
+from auditor.alerts import DeliveryError, NotificationKind, flush_outbox
+from auditor.config import SlackConfig
+from auditor.model import Finding, Severity
+from auditor.store import OutboxMessage, Store
+from reports.slack import (
+    SlackConfigError,
+    SlackSender,
+    channel_for,
+    finding_blocks,
+    retry_handlers,
+    slack_sender,
+)
+from tests.slack_server import SlackServer, start_slack_server
+
+FINDING = Finding(
+    rule="move-to-api",
+    subject="rag",
+    severity=Severity.WARNING,
+    title="rag: 13.0% utilized; private:rag-api is cheaper",
+    text="Move rag to private:rag-api: saves $4,333.07/month.",
+    usd_per_month=Decimal("4333.07"),
+    figures=(("utilization (gpu_util)", "13.0%"), ("window", "7 days")),
+    command="auditor report --month 2026-11",
+)
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackServer]:
+    server = start_slack_server()
+    yield server
+    server.close()
+
+
+def client(slack: SlackServer, retries: int = 3) -> WebClient:
+    return WebClient(
+        token="xoxb-test",  # noqa: S106
+        base_url=slack.base_url,
+        retry_handlers=retry_handlers(retries, base_s=0.01, cap_s=0.05),
+    )
+
+
+def message(attachment: bytes | None = None, channel: str | None = "#gpu-cost") -> OutboxMessage:
+    text, blocks = finding_blocks(FINDING, NotificationKind.FIRING)
+    return OutboxMessage(
+        key="move-to-api|rag",
+        kind="firing",
+        severity="warning",
+        channel=channel,
+        text=text,
+        blocks=json.dumps(blocks),
+        created_ts=0.0,
+        attachment=attachment,
+        attachment_name="chart.png" if attachment else None,
+    )
+
+
+def test_blocks_carry_title_figures_recommendation_and_command(slack: SlackServer) -> None:
+    ref = SlackSender(client=client(slack)).send(message())
+    assert ref == "C0123:1700000000.000001"
+    (post,) = slack.posted()
+    assert post.headers["Authorization"] == "Bearer xoxb-test"
+    body = post.json()
+    assert body["channel"] == "#gpu-cost"
+    header, lead, figures, context = body["blocks"]
+    assert header["type"] == "header" and "rag: 13.0% utilized" in header["text"]["text"]
+    assert lead["text"]["text"] == "*Move rag to private:rag-api: saves $4,333.07/month.*"
+    assert figures["fields"][0]["text"] == "*utilization (gpu_util)*\n13.0%"
+    assert "`auditor report --month 2026-11`" in context["elements"][0]["text"]
+    assert "$4,333.07/month at stake" in context["elements"][0]["text"]
+
+
+def test_429_waits_retry_after_then_delivers(slack: SlackServer) -> None:
+    slack.answer("/api/chat.postMessage", 429, {"ok": False, "error": "ratelimited"}, {"Retry-After": "1"})
+    started = time.monotonic()
+    SlackSender(client=client(slack)).send(message())
+    assert time.monotonic() - started >= 1.0
+    assert len(slack.posted()) == 2
+
+
+def test_500s_are_retried_with_backoff_then_kept_for_later(slack: SlackServer, tmp_path: Path) -> None:
+    slack.answer("/api/chat.postMessage", 500, b"oops")
+    slack.answer("/api/chat.postMessage", 503, b"oops")
+    SlackSender(client=client(slack)).send(message())  # two failures, then the default success
+    assert len(slack.posted()) == 3
+
+    for _ in range(4):
+        slack.answer("/api/chat.postMessage", 500, b"oops")
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    store.enqueue(message())
+    flush = flush_outbox(store, SlackSender(client=client(slack)), now_ts=1000.0)
+    assert (flush.sent, flush.failed, flush.pending) == (0, 1, 1)
+    (waiting,) = store.outbox_messages()
+    assert waiting.attempts == 1 and waiting.sent_ts is None and waiting.next_attempt_ts > 1000.0
+    assert "HTTP 500" in (waiting.last_error or "")
+    later = flush_outbox(store, SlackSender(client=client(slack)), now_ts=waiting.next_attempt_ts)
+    assert (later.sent, later.pending) == (1, 0)
+    assert len(slack.posted()) == 3 + 4 + 1
+
+
+def test_no_network_is_a_transport_error_and_nothing_is_lost(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dead = WebClient(
+        token="xoxb-test",  # noqa: S106
+        base_url=f"http://127.0.0.1:{port}/api/",
+        retry_handlers=retry_handlers(2, base_s=0.01, cap_s=0.02),
+    )
+    with pytest.raises(DeliveryError) as raised:
+        SlackSender(client=dead).send(message())
+    assert raised.value.transport
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    store.enqueue(message())
+    store.enqueue(message())
+    flush = flush_outbox(store, SlackSender(client=dead), now_ts=0.0)
+    assert (flush.sent, flush.failed, flush.pending) == (0, 1, 2)  # stopped at the first: Slack is down
+
+
+def test_channel_not_found_is_not_transport(slack: SlackServer) -> None:
+    slack.answer("/api/chat.postMessage", 200, {"ok": False, "error": "channel_not_found"})
+    with pytest.raises(DeliveryError, match="invite the bot") as raised:
+        SlackSender(client=client(slack)).send(message())
+    assert not raised.value.transport
+
+
+def test_file_upload_goes_in_the_message_thread_and_is_never_posted_twice(slack: SlackServer) -> None:
+    slack.answer("/api/files.completeUploadExternal", 500, b"down")
+    slack.answer("/api/files.completeUploadExternal", 500, b"down")
+    sender = SlackSender(client=client(slack, retries=1))
+    with pytest.raises(DeliveryError) as raised:
+        sender.send(message(attachment=b"\x89PNG fake chart"))
+    assert raised.value.posted_ref == "C0123:1700000000.000001"
+    sender.send(replace(message(attachment=b"\x89PNG fake chart"), posted_ref=raised.value.posted_ref))
+    assert len(slack.posted()) == 1  # the retry uploaded the file, it did not post the message again
+    uploads = [r for r in slack.requests if r.path == "/upload/F1"]
+    assert len(uploads) == 2  # the unfinished upload is started again, the message is not
+    assert b"\x89PNG fake chart" in uploads[-1].body
+    complete = slack.posted("/api/files.completeUploadExternal")[-1]
+    assert b"1700000000.000001" in complete.body and b"C0123" in complete.body
+
+
+def test_webhook_alternative(slack: SlackServer) -> None:
+    sender = slack_sender(
+        SlackConfig(webhook_url_env="HOOK"), {"HOOK": slack.webhook_url}, backoff_s=0.01, backoff_cap_s=0.02
+    )
+    assert sender is not None and sender.webhook is not None
+    assert sender.send(message(channel=None)) == "webhook"
+    (hook,) = slack.posted("/webhook")
+    assert hook.json()["blocks"][0]["type"] == "header"
+    slack.answer("/webhook", 404, b"no_service")
+    with pytest.raises(DeliveryError, match="404"):
+        SlackSender(webhook=WebhookClient(slack.webhook_url)).send(message())
+
+
+def test_token_from_env_or_file_and_channels(tmp_path: Path) -> None:
+    assert slack_sender(SlackConfig(), {}) is None
+    token_file = tmp_path / "token"
+    token_file.write_text("xoxb-from-file\n")
+    sender = slack_sender(SlackConfig(token_file=token_file), {})
+    assert sender is not None and sender.client is not None and sender.client.token == "xoxb-from-file"  # noqa: S105
+    env_sender = slack_sender(SlackConfig(), {"SLACK_BOT_TOKEN": "xoxb-env"})
+    assert env_sender is not None and env_sender.client is not None and env_sender.client.token == "xoxb-env"  # noqa: S105
+    with pytest.raises(SlackConfigError, match="cannot be read"):
+        slack_sender(SlackConfig(token_file=tmp_path / "missing"), {})
+    with pytest.raises(SlackConfigError, match="HOOK, which is not set"):
+        slack_sender(SlackConfig(webhook_url_env="HOOK"), {})
+    channels = SlackConfig(channel_warning="#w")
+    assert channel_for(channels, Severity.CRITICAL) == "#w"
+    assert channel_for(channels, Severity.INFO) is None
