@@ -14,11 +14,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The main job. Until `auditor demo` exists: the what-if calculator on the design's example
-# (Llama 3 70B on 2 GPUs at $2.50/GPU-hour against 100M prompt + 20M generated tokens a month).
+# The main job on a machine without GPUs: a month of simulated traffic for two deployments, the
+# rules, and the finance report (HTML, CSV, Markdown, JSON) in a scratch directory it prints.
 run: venv
-	$(VENV)/bin/auditor breakeven --prompt-tokens 100M --generation-tokens 20M \
-		--gpus 2 --gpu-hourly-usd 2.50 --hours 720 --capacity-tokens-per-s 30000
+	$(VENV)/bin/auditor demo
 
 lint: venv
 	$(VENV)/bin/ruff check .

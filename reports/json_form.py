@@ -1,0 +1,107 @@
+"""The report as JSON for scripts; `auditor replay --json` prints the same deployment object.
+
+Money is rounded to the cent (banker's rounding), hours to the microhour, shares to 1e-6; the
+exact figures are in the CSV.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+from auditor.costing import DeploymentCost
+from auditor.model import Finding
+from auditor.units import cents
+from reports.monthly import MonthReport
+
+SHARE = Decimal("0.000001")
+
+
+def usd(value: Decimal | None) -> float | None:
+    return None if value is None else float(cents(value))
+
+
+def share(value: Decimal | float | None) -> float | None:
+    if value is None:
+        return None
+    return float(Decimal(repr(value) if isinstance(value, float) else value).quantize(SHARE))
+
+
+def recommendation(finding: Finding) -> dict[str, Any]:
+    return {
+        "rule": finding.rule,
+        "severity": finding.severity.value,
+        "text": finding.text,
+        "usd_per_month": usd(finding.usd_per_month),
+    }
+
+
+def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict[str, Any]:
+    """One deployment's figures, as the issue's JSON lists them (plus a few that explain them)."""
+    cheapest = cost.cheapest_api
+    measures = cost.measures
+    return {
+        "name": cost.deployment,
+        "start": cost.start.isoformat(),
+        "end": cost.end.isoformat(),
+        "cost_usd": usd(cost.cost_usd),
+        "overhead_usd": usd(cost.overhead_usd),
+        "tco_usd": usd(cost.tco_usd),
+        "estimated": cost.estimated,
+        "billed_gpu_hours": float(cost.hours.billed),
+        "observed_gpu_hours": float(cost.hours.observed),
+        "idle_gpu_hours": float(cost.hours.idle),
+        "unknown_gpu_hours": float(cost.hours.unknown),
+        "utilization": share(cost.utilization),
+        "utilization_metric": cost.utilization_metric.value,
+        "utilization_measures": {
+            "gpu_util": share(measures.gpu_util),
+            "sm_active": share(measures.sm_active),
+            "request_busy": share(measures.request_busy),
+            "throughput_util": share(measures.throughput_util),
+        },
+        "capacity_tokens_per_s": cost.capacity_tokens_per_s,
+        "capacity_source": cost.capacity_source,
+        "prompt_tokens": cost.prompt_tokens,
+        "generation_tokens": cost.generation_tokens,
+        "cost_per_mtok_usd": usd(cost.cost_per_mtok_usd),
+        "tco_per_mtok_usd": usd(cost.tco_per_mtok_usd),
+        "idle_cost_usd": usd(cost.idle_cost_usd),
+        "api_equivalents": [
+            {
+                "provider": c.price.provider,
+                "model": c.price.model,
+                "usd": usd(c.usd),
+                "savings_usd": usd(c.savings_usd),
+                "breakeven_utilization": share(c.breakeven_utilization),
+                "breakeven_tokens_per_month": (
+                    None if c.breakeven_tokens_per_month is None else round(c.breakeven_tokens_per_month)
+                ),
+            }
+            for c in cost.apis
+        ],
+        # Against the cheapest API compared: the figures a decision turns on.
+        "breakeven_utilization": share(cheapest.breakeven_utilization) if cheapest else None,
+        "breakeven_tokens_per_month": (
+            round(cheapest.breakeven_tokens_per_month)
+            if cheapest and cheapest.breakeven_tokens_per_month is not None
+            else None
+        ),
+        "recommendations": [recommendation(f) for f in findings],
+    }
+
+
+def report_object(report: MonthReport) -> dict[str, Any]:
+    return {
+        "month": report.month,
+        "partial": report.partial,
+        "timezone": report.timezone,
+        "start": report.start.isoformat(),
+        "end": report.end.isoformat(),
+        "total_cost_usd": usd(report.total_cost_usd),
+        "unattributed_cost_usd": usd(report.unattributed_cost_usd),
+        "estimated": report.estimated,
+        "deployments": [deployment_object(d.cost, d.findings) for d in report.deployments],
+        "other_recommendations": [{**recommendation(f), "subject": f.subject} for f in report.other_findings],
+    }

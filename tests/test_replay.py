@@ -1,0 +1,151 @@
+"""Replaying traffic against a simulated deployment: the Azure trace, the generator, the batching model."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from auditor.store import Store
+from collectors.replay import (
+    MinuteLoad,
+    SimulatedDeployment,
+    TraceError,
+    TrafficShape,
+    bundled_trace,
+    generate_loads,
+    minute_loads,
+    parse_trace,
+    read_trace,
+    replay_into_store,
+    simulate,
+)
+
+TRACE = Path(__file__).parent / "fixtures" / "azure_llm_trace" / "conv_10min.csv"
+
+
+def test_the_azure_trace_is_read_whole() -> None:
+    requests = read_trace(TRACE)
+    assert len(requests) == 2863
+    assert requests[0].prompt_tokens == 374 and requests[0].generation_tokens == 44
+    assert requests[0].ts == pytest.approx(datetime(2023, 11, 16, 18, 15, 46, 680590, tzinfo=UTC).timestamp())
+    loads = minute_loads(requests)
+    assert sum(m.requests for m in loads) == 2863
+    assert sum(m.prompt_tokens for m in loads) == sum(r.prompt_tokens for r in requests)
+    assert [m.minute_ts - loads[0].minute_ts for m in loads] == [60 * i for i in range(len(loads))]
+    shifted = minute_loads(requests, start_ts=1_800_000_000)
+    assert shifted[0].minute_ts == 1_800_000_000 - 1_800_000_000 % 60
+    assert bundled_trace() == requests  # the package ships the same slice
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("time,prompt,generated\n", "the first line must be"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6,12\n", "line 2"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n", "line 2"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,-1,2\n", "0 or more"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n", "no requests"),
+    ],
+)
+def test_a_bad_trace_is_named_with_its_line(text: str, message: str) -> None:
+    with pytest.raises(TraceError, match=message):
+        parse_trace(text.splitlines(), "t.csv")
+
+
+def test_a_missing_trace_says_so(tmp_path: Path) -> None:
+    with pytest.raises(TraceError, match="cannot be read"):
+        read_trace(tmp_path / "nope.csv")
+
+
+def test_the_generator_has_a_daily_and_weekly_shape_and_bursts() -> None:
+    tz = ZoneInfo("UTC")
+    start = int(datetime(2026, 10, 5, tzinfo=tz).timestamp())  # a Monday
+    loads = list(generate_loads(start, start + 14 * 86_400, tz, TrafficShape(40, seed=3), bundled_trace()))
+    assert len(loads) == 14 * 1440
+
+    def mean(select: list[MinuteLoad]) -> float:
+        return sum(m.requests for m in select) / len(select)
+
+    def local(m: MinuteLoad) -> datetime:
+        return datetime.fromtimestamp(m.minute_ts, tz)
+
+    weekday = [m for m in loads if local(m).weekday() < 5]
+    weekend = [m for m in loads if local(m).weekday() >= 5]
+    afternoon = [m for m in weekday if 13 <= local(m).hour < 16]
+    night = [m for m in weekday if 2 <= local(m).hour < 5]
+    assert mean(weekday) == pytest.approx(40, rel=0.15)
+    assert mean(weekend) < 0.5 * mean(weekday)
+    assert mean(afternoon) > 3 * mean(night)
+    # Bursts: some minutes far above what the shape alone gives at that hour.
+    assert max(m.requests for m in loads) > 2.5 * mean(afternoon)
+    # Request sizes follow the trace's (about 1,000 prompt and 250 generated tokens a request).
+    per_request = sum(m.prompt_tokens for m in loads) / sum(m.requests for m in loads)
+    trace = bundled_trace()
+    assert per_request == pytest.approx(sum(r.prompt_tokens for r in trace) / len(trace), rel=0.05)
+    again = list(generate_loads(start, start + 86_400, tz, TrafficShape(40, seed=3), bundled_trace()))
+    assert again == loads[:1440]  # seeded: the same month every time
+
+
+def test_the_batching_model_queues_over_capacity_and_loses_nothing() -> None:
+    deployment = SimulatedDeployment("d", "H100", 2, capacity_tokens_per_s=100.0, busy_poll_util=1.0)
+    loads = [
+        MinuteLoad(60 * i, 10, 9_000, 3_000) if i < 5 else MinuteLoad(60 * i, 0, 0, 0) for i in range(30)
+    ]
+    minutes = list(simulate(loads, deployment))
+    served = sum(row.prompt_tokens + row.generation_tokens for _, row in minutes)
+    assert served == 5 * 12_000  # everything that arrived is served, later
+    beyond = list(simulate(loads[:5], deployment))
+    assert len(beyond) == 10  # past the last load, until the queue is empty
+    assert sum(row.prompt_tokens + row.generation_tokens for _, row in beyond) == 5 * 12_000
+    first = minutes[0][1]
+    assert first.throughput_util == pytest.approx(1.0)  # 6,000 tokens a minute, the capacity
+    assert first.requests_waiting_mean and first.requests_waiting_mean > 0
+    assert first.request_busy == 1.0
+    quiet = minutes[-1]
+    assert quiet[1].request_busy == 0.0 and quiet[1].throughput_util == 0.0
+    # NVML reads 100% while the server busy-polls; sm_active shows that nothing ran.
+    assert quiet[0][0].gpu_util == 1.0 and quiet[0][0].sm_active == 0.0
+    assert quiet[0][0].idle_s == 60.0
+    assert len(quiet[0]) == 2 and {g.gpu_index for g in quiet[0]} == {0, 1}
+
+
+def test_light_load_is_mostly_idle_time() -> None:
+    deployment = SimulatedDeployment("d", "H100", 1, capacity_tokens_per_s=5000.0)
+    gpus, row = next(iter(simulate([MinuteLoad(0, 1, 1000, 200)], deployment)))
+    latency = 1000 / deployment.prefill_tokens_per_s + 200 / deployment.decode_tokens_per_s
+    assert row.request_busy == pytest.approx(1 - math.exp(-latency / 60))
+    assert row.throughput_util == pytest.approx(1200 / 300_000)
+    assert gpus[0].sm_active is not None and row.request_busy is not None
+    assert gpus[0].sm_active < row.request_busy
+    assert gpus[0].energy_j == pytest.approx(gpus[0].power_mean_w * 60)  # type: ignore[operator]
+
+
+def test_replaying_a_month_into_a_store_is_idempotent(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'r.db'}")
+    tz = ZoneInfo("UTC")
+    start = int(datetime(2026, 10, 1, tzinfo=tz).timestamp())
+    end = start + 3 * 86_400
+
+    def runs() -> list[tuple[list[MinuteLoad], SimulatedDeployment]]:
+        return [
+            (
+                list(generate_loads(start, end, tz, TrafficShape(5), bundled_trace())),
+                SimulatedDeployment("a", "H100", 2, 4000.0),
+            ),
+            (
+                minute_loads(bundled_trace(), start_ts=start + 3600),
+                SimulatedDeployment("b", "L4", 1, 20_000.0),
+            ),
+        ]
+
+    counts = replay_into_store(store, runs())
+    assert counts == (3 * 1440 * 2 + 11, 3 * 1440 + 11)
+    assert replay_into_store(store, runs()) == counts
+    assert len(store.gpu_minutes(start, end, "a")) == 3 * 1440 * 2
+    assert len(store.deployment_minutes(start, end, "b")) == 11
+    b = store.deployment_minutes(start, end, "b")
+    assert sum(m.prompt_tokens for m in b) == sum(r.prompt_tokens for r in bundled_trace())
