@@ -18,6 +18,7 @@ import typer
 from rich.table import Table
 from sqlalchemy.engine import make_url
 
+from auditor import alerting
 from auditor import daemon as daemon_module
 from auditor.cli.common import (
     EXIT_FINDING,
@@ -32,13 +33,18 @@ from auditor.cli.common import (
 )
 from auditor.config import Config, DeploymentConfig
 from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
+from auditor.gpu_prices import GpuPrice
 from auditor.model import GpuSample, ServerSample
+from auditor.prices import ApiPriceCatalog
 from auditor.store import Store, StoreError
 from collectors.inference import Endpoint, InferenceCollector, fetch_metrics, parse_server_metrics
 from collectors.interface import CollectorError
 from collectors.nvml import GpuDeploymentMap, NvmlCollector, load_pynvml
+from reports.slack import SlackConfigError, slack_sender
 
 HOST_ENV = "AUDITOR_HOST"
+RUNAWAY_INTERVAL_S = 60
+RULES_INTERVAL_S = 15 * 60
 HostOption = Annotated[
     str | None,
     typer.Option(
@@ -132,6 +138,7 @@ def daemon(
         server_collectors=servers,
         state=state,
         figures=figures,
+        extra_jobs=alert_jobs(config, store, apis, gpus),
     )
     try:
         code = daemon_module.run(runner)
@@ -145,6 +152,43 @@ def daemon(
         gpu.close()
     store.close()
     raise typer.Exit(code)
+
+
+def alert_jobs(
+    config: Config, store: Store, apis: ApiPriceCatalog, gpus: Sequence[GpuPrice]
+) -> list[daemon_module.JobSpec]:
+    """The daemon's alerting jobs: runaway spend every minute (it must fire within minutes of the
+    onset), every rule every 15 minutes, and the weekly digest on its cron — at start-up too, when
+    the last one was missed. Without Slack, alerts are still tracked and the digest is not built."""
+    try:
+        sender = slack_sender(config.slack, os.environ)
+    except SlackConfigError as exc:
+        fatal(f"slack: {exc}")
+
+    def now() -> datetime:
+        return datetime.now(tz=UTC)
+
+    def runaway() -> object:
+        names = ["runaway-spend"]
+        return alerting.alert_cycle(
+            config, store, now(), sender, names=names, api_catalog=apis, gpu_catalog=gpus
+        )
+
+    def every_rule() -> object:
+        return alerting.alert_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
+
+    def digest() -> object:
+        return alerting.digest_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
+
+    jobs = [
+        daemon_module.JobSpec("runaway-spend", runaway, interval_s=RUNAWAY_INTERVAL_S),
+        daemon_module.JobSpec("rules", every_rule, interval_s=RULES_INTERVAL_S),
+    ]
+    if sender is not None:
+        missed = alerting.digest_due(config, store, now())
+        cron = alerting.digest_cron_kwargs(config)
+        jobs.append(daemon_module.JobSpec("digest", digest, cron=cron, run_at_start=missed))
+    return jobs
 
 
 # -- doctor ---------------------------------------------------------------------------------------
