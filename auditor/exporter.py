@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from auditor.analysis import cost_window
+from auditor.analysis import WindowCost, cost_window_aggregated
 from auditor.config import Config
 from auditor.gpu_prices import GpuPrice
 from auditor.model import GpuSample
@@ -91,14 +91,18 @@ def deployment_figures(
     api_catalog: ApiPriceCatalog,
     gpu_catalog: Sequence[GpuPrice],
 ) -> list[DeploymentFigures]:
-    """Cost figures for every deployment at `now`: the last hour, the last day, the month so far."""
-    hour = cost_window(store, config, now - timedelta(hours=1), now, api_catalog, gpu_catalog)
-    day = cost_window(store, config, now - timedelta(days=1), now, api_catalog, gpu_catalog)
+    """Cost figures for every deployment at `now`: the last hour, the last day, the month so far.
+
+    Summed in SQL: the daemon refreshes these every minute, and a month of minute rows is large."""
+
+    def window(start: datetime) -> WindowCost:
+        return cost_window_aggregated(store, config, start, now, api_catalog, gpu_catalog).window
+
+    hour = window(now - timedelta(hours=1))
+    day = window(now - timedelta(days=1))
     local = now.astimezone(config.tz)
     month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
-    month = (
-        cost_window(store, config, month_start, now, api_catalog, gpu_catalog) if month_start < now else None
-    )
+    month = window(month_start) if month_start < now else None
     by_day = {c.deployment: c for c in day.deployments}
     by_month = {c.deployment: c for c in month.deployments} if month else {}
     figures = []
