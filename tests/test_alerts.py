@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
-from pathlib import Path
 
 from auditor.alerts import (
     AlertPolicy,
@@ -53,19 +52,19 @@ def cycle(
     return [n.kind for n in result.notifications]
 
 
-def open_store(tmp_path: Path) -> Store:
-    return Store.open(f"sqlite:///{tmp_path / 'auditor.db'}")
+def open_store(url: str) -> Store:
+    return Store.open(url)
 
 
-def test_fires_once_resolves_once_and_survives_restarts(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_fires_once_resolves_once_and_survives_restarts(store_url: str) -> None:
+    store = open_store(store_url)
     assert cycle(store, [finding()], 0) == [NotificationKind.FIRING]
     store.close()
     for minute in range(1, 5):  # a restart between cycles re-sends nothing
-        store = open_store(tmp_path)
+        store = open_store(store_url)
         assert cycle(store, [finding(usd=str(100 + minute))], minute * 60) == []
         store.close()
-    store = open_store(tmp_path)
+    store = open_store(store_url)
     (alert,) = store.alerts()
     assert alert.state is AlertState.FIRING and alert.first_seen_ts == 0 and alert.last_seen_ts == 240
     assert last_finding(alert).usd_per_month == Decimal(104)
@@ -75,15 +74,15 @@ def test_fires_once_resolves_once_and_survives_restarts(tmp_path: Path) -> None:
     assert [m.kind for m in store.outbox_messages()] == ["firing", "resolved"]
 
 
-def test_no_verdict_keeps_the_state(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_no_verdict_keeps_the_state(store_url: str) -> None:
+    store = open_store(store_url)
     cycle(store, [finding()], 0)
     assert cycle(store, [], 60, undecided=[("move-to-api", "rag")]) == []
     assert store.alerts()[0].state is AlertState.FIRING
 
 
-def test_cooldown_holds_a_refire_back_until_it_has_passed(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_cooldown_holds_a_refire_back_until_it_has_passed(store_url: str) -> None:
+    store = open_store(store_url)
     assert cycle(store, [finding()], 0) == [NotificationKind.FIRING]
     assert cycle(store, [], 600) == [NotificationKind.RESOLVED]
     assert cycle(store, [finding()], 1200) == []  # within the hour after the resolved message
@@ -92,8 +91,8 @@ def test_cooldown_holds_a_refire_back_until_it_has_passed(tmp_path: Path) -> Non
     assert cycle(store, [finding()], 600 + 3600) == [NotificationKind.FIRING]  # cooldown over, still firing
 
 
-def test_escalation_notifies_at_once_and_only_upwards(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_escalation_notifies_at_once_and_only_upwards(store_url: str) -> None:
+    store = open_store(store_url)
     assert cycle(store, [finding(Severity.WARNING)], 0) == [NotificationKind.FIRING]
     assert cycle(store, [finding(Severity.CRITICAL)], 60) == [NotificationKind.ESCALATED]
     assert cycle(store, [finding(Severity.WARNING)], 120) == []
@@ -101,8 +100,8 @@ def test_escalation_notifies_at_once_and_only_upwards(tmp_path: Path) -> None:
     assert store.alerts()[0].severity == "critical"
 
 
-def test_severities_not_sent_are_tracked_and_announced_when_they_rise(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_severities_not_sent_are_tracked_and_announced_when_they_rise(store_url: str) -> None:
+    store = open_store(store_url)
     quiet = AlertPolicy(cooldown_s=0, notify=frozenset({Severity.WARNING, Severity.CRITICAL}))
     result = advance([], [finding(Severity.INFO)], set(), {"move-to-api"}, 0, lambda _r: quiet)
     assert result.notifications == []
@@ -113,15 +112,15 @@ def test_severities_not_sent_are_tracked_and_announced_when_they_rise(tmp_path: 
     assert [n.kind for n in result.notifications] == [NotificationKind.FIRING]
 
 
-def test_rules_not_evaluated_leave_their_alerts_alone(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_rules_not_evaluated_leave_their_alerts_alone(store_url: str) -> None:
+    store = open_store(store_url)
     cycle(store, [finding()], 0)
     result = advance(store.alerts(), [], set(), {"runaway-spend"}, 60, lambda _r: SEND_ALL)
     assert result.changed == [] and result.notifications == []
 
 
-def test_outbox_marks_sent_only_what_was_accepted(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+def test_outbox_marks_sent_only_what_was_accepted(store_url: str) -> None:
+    store = open_store(store_url)
     first = store.enqueue(OutboxMessage("k", "firing", "warning", "#c", "t", "[]", created_ts=0))
     store.enqueue(OutboxMessage("k2", "firing", "warning", "#c", "t", "[]", created_ts=0))
     store.outbox_mark_failed(first, "HTTP 500", next_attempt_ts=100, posted_ref=None)
@@ -133,12 +132,12 @@ def test_outbox_marks_sent_only_what_was_accepted(tmp_path: Path) -> None:
     assert [replace(m, id=None).key for m in store.outbox_messages()] == ["k2"]
 
 
-def test_a_version_1_store_migrates_to_the_outbox(tmp_path: Path) -> None:
+def test_a_version_1_store_migrates_to_the_outbox(store_url: str) -> None:
     from sqlalchemy import inspect
 
     from auditor.store import MIGRATIONS, schema_version
 
-    store = Store(Store.open(f"sqlite:///{tmp_path / 'v1.db'}", migrate=False).engine)
+    store = Store(Store.open(store_url, migrate=False).engine)
     with store.engine.begin() as conn:
         MIGRATIONS[0](conn)
         conn.execute(schema_version.insert().values(version=1, applied_ts=0.0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from slack_sdk import WebClient
@@ -23,8 +22,8 @@ NOW = datetime(2026, 11, 23, 9, tzinfo=UTC)  # Monday 09:00: the digest's cron
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(f"sqlite:///{tmp_path / 'auditor.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    opened = Store.open(store_url)
     # Week 46 at 10% busy, week 47 at 18% on weekdays and idle at weekends; tokens doubled.
     Fleet().add(
         "rag",

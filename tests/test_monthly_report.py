@@ -166,8 +166,8 @@ FINDINGS = [
 
 
 @pytest.fixture
-def october(tmp_path: Path) -> tuple[Store, Decimal]:
-    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+def october(store_url: str) -> tuple[Store, Decimal]:
+    store = Store.open(store_url)
     _fill(store, datetime(2026, 10, 10, 22, tzinfo=UTC), 6)
     billed = _bill(store, (date(2026, 10, 1), date(2026, 11, 1)))
     return store, billed
