@@ -29,6 +29,7 @@ from auditor.costing import (
     cost_deployment,
     hours_from_seconds,
     prorate_monthly_usd,
+    served_tokens_known,
     sum_usd,
 )
 from auditor.gpu_prices import GpuPrice
@@ -519,8 +520,12 @@ def deployment_cost_from_sums(
         generation_tokens=generation,
         capacity_tokens_per_s=capacity_tokens_per_s,
         capacity_source=capacity_source,
-        apis=compare_apis(
-            prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity_tokens_per_s, api_prices
+        apis=(
+            compare_apis(
+                prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity_tokens_per_s, api_prices
+            )
+            if served_tokens_known(prompt, generation, measures)
+            else []
         ),
         estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
     )

@@ -219,6 +219,12 @@ def measured_capacity_tokens_per_s(
     return best
 
 
+def served_tokens_known(prompt_tokens: int, generation_tokens: int, measures: UtilizationMeasures) -> bool:
+    """Zero tokens is a fact only where an inference server was observed; elsewhere the count is unknown,
+    and so is what the same tokens would cost on an API (never $0: that would make every API look free)."""
+    return prompt_tokens + generation_tokens > 0 or measures.request_busy is not None
+
+
 @dataclass(frozen=True, slots=True)
 class ApiComparison:
     """The same tokens on one managed API, against this deployment's TCO."""
@@ -284,6 +290,10 @@ class DeploymentCost:
     @property
     def tco_usd(self) -> Decimal:
         return self.cost_usd + self.overhead_usd
+
+    @property
+    def tokens_known(self) -> bool:
+        return served_tokens_known(self.prompt_tokens, self.generation_tokens, self.measures)
 
     @property
     def tokens(self) -> int:
@@ -370,7 +380,11 @@ def cost_deployment(
         generation_tokens=generation,
         capacity_tokens_per_s=capacity,
         capacity_source=capacity_source,
-        apis=compare_apis(prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity, api_prices),
+        apis=(
+            compare_apis(prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity, api_prices)
+            if served_tokens_known(prompt, generation, measures)
+            else []
+        ),
         estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
     )
 

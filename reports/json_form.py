@@ -63,8 +63,9 @@ def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict
         },
         "capacity_tokens_per_s": cost.capacity_tokens_per_s,
         "capacity_source": cost.capacity_source,
-        "prompt_tokens": cost.prompt_tokens,
-        "generation_tokens": cost.generation_tokens,
+        # No inference-server metrics: the counts are unknown (null), not zero.
+        "prompt_tokens": cost.prompt_tokens if cost.tokens_known else None,
+        "generation_tokens": cost.generation_tokens if cost.tokens_known else None,
         "cost_per_mtok_usd": usd(cost.cost_per_mtok_usd),
         "tco_per_mtok_usd": usd(cost.tco_per_mtok_usd),
         "idle_cost_usd": usd(cost.idle_cost_usd),

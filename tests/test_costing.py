@@ -284,3 +284,37 @@ def test_measured_capacity_needs_consecutive_minutes() -> None:
     minutes.append(_deployment_minute(60 * 20, 6000, 0, 1.0))  # after a gap: a new run
     assert measured_capacity_tokens_per_s(minutes) is None
     assert measured_capacity_tokens_per_s(minutes, minutes=14) == pytest.approx(10.0)
+
+
+def test_without_server_metrics_tokens_are_unknown_and_no_api_looks_free() -> None:
+    start = datetime(2026, 10, 5, tzinfo=UTC)
+    result = cost_deployment(
+        deployment="llama",
+        start=start,
+        end=datetime(2026, 10, 6, tzinfo=UTC),
+        tz=UTC_ZONE,
+        cost_lines=[],
+        gpu_minutes=[_gpu_minute(int(start.timestamp()), 0.3)],
+        deployment_minutes=[],
+        billed_gpus=1,
+        overhead_usd_month=Decimal(1000),
+        api_prices=[GPT_4O],
+        capacity_tokens_per_s=None,
+    )
+    assert not result.tokens_known
+    assert result.apis == []  # not "$0.00 on GPT-4o: moving saves everything"
+    served_nothing = cost_deployment(
+        deployment="llama",
+        start=start,
+        end=datetime(2026, 10, 6, tzinfo=UTC),
+        tz=UTC_ZONE,
+        cost_lines=[],
+        gpu_minutes=[],
+        deployment_minutes=[_deployment_minute(int(start.timestamp()), 0, 0, 0.0)],
+        billed_gpus=1,
+        overhead_usd_month=Decimal(1000),
+        api_prices=[GPT_4O],
+        capacity_tokens_per_s=None,
+    )
+    assert served_nothing.tokens_known
+    assert served_nothing.apis[0].usd == 0  # a server was watched and served nothing: that is a fact
