@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from auditor import alerting
 from auditor import daemon as daemon_module
@@ -252,9 +253,9 @@ def _check_store(config: Config) -> Check:
         store = Store.open(config.store.url)
     except (StoreError, OSError) as exc:
         return Check("store", False, f"{shown}: {exc}", "set store.url to a writable database")
-    except Exception as exc:  # noqa: BLE001  (any driver error: doctor reports it instead of crashing)
+    except SQLAlchemyError as exc:  # the driver's errors, wrapped: doctor reports them instead of crashing
         return Check(
-            "store", False, f"{shown}: {type(exc).__name__}: {exc}", "check store.url and the database"
+            "store", False, f"{shown}: {getattr(exc, 'orig', None) or exc}", "check store.url and the database"
         )
     try:
         version = store.schema_version()
