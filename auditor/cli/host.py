@@ -254,9 +254,8 @@ def _check_store(config: Config) -> Check:
     except (StoreError, OSError) as exc:
         return Check("store", False, f"{shown}: {exc}", "set store.url to a writable database")
     except SQLAlchemyError as exc:  # the driver's errors, wrapped: doctor reports them instead of crashing
-        return Check(
-            "store", False, f"{shown}: {getattr(exc, 'orig', None) or exc}", "check store.url and the database"
-        )
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
+        return Check("store", False, f"{shown}: {reason}", "check store.url and the database")
     try:
         version = store.schema_version()
         database = make_url(config.store.url).database or ""
