@@ -123,6 +123,17 @@ def rated_cost_lines(
     return _clip(lines, start, end, tz)
 
 
+def billed_to(billed: Sequence[CostLine], deployment: DeploymentConfig) -> list[CostLine]:
+    """The synced bill's lines attributed to a deployment (one priced by a cloud bill, not a rate)."""
+    return [line for line in billed if line.deployment == deployment.name]
+
+
+def unattributed_lines(billed: Sequence[CostLine], config: Config) -> list[CostLine]:
+    """Lines attributed to no configured deployment: shown in every total, never dropped."""
+    configured = {d.name for d in config.deployments}
+    return [line for line in billed if line.deployment not in configured]
+
+
 def cost_window(
     store: Store,
     config: Config,
@@ -133,7 +144,10 @@ def cost_window(
     *,
     only: Sequence[str] | None = None,
 ) -> WindowCost:
-    """Cost every configured deployment (or those named in `only`) over [start, end)."""
+    """Cost every configured deployment (or those named in `only`) over [start, end), row by row.
+
+    The reference implementation: `cost_window_aggregated` gives the same figures from SQL sums, and
+    is what the report, rules and exporter use; tests hold the two to each other."""
     tz = config.tz
     first, after_last = local_days(start, end, tz)
     billed = store.cost_lines(first, after_last)
@@ -144,9 +158,9 @@ def cost_window(
         if only is not None and deployment.name not in only:
             continue
         gpu_minutes = store.gpu_minutes(start_ts, end_ts, deployment.name)
-        own = rated_cost_lines(deployment, start, end, tz, gpu_catalog, gpu_minutes) or [
-            line for line in billed if line.deployment == deployment.name
-        ]
+        own = rated_cost_lines(deployment, start, end, tz, gpu_catalog, gpu_minutes) or billed_to(
+            billed, deployment
+        )
         lines.extend(own)
         costs.append(
             cost_deployment(
@@ -165,8 +179,7 @@ def cost_window(
             )
         )
     if only is None:
-        configured = {d.name for d in config.deployments}
-        lines.extend(line for line in billed if line.deployment not in configured)
+        lines.extend(unattributed_lines(billed, config))
     return WindowCost(start=start, end=end, deployments=costs, cost_lines=lines)
 
 
@@ -422,9 +435,9 @@ def cost_window_aggregated(
     capacities: dict[str, float | None] = {}
     for deployment in chosen:
         buckets = sums[deployment.name]
-        own = _rated_from_buckets(deployment, start, end, tz, gpu_catalog, buckets) or [
-            line for line in billed if line.deployment == deployment.name
-        ]
+        own = _rated_from_buckets(deployment, start, end, tz, gpu_catalog, buckets) or billed_to(
+            billed, deployment
+        )
         lines.extend(own)
         capacity = deployment.capacity_tokens_per_s
         source = "configured" if capacity is not None else None
@@ -447,8 +460,7 @@ def cost_window_aggregated(
             )
         )
     if only is None:
-        configured = {d.name for d in config.deployments}
-        lines.extend(line for line in billed if line.deployment not in configured)
+        lines.extend(unattributed_lines(billed, config))
     return AggregatedWindow(
         window=WindowCost(start=start, end=end, deployments=costs, cost_lines=lines),
         buckets=sums,
