@@ -74,7 +74,10 @@ def _day_fraction(day: date, start: datetime, end: datetime, tz: ZoneInfo) -> De
     following = day + timedelta(days=1)
     day_end = datetime(following.year, following.month, following.day, tzinfo=tz).astimezone(UTC)
     inside = min(end, day_end) - max(start, day_start)
-    return Decimal(max(int(inside.total_seconds()), 0)) / Decimal(int((day_end - day_start).total_seconds()))
+    # In whole microseconds: truncating to seconds loses up to a second at each end of a window that
+    # crosses midnight, which shows in a one-hour window's rate.
+    micro = timedelta(microseconds=1)
+    return Decimal(max(inside // micro, 0)) / Decimal((day_end - day_start) // micro)
 
 
 def _clip(lines: Sequence[CostLine], start: datetime, end: datetime, tz: ZoneInfo) -> list[CostLine]:
