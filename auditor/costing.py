@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from auditor.model import MINUTE_S, CostLine, DeploymentMinute, GpuMinute, UtilizationMetric
+from auditor.model import UtilizationMetric
 from auditor.prices import ApiPrice
 
 HOURS_PER_MONTH = Decimal(730)
@@ -128,29 +128,6 @@ class GpuHours:
         return max(self.billed - self.observed, Decimal(0))
 
 
-def idle_seconds(gpu_minute: GpuMinute, deployment_minute: DeploymentMinute | None) -> float:
-    """A GPU-minute's idle seconds: no request running when the server's metrics are known
-    (NVML reads 100% while vLLM busy-polls with nothing to do), else under the idle threshold."""
-    if deployment_minute is not None and deployment_minute.request_busy is not None:
-        return gpu_minute.observed_s * (1 - deployment_minute.request_busy)
-    return gpu_minute.idle_s
-
-
-def gpu_hours(
-    gpu_minutes: Sequence[GpuMinute],
-    deployment_minutes: Sequence[DeploymentMinute],
-    billed_gpu_hours: Decimal,
-) -> GpuHours:
-    by_minute: dict[tuple[str | None, int], DeploymentMinute] = {
-        (m.deployment, m.minute_ts): m for m in deployment_minutes
-    }
-    observed_s = sum((m.observed_s for m in gpu_minutes), 0.0)
-    idle_s = sum((idle_seconds(m, by_minute.get((m.deployment, m.minute_ts))) for m in gpu_minutes), 0.0)
-    return GpuHours(
-        billed=billed_gpu_hours, observed=hours_from_seconds(observed_s), idle=hours_from_seconds(idle_s)
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class UtilizationMeasures:
     """The design's four measures over a window (0–1), None where the source was absent."""
@@ -167,56 +144,6 @@ class UtilizationMeasures:
                 return UtilizationMetric.SM_ACTIVE, self.sm_active
             return UtilizationMetric.GPU_UTIL, self.gpu_util
         return metric, getattr(self, metric.value)
-
-
-def _weighted(pairs: Iterable[tuple[float | None, float]]) -> float | None:
-    seconds = total = 0.0
-    for value, weight in pairs:
-        if value is not None and weight > 0:
-            seconds += weight
-            total += value * weight
-    return total / seconds if seconds > 0 else None
-
-
-def utilization_measures(
-    gpu_minutes: Sequence[GpuMinute],
-    deployment_minutes: Sequence[DeploymentMinute],
-    capacity_tokens_per_s: float | None,
-) -> UtilizationMeasures:
-    served = [m for m in deployment_minutes if m.server_observed_s > 0]
-    throughput = None
-    wall_s = sum(m.server_observed_s / max(m.instances, 1) for m in served)
-    if capacity_tokens_per_s and wall_s > 0:
-        tokens = sum(m.prompt_tokens + m.generation_tokens for m in served)
-        throughput = tokens / wall_s / capacity_tokens_per_s
-    return UtilizationMeasures(
-        gpu_util=_weighted((m.gpu_util, m.util_observed_s) for m in gpu_minutes),
-        sm_active=_weighted((m.sm_active, m.util_observed_s) for m in gpu_minutes),
-        request_busy=_weighted((m.request_busy, m.server_observed_s) for m in deployment_minutes),
-        throughput_util=throughput,
-    )
-
-
-def measured_capacity_tokens_per_s(
-    deployment_minutes: Sequence[DeploymentMinute], minutes: int = MEASURED_CAPACITY_MINUTES
-) -> float | None:
-    """The sustained peak: the highest mean tokens/s over `minutes` consecutive observed minutes.
-
-    A lower bound of the true capacity (the deployment may never have been pushed to its limit);
-    None when fewer consecutive minutes were observed."""
-    served = sorted((m for m in deployment_minutes if m.server_observed_s > 0), key=lambda m: m.minute_ts)
-    best: float | None = None
-    run: list[int] = []
-    previous_ts: int | None = None
-    for m in served:
-        if previous_ts is not None and m.minute_ts != previous_ts + MINUTE_S:
-            run = []
-        run.append(m.prompt_tokens + m.generation_tokens)
-        previous_ts = m.minute_ts
-        if len(run) >= minutes:
-            rate = sum(run[-minutes:]) / (minutes * MINUTE_S)
-            best = rate if best is None else max(best, rate)
-    return best
 
 
 def served_tokens_known(prompt_tokens: int, generation_tokens: int, measures: UtilizationMeasures) -> bool:
@@ -322,71 +249,6 @@ class DeploymentCost:
     @property
     def cheapest_api(self) -> ApiComparison | None:
         return min(self.apis, key=lambda c: c.usd) if self.apis else None
-
-
-def cost_deployment(
-    *,
-    deployment: str,
-    start: datetime,
-    end: datetime,
-    tz: ZoneInfo,
-    cost_lines: Sequence[CostLine],
-    gpu_minutes: Sequence[GpuMinute],
-    deployment_minutes: Sequence[DeploymentMinute],
-    billed_gpus: int,
-    overhead_usd_month: Decimal,
-    api_prices: Sequence[ApiPrice],
-    capacity_tokens_per_s: float | None,
-    utilization_metric: UtilizationMetric = UtilizationMetric.AUTO,
-) -> DeploymentCost:
-    """Cost one deployment over [start, end) from its cost lines and roll-ups (already selected for it).
-
-    Billed GPU-hours are the cost lines' own where they state them, else the configured GPU count
-    over the window."""
-    window_s = (end - start).total_seconds()
-    if window_s <= 0:
-        raise ValueError("the window must end after it starts")
-    cost_usd = sum_usd(line.amount_usd for line in cost_lines)
-    stated = [line.gpu_hours for line in cost_lines if line.gpu_hours is not None]
-    billed = sum_usd(stated) if stated else hours_from_seconds(window_s) * billed_gpus
-    overhead_usd = prorate_monthly_usd(overhead_usd_month, start, end, tz)
-
-    capacity_source = None
-    capacity = capacity_tokens_per_s
-    if capacity is not None:
-        capacity_source = "configured"
-    else:
-        capacity = measured_capacity_tokens_per_s(deployment_minutes)
-        capacity_source = "measured" if capacity is not None else None
-
-    measures = utilization_measures(gpu_minutes, deployment_minutes, capacity)
-    metric, utilization = measures.pick(utilization_metric)
-    prompt = sum(m.prompt_tokens for m in deployment_minutes)
-    generation = sum(m.generation_tokens for m in deployment_minutes)
-    tco = cost_usd + overhead_usd
-    window_hours = hours_from_seconds(window_s)
-    hourly = tco / window_hours
-    return DeploymentCost(
-        deployment=deployment,
-        start=start,
-        end=end,
-        cost_usd=cost_usd,
-        overhead_usd=overhead_usd,
-        hours=gpu_hours(gpu_minutes, deployment_minutes, billed),
-        measures=measures,
-        utilization_metric=metric,
-        utilization=utilization,
-        prompt_tokens=prompt,
-        generation_tokens=generation,
-        capacity_tokens_per_s=capacity,
-        capacity_source=capacity_source,
-        apis=(
-            compare_apis(prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity, api_prices)
-            if served_tokens_known(prompt, generation, measures)
-            else []
-        ),
-        estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
-    )
 
 
 @dataclass(frozen=True, slots=True)

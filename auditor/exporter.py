@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from auditor.analysis import WindowCost, cost_window_aggregated
+from auditor.analysis import WindowCost, cost_window
 from auditor.config import Config
 from auditor.gpu_prices import GpuPrice
 from auditor.model import GpuSample
@@ -96,7 +96,7 @@ def deployment_figures(
     Summed in SQL: the daemon refreshes these every minute, and a month of minute rows is large."""
 
     def window(start: datetime) -> WindowCost:
-        return cost_window_aggregated(store, config, start, now, api_catalog, gpu_catalog).window
+        return cost_window(store, config, start, now, api_catalog, gpu_catalog).window
 
     hour = window(now - timedelta(hours=1))
     day = window(now - timedelta(days=1))

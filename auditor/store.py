@@ -18,6 +18,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Date,
     Double,
@@ -28,9 +29,12 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    Select,
     String,
     Table,
     Text,
+    and_,
+    case,
     create_engine,
     delete,
     event,
@@ -44,6 +48,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from auditor.config import parse_store_url
+from auditor.costing import UtilizationMeasures
 from auditor.model import (
     Alert,
     AlertState,
@@ -487,6 +492,16 @@ class Store:
         known = [int(v) for v in (value, other) if v is not None]
         return max(known) if known else None
 
+    def minute_buckets(
+        self, start_ts: float, end_ts: float, names: Sequence[str]
+    ) -> dict[str, dict[int, Bucket]]:
+        """Per deployment, per quarter-hour (its start, epoch s): sums of its minutes in [start, end)."""
+        return _minute_buckets(self.engine, start_ts, end_ts, names)
+
+    def served_minutes(self, start_ts: float, end_ts: float, deployment: str) -> list[tuple[int, int]]:
+        """(minute_ts, tokens) of the minutes a server was observed in, in time order (measured capacity)."""
+        return _served_minutes(self.engine, start_ts, end_ts, deployment)
+
     # -- cost lines -----------------------------------------------------------------------------
 
     def replace_cost_lines(
@@ -654,6 +669,191 @@ class Store:
             seen = {(row[0], row[1]) for row in conn.execute(raw)}
             seen |= {(row[0], row[1]) for row in conn.execute(rolled)}
         return sorted(seen, key=lambda pair: (pair[0] or "", pair[1]))
+
+
+# -- cost reads: roll-ups summed in SQL for the one costing path (`auditor.analysis.cost_window`) -----
+#
+# A month of minute roll-ups for a fleet is millions of rows: loading each as a Python object is too
+# slow and too big. Here the database sums them by deployment and quarter-hour (every time zone's
+# offset is a whole number of quarter-hours, so a quarter-hour lies in one local hour and one local
+# day), and the costing folds the quarter-hours into days, hours of the week, and the window.
+
+BUCKET_S = 900
+
+
+@dataclass(slots=True)
+class Bucket:
+    """Sums over one deployment's minutes in one quarter-hour (or any union of quarter-hours)."""
+
+    gpu_observed_s: float = 0.0
+    gpu_idle_s: float = 0.0
+    gpu_util_weighted: float = 0.0
+    gpu_util_s: float = 0.0
+    sm_active_weighted: float = 0.0
+    sm_active_s: float = 0.0
+    energy_j: float | None = None
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    server_observed_s: float = 0.0
+    request_busy_weighted: float = 0.0
+    request_busy_s: float = 0.0
+    served_tokens: int = 0
+    """Tokens of the minutes a server was observed in (the numerator of throughput_util)."""
+    served_wall_s: float = 0.0
+
+    def add(self, other: Bucket) -> None:
+        self.gpu_observed_s += other.gpu_observed_s
+        self.gpu_idle_s += other.gpu_idle_s
+        self.gpu_util_weighted += other.gpu_util_weighted
+        self.gpu_util_s += other.gpu_util_s
+        self.sm_active_weighted += other.sm_active_weighted
+        self.sm_active_s += other.sm_active_s
+        if other.energy_j is not None:
+            self.energy_j = (self.energy_j or 0.0) + other.energy_j
+        self.prompt_tokens += other.prompt_tokens
+        self.generation_tokens += other.generation_tokens
+        self.server_observed_s += other.server_observed_s
+        self.request_busy_weighted += other.request_busy_weighted
+        self.request_busy_s += other.request_busy_s
+        self.served_tokens += other.served_tokens
+        self.served_wall_s += other.served_wall_s
+
+    def measures(self, capacity_tokens_per_s: float | None) -> UtilizationMeasures:
+        """The four measures over these minutes, as `costing.utilization_measures` defines them."""
+        throughput = None
+        if capacity_tokens_per_s and self.served_wall_s > 0:
+            throughput = self.served_tokens / self.served_wall_s / capacity_tokens_per_s
+        return UtilizationMeasures(
+            gpu_util=_ratio(self.gpu_util_weighted, self.gpu_util_s),
+            sm_active=_ratio(self.sm_active_weighted, self.sm_active_s),
+            request_busy=_ratio(self.request_busy_weighted, self.request_busy_s),
+            throughput_util=throughput,
+        )
+
+
+def _ratio(total: float, seconds: float) -> float | None:
+    return total / seconds if seconds > 0 else None
+
+
+def merged(buckets: Iterable[Bucket]) -> Bucket:
+    total = Bucket()
+    for bucket in buckets:
+        total.add(bucket)
+    return total
+
+
+def _known(value: ColumnElement[Any], weight: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`weight` where the measure is known and weighs something, else 0 (costing's `_weighted`)."""
+    return case((and_(value.is_not(None), weight > 0), weight), else_=0.0)
+
+
+def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> Select[Any]:
+    g, dm = gpu_minutes, deployment_minutes
+    util_s = _known(g.c.gpu_util, g.c.util_observed_s)
+    sm_s = _known(g.c.sm_active, g.c.util_observed_s)
+    # First per deployment-minute (the GROUP BY follows the (deployment, minute_ts) index: no sort),
+    # then one join per deployment-minute, not per GPU-minute, for the idle rule.
+    per_minute = (
+        select(
+            g.c.deployment.label("deployment"),
+            g.c.minute_ts.label("minute_ts"),
+            func.sum(g.c.observed_s).label("observed_s"),
+            func.sum(g.c.idle_s).label("idle_s"),
+            func.sum(func.coalesce(g.c.gpu_util, 0.0) * util_s).label("util_w"),
+            func.sum(util_s).label("util_s"),
+            func.sum(func.coalesce(g.c.sm_active, 0.0) * sm_s).label("sm_w"),
+            func.sum(sm_s).label("sm_s"),
+            func.sum(g.c.energy_j).label("energy_j"),
+        )
+        .where(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts, g.c.deployment.in_(names))
+        .group_by(g.c.deployment, g.c.minute_ts)
+        .subquery("per_minute")
+    )
+    m = per_minute.c
+    bucket = (m.minute_ts - m.minute_ts % BUCKET_S).label("bucket")
+    # The idle rule: no request running where the server is known, else under the idle threshold.
+    idle = case((dm.c.request_busy.is_not(None), m.observed_s * (1 - dm.c.request_busy)), else_=m.idle_s)
+    return (
+        select(
+            m.deployment,
+            bucket,
+            func.sum(m.observed_s),
+            func.sum(idle),
+            func.sum(m.util_w),
+            func.sum(m.util_s),
+            func.sum(m.sm_w),
+            func.sum(m.sm_s),
+            func.sum(m.energy_j),
+        )
+        .select_from(
+            per_minute.outerjoin(dm, and_(dm.c.deployment == m.deployment, dm.c.minute_ts == m.minute_ts))
+        )
+        .group_by(m.deployment, bucket)
+    )
+
+
+def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> Select[Any]:
+    dm = deployment_minutes
+    bucket = (dm.c.minute_ts - dm.c.minute_ts % BUCKET_S).label("bucket")
+    served = dm.c.server_observed_s > 0
+    busy_s = _known(dm.c.request_busy, dm.c.server_observed_s)
+    instances = case((dm.c.instances > 1, dm.c.instances), else_=1)
+    return (
+        select(
+            dm.c.deployment,
+            bucket,
+            func.sum(dm.c.prompt_tokens),
+            func.sum(dm.c.generation_tokens),
+            func.sum(dm.c.server_observed_s),
+            func.sum(func.coalesce(dm.c.request_busy, 0.0) * busy_s),
+            func.sum(busy_s),
+            func.sum(case((served, dm.c.prompt_tokens + dm.c.generation_tokens), else_=0)),
+            func.sum(case((served, dm.c.server_observed_s / instances), else_=0.0)),
+        )
+        .where(dm.c.minute_ts >= start_ts, dm.c.minute_ts < end_ts, dm.c.deployment.in_(names))
+        .group_by(dm.c.deployment, bucket)
+    )
+
+
+def _minute_buckets(
+    engine: Engine, start_ts: float, end_ts: float, names: Sequence[str]
+) -> dict[str, dict[int, Bucket]]:
+    """Per deployment, per quarter-hour (its start, epoch seconds): the sums of its minutes."""
+    result: dict[str, dict[int, Bucket]] = {name: {} for name in names}
+    if not names:
+        return result
+    with engine.connect() as conn:
+        for row in conn.execute(_gpu_bucket_query(start_ts, end_ts, names)):
+            b = result[row[0]].setdefault(int(row[1]), Bucket())
+            b.gpu_observed_s = float(row[2] or 0.0)
+            b.gpu_idle_s = float(row[3] or 0.0)
+            b.gpu_util_weighted, b.gpu_util_s = float(row[4] or 0.0), float(row[5] or 0.0)
+            b.sm_active_weighted, b.sm_active_s = float(row[6] or 0.0), float(row[7] or 0.0)
+            b.energy_j = None if row[8] is None else float(row[8])
+        for row in conn.execute(_server_bucket_query(start_ts, end_ts, names)):
+            b = result[row[0]].setdefault(int(row[1]), Bucket())
+            b.prompt_tokens, b.generation_tokens = int(row[2] or 0), int(row[3] or 0)
+            b.server_observed_s = float(row[4] or 0.0)
+            b.request_busy_weighted, b.request_busy_s = float(row[5] or 0.0), float(row[6] or 0.0)
+            b.served_tokens, b.served_wall_s = int(row[7] or 0), float(row[8] or 0.0)
+    return result
+
+
+def _served_minutes(engine: Engine, start_ts: float, end_ts: float, name: str) -> list[tuple[int, int]]:
+    """(minute_ts, tokens) of the minutes a server was observed in: for the measured capacity."""
+    dm = deployment_minutes
+    query = (
+        select(dm.c.minute_ts, dm.c.prompt_tokens + dm.c.generation_tokens)
+        .where(
+            dm.c.deployment == name,
+            dm.c.minute_ts >= start_ts,
+            dm.c.minute_ts < end_ts,
+            dm.c.server_observed_s > 0,
+        )
+        .order_by(dm.c.minute_ts)
+    )
+    with engine.connect() as conn:
+        return [(int(ts), int(tokens)) for ts, tokens in conn.execute(query)]
 
 
 def _outbox_values(message: OutboxMessage) -> dict[str, Any]:

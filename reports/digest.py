@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from auditor.analysis import Bucket, cost_window_aggregated, merged
+from auditor.analysis import Bucket, cost_window, merged
 from auditor.config import Config
 from auditor.costing import DeploymentCost
 from auditor.gpu_prices import GpuPrice
@@ -129,8 +129,8 @@ def build_digest(
     """The digest of an ISO week; `findings` are the rules' verdicts at the week's end (ranked)."""
     tz = config.tz
     start, end = week_bounds(week, tz)
-    this = cost_window_aggregated(store, config, start, end, api_catalog, gpu_catalog)
-    before = cost_window_aggregated(store, config, start - timedelta(days=7), start, api_catalog, gpu_catalog)
+    this = cost_window(store, config, start, end, api_catalog, gpu_catalog)
+    before = cost_window(store, config, start - timedelta(days=7), start, api_catalog, gpu_catalog)
     previous = {dc.deployment: dc for dc in before.window.deployments}
     rows = [
         DeploymentWeek(

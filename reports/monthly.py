@@ -1,6 +1,6 @@
 """The month for finance: every deployment's costing, day by day, and the bill it reconciles with.
 
-`build_month_report` reads the store once through `auditor.analysis.cost_window_aggregated` (the
+`build_month_report` reads the store once through `auditor.analysis.cost_window` (the
 roll-ups summed in SQL) and assembles what every format shows: per deployment the month's
 `DeploymentCost`, a row per local day, the utilization heat map by hour of day × weekday, and the
 rules' findings (passed in: the composition root runs the rules, a report never does). Months
@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
-from auditor.analysis import Bucket, billed_gpu_hours, cost_window_aggregated, local_days, merged
+from auditor.analysis import Bucket, billed_gpu_hours, cost_window, local_days, merged
 from auditor.config import Config, DeploymentConfig
 from auditor.costing import (
     DeploymentCost,
@@ -183,9 +183,7 @@ def build_month_report(
     step = progress or (lambda _: None)
     window = month_window(month, config.tz, now)
     step("summing the month's roll-ups")
-    aggregated = cost_window_aggregated(
-        store, config, window.start, window.end, api_catalog, gpu_catalog, only=only
-    )
+    aggregated = cost_window(store, config, window.start, window.end, api_catalog, gpu_catalog, only=only)
     step("assembling days and heat maps")
     months = []
     for cost in aggregated.window.deployments:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 
-from auditor.analysis import AggregatedWindow, cost_window_aggregated
+from auditor.analysis import AggregatedWindow, cost_window
 from auditor.config import AwsPrice, DeploymentConfig, GcpPrice, OnPremPrice, StaticPrice
 from auditor.costing import HOURS_PER_MONTH, DeploymentCost
 from auditor.gpu_prices import GpuPrice, find_gpu_price
@@ -49,7 +49,7 @@ def aggregated(context: RuleContext, days: float) -> AggregatedWindow:
     start = end - timedelta(days=days)
     key = ("window", start, end)
     if key not in context.cache:
-        context.cache[key] = cost_window_aggregated(
+        context.cache[key] = cost_window(
             context.store, context.config, start, end, context.api_catalog, context.gpu_catalog
         )
     window: AggregatedWindow = context.cache[key]

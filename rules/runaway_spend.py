@@ -30,7 +30,7 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import ClassVar
 
-from auditor.analysis import cost_window_aggregated
+from auditor.analysis import cost_window
 from auditor.config import DeploymentConfig, RunawaySpendRule
 from auditor.costing import HOURS_PER_MONTH, SECONDS_PER_HOUR
 from auditor.model import Finding, Severity
@@ -143,7 +143,7 @@ class RunawaySpend:
         subject = f"{deployment.name}/budget"
         if context.now <= start:
             return []
-        window = cost_window_aggregated(
+        window = cost_window(
             context.store,
             context.config,
             start,

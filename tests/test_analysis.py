@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from auditor.analysis import cost_window, local_days
-from auditor.config import parse_config
+import pytest
+
+from auditor.analysis import cost_window, local_days, sustained_peak_tokens_per_s
+from auditor.config import Config, parse_config
+from auditor.costing import DeploymentCost
 from auditor.gpu_prices import load_gpu_prices
-from auditor.model import CostBasis, CostLine, GpuSample, ServerSample
+from auditor.model import CostBasis, CostLine, DeploymentMinute, GpuMinute, GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
 from auditor.rollup import run_rollup
 from auditor.store import Store
@@ -99,7 +102,7 @@ def test_a_window_reconciles_with_its_cost_lines(store_url: str) -> None:
     )
 
     start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
-    window = cost_window(store, config, start, end, ApiPriceCatalog(), load_gpu_prices())
+    window = cost_window(store, config, start, end, ApiPriceCatalog(), load_gpu_prices()).window
     llama, qwen = window.deployments
     assert llama.cost_usd == Decimal("2.40") * 24 * 31
     assert llama.overhead_usd == Decimal(3100)
@@ -112,7 +115,9 @@ def test_a_window_reconciles_with_its_cost_lines(store_url: str) -> None:
 
     # A month in progress: the static rate bills only up to now, to the second.
     now = datetime(2026, 10, 3, 6, tzinfo=UTC)
-    partial = cost_window(store, config, start, now, ApiPriceCatalog(), load_gpu_prices(), only=["llama"])
+    partial = cost_window(
+        store, config, start, now, ApiPriceCatalog(), load_gpu_prices(), only=["llama"]
+    ).window
     assert partial.deployments[0].cost_usd == Decimal("2.40") * 54
     assert partial.deployments[0].hours.billed == 54
     assert partial.unattributed_usd == 0
@@ -125,3 +130,137 @@ def test_local_days_follow_the_time_zone() -> None:
     start = datetime(2026, 10, 1, 7, tzinfo=UTC)  # midnight in Los Angeles
     end = datetime(2026, 11, 1, 7, tzinfo=UTC)
     assert local_days(start, end, tz) == (date(2026, 10, 1), date(2026, 11, 1))
+
+
+# -- edge cases of the one costing path, on minute rows stored by hand ------------------------------
+
+DAY_CONFIG = """
+timezone = "UTC"
+[[deployments]]
+name = "llama"
+model = "llama-3-70b"
+gpu_type = "H100"
+gpus = [{{ host = "h1", indexes = [{indexes}] }}]
+compare_to = ["gpt-4o"]
+{capacity}
+[deployments.price]
+source = "static"
+gpu_hourly_usd = 2.40
+[deployments.overheads]
+engineering_usd_month = {overhead}
+[rules]
+utilization_metric = "{metric}"
+[prices.api.gpt-4o]
+provider = "openai"
+input_mtok_usd = 2.5
+output_mtok_usd = 10
+"""
+
+
+def _day_config(
+    *, indexes: str = "0", capacity: str = "", overhead: int = 0, metric: str = "gpu_util"
+) -> Config:
+    return parse_config(
+        DAY_CONFIG.format(indexes=indexes, capacity=capacity, overhead=overhead, metric=metric)
+    )
+
+
+def _gpu_minute(minute_ts: int, util: float | None) -> GpuMinute:
+    return GpuMinute(
+        minute_ts=minute_ts,
+        host="h1",
+        gpu_uuid="GPU-0",
+        gpu_index=0,
+        deployment="llama",
+        observed_s=60,
+        util_observed_s=60 if util is not None else 0,
+        idle_s=0,
+        loaded_s=60,
+        gpu_util=util,
+        gpu_util_max=util,
+        sm_active=None,
+        energy_j=None,
+        power_mean_w=None,
+        mem_used_max_bytes=None,
+        mem_total_bytes=None,
+    )
+
+
+def _served_minute(minute_ts: int, prompt: int, generation: int, busy: float | None) -> DeploymentMinute:
+    return DeploymentMinute(
+        minute_ts=minute_ts,
+        deployment="llama",
+        instances=1,
+        server_observed_s=60,
+        prompt_tokens=prompt,
+        generation_tokens=generation,
+        request_busy_s=60 * (busy or 0),
+        requests_running_mean=None,
+        requests_waiting_mean=None,
+        kv_cache_mean=None,
+        kv_cache_max=None,
+        gpu_observed_s=60,
+        gpu_util=None,
+        sm_active=None,
+        request_busy=busy,
+        throughput_util=None,
+    )
+
+
+def _one_day(
+    store: Store, config: Config, gpu: list[GpuMinute], served: list[DeploymentMinute]
+) -> DeploymentCost:
+    start, end = datetime(2026, 10, 5, tzinfo=UTC), datetime(2026, 10, 6, tzinfo=UTC)
+    store.replace_minutes(int(start.timestamp()), int(end.timestamp()), gpu, served)
+    window = cost_window(store, config, start, end, ApiPriceCatalog(config.prices.api), load_gpu_prices())
+    (cost,) = window.window.deployments
+    return cost
+
+
+def test_a_day_from_summed_minutes(store_url: str) -> None:
+    t0 = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp())
+    # One GPU at $2.40/h (24 GPU-hours). Observed 12 hours: 6 busy-polling at 100% util with no request
+    # running (idle, by the server's metrics), 6 at 50% with requests (busy). 12 hours unknown.
+    gpu = [_gpu_minute(t0 + 60 * i, 1.0 if i < 360 else 0.5) for i in range(720)]
+    served = [
+        _served_minute(t0 + 60 * i, 0 if i < 360 else 1000, 0 if i < 360 else 200, 0 if i < 360 else 1.0)
+        for i in range(720)
+    ]
+    result = _one_day(Store.open(store_url), _day_config(), gpu, served)
+    assert result.cost_usd == Decimal("57.60")
+    assert (result.hours.billed, result.hours.observed, result.hours.idle) == (
+        Decimal(24),
+        Decimal(12),
+        Decimal(6),
+    )
+    assert result.hours.unknown == 12
+    assert result.idle_cost_usd == Decimal("14.40")
+    assert result.prompt_tokens == 360_000 and result.generation_tokens == 72_000
+    assert result.utilization == pytest.approx(0.75)
+    assert result.measures.request_busy == pytest.approx(0.5)
+    assert result.apis[0].usd == Decimal("0.9") + Decimal("0.72")
+    assert result.estimated  # a static rate is a list price, not a bill
+    # Capacity was not configured: measured as the best 15-minute mean, 1,200 tokens a minute.
+    assert result.capacity_source == "measured"
+    assert result.capacity_tokens_per_s == pytest.approx(20.0)
+
+
+def test_measured_capacity_needs_consecutive_minutes() -> None:
+    minutes = [(60 * i, 600) for i in range(14)]
+    assert sustained_peak_tokens_per_s(minutes) is None
+    minutes.append((60 * 20, 6000))  # after a gap: a new run
+    assert sustained_peak_tokens_per_s(minutes) is None
+    assert sustained_peak_tokens_per_s(minutes, window=14) == pytest.approx(10.0)
+
+
+def test_without_server_metrics_tokens_are_unknown_and_no_api_looks_free(store_url: str) -> None:
+    t0 = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp())
+    config = _day_config(overhead=1000)
+    result = _one_day(Store.open(store_url), config, [_gpu_minute(t0, 0.3)], [])
+    assert not result.tokens_known
+    assert result.apis == []  # not "$0.00 on GPT-4o: moving saves everything"
+    served_nothing = _one_day(
+        Store.open(store_url), config, [_gpu_minute(t0, 0.3)], [_served_minute(t0, 0, 0, 0.0)]
+    )
+    assert served_nothing.tokens_known
+    assert served_nothing.apis[0].usd == 0  # a server was watched and served nothing: that is a fact

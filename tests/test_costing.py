@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -17,15 +17,12 @@ from auditor.costing import (
     blended_price_per_token,
     breakeven_tokens_per_month,
     breakeven_utilization,
-    cost_deployment,
     cost_per_mtok_usd,
     day_hours,
     hours_from_seconds,
     idle_cost_usd,
-    measured_capacity_tokens_per_s,
     prorate_monthly_usd,
 )
-from auditor.model import CostBasis, CostLine, DeploymentMinute, GpuMinute, UtilizationMetric
 from auditor.prices import ApiPrice
 
 GPT_4O = ApiPrice("openai", "gpt-4o", Decimal("2.5"), Decimal(10), None, "test")
@@ -159,162 +156,3 @@ def test_day_hours_follow_daylight_saving_time() -> None:
     assert day_hours(date(2026, 3, 8), tz) == 23
     assert day_hours(date(2026, 11, 1), tz) == 25
     assert day_hours(date(2026, 11, 2), tz) == 24
-
-
-def _gpu_minute(minute_ts: int, util: float | None, observed_s: float = 60, idle_s: float = 0) -> GpuMinute:
-    return GpuMinute(
-        minute_ts=minute_ts,
-        host="h1",
-        gpu_uuid="GPU-0",
-        gpu_index=0,
-        deployment="llama",
-        observed_s=observed_s,
-        util_observed_s=observed_s if util is not None else 0,
-        idle_s=idle_s,
-        loaded_s=observed_s,
-        gpu_util=util,
-        gpu_util_max=util,
-        sm_active=None,
-        energy_j=None,
-        power_mean_w=None,
-        mem_used_max_bytes=None,
-        mem_total_bytes=None,
-    )
-
-
-def _deployment_minute(minute_ts: int, prompt: int, generation: int, busy: float | None) -> DeploymentMinute:
-    return DeploymentMinute(
-        minute_ts=minute_ts,
-        deployment="llama",
-        instances=1,
-        server_observed_s=60,
-        prompt_tokens=prompt,
-        generation_tokens=generation,
-        request_busy_s=60 * (busy or 0),
-        requests_running_mean=None,
-        requests_waiting_mean=None,
-        kv_cache_mean=None,
-        kv_cache_max=None,
-        gpu_observed_s=60,
-        gpu_util=None,
-        sm_active=None,
-        request_busy=busy,
-        throughput_util=None,
-    )
-
-
-def test_cost_deployment_over_a_day() -> None:
-    start = datetime(2026, 10, 5, tzinfo=UTC)
-    end = datetime(2026, 10, 6, tzinfo=UTC)
-    t0 = int(start.timestamp())
-    # One GPU, a $2.40/h static line (24 GPU-hours). Observed 12 hours: 6 busy-polling at 100% util with
-    # no request running (idle, by the server's metrics), 6 at 50% with requests (busy). 12 hours unknown.
-    gpu = [_gpu_minute(t0 + 60 * i, 1.0 if i < 360 else 0.5) for i in range(720)]
-    served = [
-        _deployment_minute(t0 + 60 * i, 0 if i < 360 else 1000, 0 if i < 360 else 200, 0 if i < 360 else 1.0)
-        for i in range(720)
-    ]
-    line = CostLine(
-        day=date(2026, 10, 5),
-        source="static",
-        account="static",
-        resource="llama",
-        usage_type="gpu",
-        amount_usd=Decimal("57.60"),
-        deployment="llama",
-        gpu_hours=Decimal(24),
-        basis=CostBasis.LIST,
-    )
-    result = cost_deployment(
-        deployment="llama",
-        start=start,
-        end=end,
-        tz=UTC_ZONE,
-        cost_lines=[line],
-        gpu_minutes=gpu,
-        deployment_minutes=served,
-        billed_gpus=1,
-        overhead_usd_month=Decimal(0),
-        api_prices=[GPT_4O],
-        capacity_tokens_per_s=None,
-        utilization_metric=UtilizationMetric.GPU_UTIL,
-    )
-    assert result.cost_usd == Decimal("57.60")
-    assert (result.hours.billed, result.hours.observed, result.hours.idle) == (
-        Decimal(24),
-        Decimal(12),
-        Decimal(6),
-    )
-    assert result.hours.unknown == 12
-    assert result.idle_cost_usd == Decimal("14.40")
-    assert result.prompt_tokens == 360_000 and result.generation_tokens == 72_000
-    assert result.utilization == pytest.approx(0.75)
-    assert result.measures.request_busy == pytest.approx(0.5)
-    assert result.cost_per_mtok_usd == Decimal("57.60") * 1_000_000 / 432_000
-    assert result.apis[0].usd == Decimal("0.9") + Decimal("0.72")
-    assert result.estimated  # a static rate is a list price, not a bill
-    # Capacity was not configured: measured as the best 15-minute mean, 1,200 tokens a minute.
-    assert result.capacity_source == "measured"
-    assert result.capacity_tokens_per_s == pytest.approx(20.0)
-
-
-def test_billed_hours_fall_back_to_configured_gpus() -> None:
-    start = datetime(2026, 10, 5, tzinfo=UTC)
-    result = cost_deployment(
-        deployment="llama",
-        start=start,
-        end=datetime(2026, 10, 6, tzinfo=UTC),
-        tz=UTC_ZONE,
-        cost_lines=[],
-        gpu_minutes=[],
-        deployment_minutes=[],
-        billed_gpus=8,
-        overhead_usd_month=Decimal(0),
-        api_prices=[],
-        capacity_tokens_per_s=30_000,
-    )
-    assert result.hours.billed == 192 and result.hours.unknown == 192
-    assert result.utilization is None  # nothing observed: unknown, not 0
-    assert result.cost_per_mtok_usd is None
-
-
-def test_measured_capacity_needs_consecutive_minutes() -> None:
-    minutes = [_deployment_minute(60 * i, 600, 0, 1.0) for i in range(14)]
-    assert measured_capacity_tokens_per_s(minutes) is None
-    minutes.append(_deployment_minute(60 * 20, 6000, 0, 1.0))  # after a gap: a new run
-    assert measured_capacity_tokens_per_s(minutes) is None
-    assert measured_capacity_tokens_per_s(minutes, minutes=14) == pytest.approx(10.0)
-
-
-def test_without_server_metrics_tokens_are_unknown_and_no_api_looks_free() -> None:
-    start = datetime(2026, 10, 5, tzinfo=UTC)
-    result = cost_deployment(
-        deployment="llama",
-        start=start,
-        end=datetime(2026, 10, 6, tzinfo=UTC),
-        tz=UTC_ZONE,
-        cost_lines=[],
-        gpu_minutes=[_gpu_minute(int(start.timestamp()), 0.3)],
-        deployment_minutes=[],
-        billed_gpus=1,
-        overhead_usd_month=Decimal(1000),
-        api_prices=[GPT_4O],
-        capacity_tokens_per_s=None,
-    )
-    assert not result.tokens_known
-    assert result.apis == []  # not "$0.00 on GPT-4o: moving saves everything"
-    served_nothing = cost_deployment(
-        deployment="llama",
-        start=start,
-        end=datetime(2026, 10, 6, tzinfo=UTC),
-        tz=UTC_ZONE,
-        cost_lines=[],
-        gpu_minutes=[],
-        deployment_minutes=[_deployment_minute(int(start.timestamp()), 0, 0, 0.0)],
-        billed_gpus=1,
-        overhead_usd_month=Decimal(1000),
-        api_prices=[GPT_4O],
-        capacity_tokens_per_s=None,
-    )
-    assert served_nothing.tokens_known
-    assert served_nothing.apis[0].usd == 0  # a server was watched and served nothing: that is a fact

@@ -9,9 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from auditor.analysis import cost_window, cost_window_aggregated
 from auditor.config import Config, parse_config
-from auditor.costing import cost_deployment
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis, CostLine, DeploymentMinute, Finding, GpuMinute, Severity
 from auditor.prices import ApiPriceCatalog
@@ -171,52 +169,6 @@ def october(store_url: str) -> tuple[Store, Decimal]:
     _fill(store, datetime(2026, 10, 10, 22, tzinfo=UTC), 6)
     billed = _bill(store, (date(2026, 10, 1), date(2026, 11, 1)))
     return store, billed
-
-
-def test_sql_sums_give_the_row_by_row_figures(october: tuple[Store, Decimal]) -> None:
-    store, _ = october
-    config = _config()
-    start, end = datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 11, 1, tzinfo=UTC)
-    api, gpus = ApiPriceCatalog(), load_gpu_prices()
-    rows = cost_window(store, config, start, end, api, gpus)
-    summed = cost_window_aggregated(store, config, start, end, api, gpus).window
-    assert summed.total_usd == rows.total_usd and summed.unattributed_usd == rows.unattributed_usd
-    for by_rows, by_sql in zip(rows.deployments, summed.deployments, strict=True):
-        assert by_sql.cost_usd == by_rows.cost_usd
-        assert by_sql.overhead_usd == by_rows.overhead_usd
-        assert by_sql.hours == by_rows.hours
-        assert by_sql.prompt_tokens == by_rows.prompt_tokens
-        assert by_sql.generation_tokens == by_rows.generation_tokens
-        assert by_sql.capacity_tokens_per_s == pytest.approx(by_rows.capacity_tokens_per_s)
-        assert by_sql.capacity_source == by_rows.capacity_source
-        assert by_sql.utilization_metric == by_rows.utilization_metric
-        for name in ("gpu_util", "sm_active", "request_busy", "throughput_util"):
-            expected = getattr(by_rows.measures, name)
-            got = getattr(by_sql.measures, name)
-            assert (got is None) == (expected is None), name
-            if expected is not None:
-                assert got == pytest.approx(expected, rel=1e-12), name
-        assert [a.usd for a in by_sql.apis] == [a.usd for a in by_rows.apis]
-        assert [a.breakeven_tokens_per_month for a in by_sql.apis] == [
-            a.breakeven_tokens_per_month for a in by_rows.apis
-        ]
-    # And against costing itself, on the rows the store holds: the idle rule follows the server.
-    llama = summed.deployments[0]
-    direct = cost_deployment(
-        deployment="llama",
-        start=start,
-        end=end,
-        tz=config.tz,
-        cost_lines=[line for line in summed.cost_lines if line.deployment == "llama"],
-        gpu_minutes=store.gpu_minutes(start.timestamp(), end.timestamp(), "llama"),
-        deployment_minutes=store.deployment_minutes(start.timestamp(), end.timestamp(), "llama"),
-        billed_gpus=2,
-        overhead_usd_month=Decimal(3100),
-        api_prices=[],
-        capacity_tokens_per_s=5000,
-    )
-    assert llama.hours == direct.hours
-    assert llama.hours.idle > 0
 
 
 def test_the_month_reconciles_to_the_cent(october: tuple[Store, Decimal]) -> None:

@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import rules
-from auditor.analysis import cost_window_aggregated
+from auditor.analysis import cost_window
 from auditor.cli.common import (
     ConfigOption,
     JsonOption,
@@ -383,9 +383,7 @@ def replay(
             replay_into_store(store, [(loads, simulated)])
             start_dt = datetime.fromtimestamp(loads[0].minute_ts, UTC)
             end_dt = datetime.fromtimestamp(loads[-1].minute_ts + 60, UTC)
-            cost = cost_window_aggregated(store, config, start_dt, end_dt, apis, catalog).window.deployments[
-                0
-            ]
+            cost = cost_window(store, config, start_dt, end_dt, apis, catalog).window.deployments[0]
         finally:
             store.close()
     if as_json:
