@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
+from enum import Enum
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -327,19 +329,64 @@ def create_store_engine(url: str) -> Engine:
     return create_engine(parsed, pool_pre_ping=True)
 
 
+@dataclass(frozen=True, slots=True)
+class _RecordShape:
+    """A record class's field names, and one getter that reads them all into a tuple."""
+
+    names: tuple[str, ...]
+    values: attrgetter[Any]
+
+
+_SHAPES: dict[type, _RecordShape] = {}
+
+
+def _shape(cls: type) -> _RecordShape:
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = tuple(f.name for f in fields(cls))
+        shape = _SHAPES[cls] = _RecordShape(names, attrgetter(*names))
+    return shape
+
+
 def _record_values(record: object) -> dict[str, Any]:
-    values: dict[str, Any] = asdict(record)  # type: ignore[call-overload]
+    """A record's fields as a plain dict (no deep copy: every field is a scalar); enums become their
+    text, as they are stored."""
+    shape = _shape(type(record))
+    values = dict(zip(shape.names, shape.values(record), strict=True))
     for key, value in values.items():
-        if isinstance(value, CostBasis | AlertState):
+        if isinstance(value, Enum):
             values[key] = value.value
     return values
+
+
+def _insert_records(conn: Connection, table: Table, records: Sequence[object]) -> None:
+    """Insert records whose fields are the table's columns, all plain scalars (samples, roll-ups):
+    one statement, rows built straight from the fields as tuples (dicts for a driver that binds by
+    name), handed to the driver's `executemany` in the caller's transaction.
+
+    SQLAlchemy's own executemany processes every row's parameters in Python, which was most of the
+    time of a write; these tables have no column type that needs it."""
+    if not records:
+        return
+    shape = _shape(type(records[0]))
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(shape.names))
+    order = getattr(compiled, "positiontup", None)
+    rows: list[Any]
+    if not compiled.positional or order is None:
+        rows = [dict(zip(shape.names, shape.values(r), strict=True)) for r in records]
+    elif tuple(order) == shape.names:
+        rows = [shape.values(r) for r in records]
+    else:
+        picked = attrgetter(*order)
+        rows = [picked(r) for r in records]
+    conn.exec_driver_sql(str(compiled), rows)
 
 
 R = TypeVar("R")
 
 
 def _records(cls: type[R], rows: Iterable[Any]) -> list[R]:
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    names = _shape(cls).names
     return [cls(**{name: getattr(row, name) for name in names}) for row in rows]
 
 
@@ -387,12 +434,12 @@ class Store:
     def add_gpu_samples(self, samples: Sequence[GpuSample]) -> None:
         if samples:
             with self.engine.begin() as conn:
-                conn.execute(insert(gpu_samples), [_record_values(s) for s in samples])
+                _insert_records(conn, gpu_samples, samples)
 
     def add_server_samples(self, samples: Sequence[ServerSample]) -> None:
         if samples:
             with self.engine.begin() as conn:
-                conn.execute(insert(server_samples), [_record_values(s) for s in samples])
+                _insert_records(conn, server_samples, samples)
 
     def gpu_samples(self, start_ts: float, end_ts: float) -> list[GpuSample]:
         """Samples with start_ts <= ts < end_ts, ordered by GPU then time."""
@@ -459,8 +506,7 @@ class Store:
                         table.c.minute_ts >= start_minute_ts, table.c.minute_ts < end_minute_ts
                     )
                 )
-                if rows:
-                    conn.execute(insert(table), [_record_values(r) for r in rows])
+                _insert_records(conn, table, rows)
 
     def gpu_minutes(self, start_ts: float, end_ts: float, deployment: str | None = None) -> list[GpuMinute]:
         query = select(gpu_minutes).where(
@@ -857,7 +903,7 @@ def _served_minutes(engine: Engine, start_ts: float, end_ts: float, name: str) -
 
 
 def _outbox_values(message: OutboxMessage) -> dict[str, Any]:
-    values = asdict(message)
+    values = _record_values(message)
     if values["id"] is None:
         del values["id"]
     return values

@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, inspect, text
 
-from auditor.model import Alert, AlertState, CostBasis, CostLine, GpuSample
+from auditor.model import (
+    Alert,
+    AlertState,
+    CostBasis,
+    CostLine,
+    DeploymentMinute,
+    GpuMinute,
+    GpuSample,
+    ServerSample,
+)
 from auditor.store import SCHEMA_VERSION, Store, StoreError, schema_version
 
 
@@ -173,3 +182,40 @@ def test_a_reader_reads_while_the_writer_writes(tmp_path: Path) -> None:
     assert counts == sorted(counts)  # reads see whole batches, never going back
     assert all(c % 100 == 0 for c in counts)  # never half a batch: each is one transaction
     assert len(reader.gpu_samples(0, 10**9)) == 4000
+
+
+def test_every_field_of_samples_and_minutes_survives_a_write_and_a_read(store_url: str) -> None:
+    """The fast write path builds rows from the fields by position: a column out of order or a None
+    written as something else would show here."""
+    store = Store.open(store_url)
+    gpu = GpuSample(
+        ts=1_790_000_001.5, host="h", gpu_uuid="GPU-1", gpu_index=3, deployment="d", gpu_name="H100",
+        util_pct=41.0, mem_util_pct=12.5, sm_active_pct=None, tensor_active_pct=7.0,
+        mem_used_bytes=70 * 2**30, mem_total_bytes=80 * 2**30, power_w=350.25, energy_j=1.5e9,
+        sm_clock_mhz=1980, process_count=1, process_mem_bytes=None,
+    )  # fmt: skip
+    server = ServerSample(
+        ts=1_790_000_002.0, host="h", deployment="d", instance="http://h:8000/metrics",
+        server_kind="vllm", model_name=None, prompt_tokens_total=1e6, generation_tokens_total=2e5,
+        requests_running=3.0, requests_waiting=None, kv_cache_usage=0.4,
+    )  # fmt: skip
+    minute = GpuMinute(
+        minute_ts=1_790_000_040, host="h", gpu_uuid="GPU-1", gpu_index=3, deployment=None,
+        observed_s=59.5, util_observed_s=50.0, idle_s=10.25, loaded_s=59.5, gpu_util=0.41,
+        gpu_util_max=None, sm_active=0.3, energy_j=None, power_mean_w=350.0,
+        mem_used_max_bytes=70 * 2**30, mem_total_bytes=None,
+    )  # fmt: skip
+    row = DeploymentMinute(
+        minute_ts=1_790_000_040, deployment="d", instances=2, server_observed_s=120.0,
+        prompt_tokens=12_345, generation_tokens=678, request_busy_s=30.5, requests_running_mean=None,
+        requests_waiting_mean=0.5, kv_cache_mean=0.25, kv_cache_max=None, gpu_observed_s=59.5,
+        gpu_util=None, sm_active=0.3, request_busy=0.25, throughput_util=None,
+    )  # fmt: skip
+    store.add_gpu_samples([gpu])
+    store.add_server_samples([server])
+    store.replace_minutes(1_790_000_040, 1_790_000_100, [minute], [row])
+    assert store.gpu_samples(0, 2e9) == [gpu]
+    assert store.server_samples(0, 2e9) == [server]
+    assert store.gpu_minutes(0, 2e9) == [minute]
+    assert store.deployment_minutes(0, 2e9) == [row]
+    store.close()
