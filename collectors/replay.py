@@ -16,30 +16,67 @@ simulated minute by minute with a simple batching model:
 
 Minute roll-ups are written straight into the store (`Store.replace_minutes`), a day at a time:
 a month of one deployment takes seconds.
+
+A trace is read in bounded memory whatever its length: pyarrow's CSV reader (or Parquet, by the
+file's magic bytes) streams it in blocks, timestamps are parsed in bulk, and each block is summed
+per minute in a pandas frame before the next is read; only the per-minute sums are kept, and the
+span they may cover is limited. Every input that sizes the work has a documented limit
+(`MAX_TOKENS_PER_REQUEST`, `MAX_SPAN_DAYS`, `MAX_REQUESTS_PER_MIN`, `MAX_GPU_MINUTES`,
+`MAX_BACKLOG_MINUTES`): past it, a one-line `ReplayError` says which and what to do.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import math
 import random
+import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib.resources import files
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from importlib.resources import as_file, files
 from pathlib import Path
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from auditor.config import DeploymentConfig
+from auditor.gpu_prices import GpuPrice
 from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
 from auditor.store import Store
+from auditor.units import format_usd
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 TRACE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 BUNDLED_TRACE = "azure_conv_10min.csv"
 DAY_S = 86_400
 GIB = 1024**3
 
+# -- limits on the work an input may ask for (each one a clear error past it) -------------------
+MAX_TOKENS_PER_REQUEST = 10_000_000
+"""Prompt or generated tokens of one request: ten times the longest context windows offered today."""
+MAX_SPAN_DAYS = 400
+"""Days a trace (or generated traffic) may span: a year and a month, the store's retention."""
+MAX_REQUESTS_PER_MIN = 100_000
+"""Mean generated requests a minute (1,667 a second: more than any one deployment serves)."""
+MAX_GPU_MINUTES = 20_000_000
+"""GPUs × simulated minutes: 8 GPUs for 4.7 years, 64 for 7 months, 1,024 for 13 days."""
+MAX_BACKLOG_MINUTES = 7 * 1440
+"""Minutes the simulated deployment may need after the traffic ends to serve what still waits."""
+TRACE_BLOCK_BYTES = 16 * 2**20
+"""Bytes of a CSV trace read (and summed) at a time: memory does not grow with the trace's length."""
+_SNIFF_BYTES = 64 * 1024
 
-class TraceError(ValueError):
+
+class ReplayError(ValueError):
+    """A replay cannot be done as asked; the message says which input and what to do, in one line."""
+
+
+class TraceError(ReplayError):
     """The trace cannot be read; the message names the file, the line and what is expected."""
 
 
@@ -67,51 +104,208 @@ def _parse_timestamp(text: str) -> float:
     return moment.timestamp() + (float(f"0.{fraction}") if fraction else 0.0)
 
 
-def parse_trace(lines: Iterable[str], source: str) -> list[Request]:
-    """Requests from the Azure trace's CSV, in time order."""
-    reader = csv.reader(lines)
-    header = next(reader, None)
-    if header is None or tuple(h.strip().lstrip("\ufeff") for h in header) != TRACE_COLUMNS:
-        raise TraceError(f"{source}: the first line must be {','.join(TRACE_COLUMNS)} (got {header})")
-    requests = []
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        try:
-            ts_text, prompt, generated = row
-            request = Request(_parse_timestamp(ts_text), int(prompt), int(generated))
-        except ValueError:
-            raise TraceError(
-                f"{source}: line {number}: expected 'YYYY-MM-DD HH:MM:SS.fff,prompt tokens,generated tokens'"
-                f" (got {','.join(row)!r})"
-            ) from None
-        if request.prompt_tokens < 0 or request.generation_tokens < 0:
-            raise TraceError(f"{source}: line {number}: token counts must be 0 or more")
-        requests.append(request)
-    if not requests:
-        raise TraceError(f"{source}: the trace holds no requests")
-    return sorted(requests, key=lambda r: r.ts)
+_ROW_SHAPE = "'YYYY-MM-DD HH:MM:SS.fff,prompt tokens,generated tokens'"
 
 
-def read_trace(path: Path) -> list[Request]:
+def _row_problem(row: list[str]) -> str | None:
+    """What is wrong with one data row of a CSV trace, or None."""
     try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            return parse_trace(handle, str(path))
+        ts_text, prompt_text, generated_text = row
+        _parse_timestamp(ts_text)
+        prompt, generated = int(prompt_text), int(generated_text)
+    except ValueError:
+        return f"expected {_ROW_SHAPE} (got {','.join(row)[:120]!r})"
+    if prompt < 0 or generated < 0:
+        return "token counts must be 0 or more"
+    if max(prompt, generated) > MAX_TOKENS_PER_REQUEST:
+        return f"more than {MAX_TOKENS_PER_REQUEST:,} tokens in one request (the limit)"
+    return None
+
+
+def _first_bad_line(path: Path, source: str) -> TraceError | None:
+    """The first bad row of a CSV trace, found by reading it again line by line: only on the error
+    path, after the fast reader refused the file, to name the line."""
+    with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader, None)
+        for row in reader:
+            if row and (problem := _row_problem(row)) is not None:
+                return TraceError(f"{source}: line {reader.line_num}: {problem}")
+    return None
+
+
+def _check_text_header(path: Path, source: str) -> None:
+    """A CSV trace is UTF-8 text whose first line names the three columns; a binary file is said to
+    be one, in one line, before any parser sees it."""
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF_BYTES)
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise TraceError(
+            f"{source}: not a text CSV file (nor Parquet): a trace is CSV with the columns "
+            f"{','.join(TRACE_COLUMNS)}, or a Parquet file with them"
+        )
+    header = text.splitlines()[0] if text else ""
+    names = tuple(h.strip() for h in header.lstrip("\ufeff").split(","))
+    if names != TRACE_COLUMNS:
+        raise TraceError(f"{source}: the first line must be {','.join(TRACE_COLUMNS)} (got {header[:120]!r})")
+
+
+def _trace_batches(path: Path, source: str, block_bytes: int = TRACE_BLOCK_BYTES) -> Iterator[pa.RecordBatch]:
+    """The trace's rows, a block at a time, as typed Arrow batches (timestamps parsed in bulk)."""
+    import pyarrow as pa  # imported here: a second of start-up that only replay needs
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    types = {TRACE_COLUMNS[0]: pa.timestamp("ns"), TRACE_COLUMNS[1]: pa.int64(), TRACE_COLUMNS[2]: pa.int64()}
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic == b"PAR1":
+        try:
+            parquet = pq.ParquetFile(path)
+            missing = set(TRACE_COLUMNS) - set(parquet.schema_arrow.names)
+            if missing:
+                raise TraceError(
+                    f"{source}: the Parquet file lacks the column(s) {', '.join(sorted(missing))}"
+                )
+            for batch in parquet.iter_batches(
+                batch_size=max(1, block_bytes // 32), columns=list(TRACE_COLUMNS)
+            ):
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(i).cast(types[name]) for i, name in enumerate(TRACE_COLUMNS)],
+                    names=list(TRACE_COLUMNS),
+                )
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+            raise TraceError(
+                f"{source}: cannot be read as a trace: {str(exc).splitlines()[0][:200]}"
+            ) from None
+        return
+    _check_text_header(path, source)
+    try:
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(block_size=block_bytes),
+            convert_options=pa_csv.ConvertOptions(column_types=types, strings_can_be_null=False),
+        )
+        while True:
+            try:
+                yield reader.read_next_batch()
+            except StopIteration:
+                return
+    except pa.ArrowInvalid as exc:
+        bad = _first_bad_line(path, source)
+        if bad is not None:
+            raise bad from None
+        raise TraceError(f"{source}: cannot be read as a trace: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _summed_by_minute(batch: pa.RecordBatch, source: str, path: Path) -> pd.DataFrame:
+    """One batch's requests summed per minute (epoch seconds of the minute's start)."""
+    import pandas as pd
+
+    ts, prompt, generated = (batch.column(i) for i in range(3))
+    if ts.null_count or prompt.null_count or generated.null_count:
+        raise _first_bad_line(path, source) or TraceError(f"{source}: a row has an empty field")
+    frame = pd.DataFrame(
+        {
+            "minute_ts": ts.cast("int64").to_numpy() // (MINUTE_S * 10**9) * MINUTE_S,
+            "requests": 1,
+            "prompt_tokens": prompt.to_numpy(),
+            "generation_tokens": generated.to_numpy(),
+        }
+    )
+    tokens = frame[["prompt_tokens", "generation_tokens"]]
+    if bool((tokens < 0).any(axis=None)) or bool((tokens > MAX_TOKENS_PER_REQUEST).any(axis=None)):
+        raise _first_bad_line(path, source) or TraceError(
+            f"{source}: token counts must be 0 to {MAX_TOKENS_PER_REQUEST:,} a request"
+        )
+    return frame.groupby("minute_ts", sort=False).sum()
+
+
+def _check_span(first_minute_ts: int, last_minute_ts: int, source: str) -> None:
+    days = (last_minute_ts - first_minute_ts) / DAY_S
+    if days > MAX_SPAN_DAYS:
+        raise ReplayError(
+            f"{source}: the trace spans {days:,.0f} days, more than the {MAX_SPAN_DAYS}-day limit: "
+            "replay a part of it"
+        )
+
+
+def read_trace_loads(
+    path: Path, start_ts: float | None = None, *, block_bytes: int = TRACE_BLOCK_BYTES
+) -> list[MinuteLoad]:
+    """A trace's requests summed per minute, every minute from the first to the last (quiet ones
+    too: the GPUs are still billed); with `start_ts`, shifted so the first minute starts there.
+
+    CSV (the Azure LLM trace's `TIMESTAMP,ContextTokens,GeneratedTokens`, UTC) or Parquet with those
+    columns, in any order of rows. Memory is bounded by the block size and the span limit, not by
+    the number of requests."""
+    import pandas as pd
+
+    source = str(path)
+    try:
+        parts: list[pd.DataFrame] = []
+        held = 0
+        low: int | None = None
+        high: int | None = None
+        for batch in _trace_batches(path, source, block_bytes):
+            if batch.num_rows == 0:
+                continue
+            part = _summed_by_minute(batch, source, path)
+            low = int(part.index.min()) if low is None else min(low, int(part.index.min()))
+            high = int(part.index.max()) if high is None else max(high, int(part.index.max()))
+            _check_span(low, high, source)
+            parts.append(part)
+            held += len(part)
+            if held > 2 * (high - low) // MINUTE_S + 1024:  # an unsorted trace: fold what is held
+                parts = [pd.concat(parts).groupby(level=0).sum()]
+                held = len(parts[0])
     except OSError as exc:
-        raise TraceError(f"{path}: cannot be read: {exc.strerror}") from None
+        raise TraceError(f"{source}: cannot be read: {exc.strerror or exc}") from None
+    if not parts or low is None or high is None:
+        raise TraceError(f"{source}: the trace holds no requests")
+    sums = pd.concat(parts).groupby(level=0).sum()
+    dense = sums.reindex(range(low, high + MINUTE_S, MINUTE_S), fill_value=0)
+    shift = 0 if start_ts is None else math.floor(start_ts / MINUTE_S) * MINUTE_S - low
+    return [
+        MinuteLoad(int(minute) + shift, int(requests), int(prompt), int(generated))
+        for minute, requests, prompt, generated in zip(
+            dense.index.to_numpy(),
+            dense["requests"].to_numpy(),
+            dense["prompt_tokens"].to_numpy(),
+            dense["generation_tokens"].to_numpy(),
+            strict=True,
+        )
+    ]
 
 
 def bundled_trace() -> list[Request]:
-    """Ten minutes of the Azure conversation trace, shipped with the package (CC-BY-4.0: data/SOURCE.md)."""
-    text = files("collectors").joinpath("data", BUNDLED_TRACE).read_text(encoding="utf-8")
-    return parse_trace(text.splitlines(), BUNDLED_TRACE)
+    """Ten minutes of the Azure conversation trace, shipped with the package (CC-BY-4.0: data/SOURCE.md):
+    2,863 requests, small enough to hold as records (the generator draws request sizes from them)."""
+    with as_file(files("collectors").joinpath("data", BUNDLED_TRACE)) as path:
+        batches = list(_trace_batches(path, BUNDLED_TRACE))
+    requests = [
+        Request(ts_ns / 1e9, prompt, generated)
+        for batch in batches
+        for ts_ns, prompt, generated in zip(
+            batch.column(0).cast("int64").to_pylist(),
+            batch.column(1).to_pylist(),
+            batch.column(2).to_pylist(),
+            strict=True,
+        )
+    ]
+    return sorted(requests, key=lambda r: r.ts)
 
 
 def minute_loads(requests: Sequence[Request], start_ts: float | None = None) -> list[MinuteLoad]:
-    """Requests summed per minute; with `start_ts`, shifted so the first minute starts there."""
+    """Requests (a few, held as records) summed per minute; with `start_ts`, shifted so the first
+    minute starts there. A trace file goes through `read_trace_loads` instead."""
     if not requests:
         return []
-    first_minute = math.floor(requests[0].ts / MINUTE_S) * MINUTE_S
+    first_minute = math.floor(min(r.ts for r in requests) / MINUTE_S) * MINUTE_S
     shift = 0 if start_ts is None else math.floor(start_ts / MINUTE_S) * MINUTE_S - first_minute
     sums: dict[int, list[int]] = {}
     for r in requests:
@@ -225,12 +419,23 @@ class _Queue:
     requests: int = 0
 
 
-def _draining(loads: Iterable[MinuteLoad], queue: _Queue) -> Iterator[MinuteLoad]:
-    """The loads, then quiet minutes until what still waits has been served: nothing is lost."""
+def _draining(loads: Iterable[MinuteLoad], queue: _Queue, capacity_per_min: float) -> Iterator[MinuteLoad]:
+    """The loads, then quiet minutes until what still waits has been served: nothing is lost.
+
+    ReplayError when that would take more than `MAX_BACKLOG_MINUTES`: the deployment cannot serve
+    the traffic, and simulating its backlog would run for as long as it would take."""
     last: int | None = None
     for load in loads:
         last = load.minute_ts
         yield load
+    backlog_min = (queue.prompt + queue.generation) / capacity_per_min
+    if backlog_min > MAX_BACKLOG_MINUTES:
+        raise ReplayError(
+            "the simulated deployment cannot serve this traffic: when it ends, "
+            f"{backlog_min / 1440:,.0f} days of work still wait "
+            f"(the limit is {MAX_BACKLOG_MINUTES // 1440} days); "
+            "give more GPUs or capacity, or less traffic"
+        )
     while last is not None and queue.prompt + queue.generation > 0:
         last += MINUTE_S
         yield MinuteLoad(last, 0, 0, 0)
@@ -243,7 +448,7 @@ def simulate(
     load, quiet minutes until the queue is empty (every request that arrived is served)."""
     capacity_per_min = deployment.capacity_tokens_per_s * MINUTE_S
     queue = _Queue()
-    for load in _draining(loads, queue):
+    for load in _draining(loads, queue, capacity_per_min):
         queue.prompt += load.prompt_tokens
         queue.generation += load.generation_tokens
         queue.requests += load.requests
@@ -339,3 +544,150 @@ def replay_into_store(
         counts[0] += len(gpu_rows)
         counts[1] += len(rows)
     return counts[0], counts[1]
+
+
+# -- planning: what `auditor replay` and `auditor demo` simulate when not told -------------------
+
+CAPACITY_PER_GPU = {
+    "A10G": 1200.0,
+    "L4": 1000.0,
+    "L40S": 2500.0,
+    "A100-40GB": 2500.0,
+    "A100-80GB": 3000.0,
+    "H100": 4000.0,
+    "H200": 5000.0,
+}
+"""Sustained tokens/s one GPU of each type serves a mid-size model at (prompt + generated, batched):
+the planning default when no capacity is given. Measure your own."""
+
+DEFAULT_COMPARE_TO = ("openai:gpt-4o", "together:meta-llama/Llama-3-70b-chat-hf")
+"""The API models a replay is compared with when none is named."""
+
+
+def default_capacity_tokens_per_s(gpu_type: str, gpus: int) -> float:
+    """The planning guess for `gpus` GPUs of a type; ReplayError when there is none for the type."""
+    per_gpu = next((v for k, v in CAPACITY_PER_GPU.items() if k.lower() == gpu_type.lower()), None)
+    if per_gpu is None:
+        raise ReplayError(
+            f"--capacity-tokens-per-s: no default for {gpu_type!r} ({', '.join(CAPACITY_PER_GPU)});"
+            " give the deployment's sustained tokens/s"
+        )
+    return per_gpu * gpus
+
+
+def catalog_gpu_hourly_usd(gpu_type: str, catalog: Sequence[GpuPrice]) -> tuple[Decimal, str]:
+    """The median on-demand catalog price of a GPU type, and a line saying where it came from."""
+    rates = sorted(
+        p.gpu_hourly_usd
+        for p in catalog
+        if p.gpu_type.lower() == gpu_type.lower() and p.pricing == "on_demand"
+    )
+    if not rates:
+        known = sorted({p.gpu_type for p in catalog})
+        raise ReplayError(
+            f"--gpu-type: no catalog price for {gpu_type!r} ({', '.join(known)}); give --gpu-hourly-usd"
+        )
+    median = statistics.median(rates)
+    return median, (
+        f"{gpu_type}: {format_usd(median)}/GPU-hour, the median on-demand price of {len(rates)} catalog rows"
+    )
+
+
+def check_replay_size(gpus: int, capacity_tokens_per_s: float) -> None:
+    """The simulated deployment's own limits (one-line ReplayError past them)."""
+    if gpus <= 0:
+        raise ReplayError("--gpus: must be 1 or more")
+    if not (capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)):
+        raise ReplayError("--capacity-tokens-per-s: must be more than 0 tokens/s")
+
+
+def check_gpu_minutes(gpus: int, loads: Sequence[MinuteLoad]) -> None:
+    """GPUs × minutes to simulate within `MAX_GPU_MINUTES` (each is a row written to the store)."""
+    if gpus * len(loads) > MAX_GPU_MINUTES:
+        raise ReplayError(
+            f"{gpus} GPUs over {len(loads) / 1440:,.1f} days are {gpus * len(loads):,} GPU-minutes"
+            f" to simulate, more than the {MAX_GPU_MINUTES:,} limit: replay fewer days or GPUs"
+        )
+
+
+def generated_loads(requests_per_min: float, days: int, end: datetime, tz: ZoneInfo) -> list[MinuteLoad]:
+    """`days` of generated traffic up to `end` at a weekday mean of `requests_per_min`, request sizes
+    from the bundled trace; ReplayError for a rate or a span past its limit."""
+    if not (0 < requests_per_min <= MAX_REQUESTS_PER_MIN and math.isfinite(requests_per_min)):
+        raise ReplayError(f"--requests-per-min: must be more than 0 and at most {MAX_REQUESTS_PER_MIN:,}")
+    if not 1 <= days <= MAX_SPAN_DAYS:
+        raise ReplayError(f"--days: must be 1 to {MAX_SPAN_DAYS}")
+    start = end - timedelta(days=days)
+    return list(
+        generate_loads(
+            int(start.timestamp()), int(end.timestamp()), tz, TrafficShape(requests_per_min), bundled_trace()
+        )
+    )
+
+
+DEMO_CONFIG = """\
+# Written by `auditor demo`: two simulated deployments, priced at static rates.
+timezone = "UTC"
+
+[store]
+url = "sqlite:///{db}"
+
+[[deployments]]
+name = "llama-70b"
+model = "llama-3.3-70b-instruct"
+gpu_type = "H100"
+gpu_count = 2
+prometheus_matchers = {{ deployment = "llama-70b" }}
+capacity_tokens_per_s = 8000
+compare_to = ["together:meta-llama/Llama-3-70b-chat-hf", "anthropic:claude-3-5-haiku", "openai:gpt-4o"]
+[deployments.price]
+source = "static"
+gpu_hourly_usd = 2.99
+[deployments.overheads]
+engineering_usd_month = 2000
+monitoring_usd_month = 300
+
+[[deployments]]
+name = "mistral-7b"
+model = "mistral-7b-instruct"
+gpu_type = "A10G"
+gpu_count = 1
+prometheus_matchers = {{ deployment = "mistral-7b" }}
+capacity_tokens_per_s = 3000
+compare_to = ["together:mistralai/Mistral-7B-Instruct-v0.2", "openai:gpt-4o-mini"]
+[deployments.price]
+source = "static"
+gpu_hourly_usd = 1.006
+"""
+"""The demo's config (`{db}`: the store's path)."""
+
+DEMO_TRAFFIC = {
+    # A 70B model for an internal assistant: office hours, quiet weekends, far below its capacity.
+    "llama-70b": (TrafficShape(mean_requests_per_min=9, seed=11), 1.0),
+    # A small model behind a busy product feature: most of its capacity, bursts that queue.
+    "mistral-7b": (TrafficShape(mean_requests_per_min=90, night_share=0.35, weekend_share=0.7, seed=5), 0.0),
+}
+"""Each demo deployment's traffic, and what NVML reads when its server idles (busy-polling)."""
+
+
+def demo_runs(
+    deployments: Sequence[DeploymentConfig], start_ts: int, end_ts: int, tz: ZoneInfo
+) -> list[tuple[Iterator[MinuteLoad], SimulatedDeployment]]:
+    """The demo's deployments (from its config) with their traffic over [start_ts, end_ts)."""
+    sizes = bundled_trace()
+    runs: list[tuple[Iterator[MinuteLoad], SimulatedDeployment]] = []
+    for deployment in deployments:
+        shape, busy_poll = DEMO_TRAFFIC[deployment.name]
+        h100 = deployment.gpu_type == "H100"
+        simulated = SimulatedDeployment(
+            name=deployment.name,
+            gpu_type=deployment.gpu_type,
+            gpus=deployment.billed_gpus,
+            capacity_tokens_per_s=deployment.capacity_tokens_per_s or 1.0,
+            busy_poll_util=busy_poll,
+            mem_total_bytes=(80 if h100 else 24) * GIB,
+            mem_used_bytes=(74 if h100 else 21) * GIB,
+            max_power_w=700 if h100 else 300,
+        )
+        runs.append((generate_loads(start_ts, end_ts, tz, shape, sizes), simulated))
+    return runs

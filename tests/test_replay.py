@@ -11,15 +11,21 @@ import pytest
 
 from auditor.store import Store
 from collectors.replay import (
+    MAX_BACKLOG_MINUTES,
+    MAX_REQUESTS_PER_MIN,
+    MAX_SPAN_DAYS,
+    MAX_TOKENS_PER_REQUEST,
     MinuteLoad,
+    ReplayError,
     SimulatedDeployment,
     TraceError,
     TrafficShape,
     bundled_trace,
+    check_gpu_minutes,
     generate_loads,
+    generated_loads,
     minute_loads,
-    parse_trace,
-    read_trace,
+    read_trace_loads,
     replay_into_store,
     simulate,
 )
@@ -28,37 +34,92 @@ TRACE = Path(__file__).parent / "fixtures" / "azure_llm_trace" / "conv_10min.csv
 
 
 def test_the_azure_trace_is_read_whole() -> None:
-    requests = read_trace(TRACE)
+    requests = bundled_trace()
     assert len(requests) == 2863
     assert requests[0].prompt_tokens == 374 and requests[0].generation_tokens == 44
     assert requests[0].ts == pytest.approx(datetime(2023, 11, 16, 18, 15, 46, 680590, tzinfo=UTC).timestamp())
-    loads = minute_loads(requests)
+    loads = read_trace_loads(TRACE)
+    assert loads == minute_loads(requests)  # the package ships the same slice
     assert sum(m.requests for m in loads) == 2863
     assert sum(m.prompt_tokens for m in loads) == sum(r.prompt_tokens for r in requests)
     assert [m.minute_ts - loads[0].minute_ts for m in loads] == [60 * i for i in range(len(loads))]
-    shifted = minute_loads(requests, start_ts=1_800_000_000)
+    shifted = read_trace_loads(TRACE, start_ts=1_800_000_000)
     assert shifted[0].minute_ts == 1_800_000_000 - 1_800_000_000 % 60
-    assert bundled_trace() == requests  # the package ships the same slice
+    assert [m.requests for m in shifted] == [m.requests for m in loads]
+
+
+def test_a_trace_read_in_many_small_blocks_or_shuffled_or_as_parquet_sums_the_same(tmp_path: Path) -> None:
+    import pandas as pd
+
+    whole = read_trace_loads(TRACE)
+    assert read_trace_loads(TRACE, block_bytes=4096) == whole  # about 30 blocks
+    frame = pd.read_csv(TRACE)
+    shuffled = tmp_path / "shuffled.csv"
+    frame.sample(frac=1.0, random_state=1).to_csv(shuffled, index=False)
+    assert read_trace_loads(shuffled, block_bytes=4096) == whole
+    parquet = tmp_path / "trace.parquet"
+    frame.assign(TIMESTAMP=pd.to_datetime(frame["TIMESTAMP"])).to_parquet(parquet, engine="pyarrow")
+    assert read_trace_loads(parquet, block_bytes=4096) == whole
+
+
+HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("time,prompt,generated\n", "the first line must be"),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6,12\n", "line 2"),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\nyesterday,1,2\n", "line 2"),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46,-1,2\n", "0 or more"),
-        ("TIMESTAMP,ContextTokens,GeneratedTokens\n", "no requests"),
+        (HEADER + "2023-11-16 18:15:46.6,12\n", "line 2"),
+        (HEADER + "2023-11-16 18:15:46.6,1,2\nyesterday,1,2\n", "line 3"),
+        (HEADER + "2023-11-16 18:15:46,-1,2\n", "line 2: token counts must be 0 or more"),
+        (HEADER + "2023-11-16 18:15:46,1,100000000000000000000\n", "line 2: more than 10,000,000"),
+        (HEADER + f"2023-11-16 18:15:46,{MAX_TOKENS_PER_REQUEST + 1},2\n", "line 2: more than 10,000,000"),
+        (HEADER + "2023-11-16 18:15:46,1,2\n2031-11-16 18:15:46,1,2\n", f"{MAX_SPAN_DAYS}-day limit"),
+        (HEADER, "no requests"),
     ],
 )
-def test_a_bad_trace_is_named_with_its_line(text: str, message: str) -> None:
-    with pytest.raises(TraceError, match=message):
-        parse_trace(text.splitlines(), "t.csv")
+def test_a_bad_trace_is_named_with_its_line(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text(text)
+    with pytest.raises(ReplayError, match=message) as caught:
+        read_trace_loads(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_binary_file_is_said_to_be_one_in_one_line(tmp_path: Path) -> None:
+    for name, data in (("gz", b"\x1f\x8b\x08\x00" + bytes(range(256)) * 40), ("zeros", b"\x00" * 5000)):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(TraceError, match="not a text CSV file") as caught:
+            read_trace_loads(path)
+        assert "\n" not in str(caught.value)
 
 
 def test_a_missing_trace_says_so(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="cannot be read"):
-        read_trace(tmp_path / "nope.csv")
+        read_trace_loads(tmp_path / "nope.csv")
+
+
+def test_generated_traffic_and_simulation_are_bounded() -> None:
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    for rate, days, message in (
+        (1e9, 30, "--requests-per-min"),
+        (float("nan"), 30, "--requests-per-min"),
+        (0.0, 30, "--requests-per-min"),
+        (10.0, 100_000, "--days"),
+        (10.0, 0, "--days"),
+    ):
+        with pytest.raises(ReplayError, match=message):
+            generated_loads(rate, days, end, ZoneInfo("UTC"))
+    loads = generated_loads(MAX_REQUESTS_PER_MIN, 1, end, ZoneInfo("UTC"))
+    with pytest.raises(ReplayError, match="GPU-minutes"):
+        check_gpu_minutes(100_000, loads)
+    # Far more traffic than one GPU serves: the backlog would take years to simulate; said at once.
+    small = SimulatedDeployment("d", "L4", 1, capacity_tokens_per_s=10.0)
+    with pytest.raises(ReplayError, match="cannot serve this traffic"):
+        sum(1 for _ in simulate(loads, small))
+    fits = [MinuteLoad(0, 1, 10 * 60 * (MAX_BACKLOG_MINUTES - 10), 0)]
+    assert len(list(simulate(fits, small))) > MAX_BACKLOG_MINUTES - 10  # just within: simulated whole
 
 
 def test_the_generator_has_a_daily_and_weekly_shape_and_bursts() -> None:

@@ -181,6 +181,14 @@ def test_replay_plans_a_trace_on_n_gpus() -> None:
             ("--trace", str(TRACE), "--gpus", "1", "--gpu-type", "H100", "--api", "gpt-9"),
             "--api: unknown API model",
         ),
+        # Issue 13's bounded work: each a one-line answer at once, not a run until killed.
+        (("--trace", "/bin/sh", "--gpus", "1", "--gpu-type", "H100"), "--trace: /bin/sh: not a text CSV"),
+        (("--requests-per-min", "1e9", "--gpus", "1", "--gpu-type", "H100"), "--requests-per-min: must be"),
+        (("--requests-per-min", "10", "--days", "100000", "--gpus", "1", "--gpu-type", "H100"), "--days:"),
+        (
+            ("--requests-per-min", "10", "--gpus", "100000", "--gpu-type", "H100"),
+            "100000 GPUs over 30.0 days",
+        ),
     ],
 )
 def test_replay_bad_input(args: tuple[str, ...], message: str, tmp_path: Path) -> None:

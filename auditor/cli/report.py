@@ -8,8 +8,6 @@ traffic (`collectors.replay`) first.
 from __future__ import annotations
 
 import json
-import math
-import statistics
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,14 +41,17 @@ from auditor.prices import ApiPriceCatalog, UnknownModelError
 from auditor.store import Store, StoreError
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
 from collectors.replay import (
-    MinuteLoad,
+    DEFAULT_COMPARE_TO,
+    DEMO_CONFIG,
+    ReplayError,
     SimulatedDeployment,
-    TraceError,
-    TrafficShape,
-    bundled_trace,
-    generate_loads,
-    minute_loads,
-    read_trace,
+    catalog_gpu_hourly_usd,
+    check_gpu_minutes,
+    check_replay_size,
+    default_capacity_tokens_per_s,
+    demo_runs,
+    generated_loads,
+    read_trace_loads,
     replay_into_store,
 )
 from reports.csv_export import write_csv
@@ -64,17 +65,6 @@ from rules.registry import RuleContext
 FORMATS = ("html", "csv", "md", "json")
 LAST_SECOND = timedelta(seconds=1)
 """Rules judge a past month as of its last second: the week before its end, and in that month."""
-# Sustained tokens/s one GPU of each type serves a mid-size model at (prompt + generated, batched):
-# the planning default when --capacity-tokens-per-s is not given. Measure your own.
-CAPACITY_PER_GPU = {
-    "A10G": 1200.0,
-    "L4": 1000.0,
-    "L40S": 2500.0,
-    "A100-40GB": 2500.0,
-    "A100-80GB": 3000.0,
-    "H100": 4000.0,
-    "H200": 5000.0,
-}
 
 
 # -- shared -------------------------------------------------------------------------------------
@@ -252,19 +242,10 @@ def _gpu_rate(gpu_type: str, given: str | None, catalog: Sequence[GpuPrice]) -> 
             return parse_usd(given, allow_zero=False), None
         except ValueError as exc:
             fatal(f"--gpu-hourly-usd: {exc}")
-    rates = sorted(
-        p.gpu_hourly_usd
-        for p in catalog
-        if p.gpu_type.lower() == gpu_type.lower() and p.pricing == "on_demand"
-    )
-    if not rates:
-        known = sorted({p.gpu_type for p in catalog})
-        fatal(f"--gpu-type: no catalog price for {gpu_type!r} ({', '.join(known)}); give --gpu-hourly-usd")
-    median = statistics.median(rates)
-    return (
-        median,
-        f"{gpu_type}: {format_usd(median)}/GPU-hour, the median on-demand price of {len(rates)} catalog rows",
-    )
+    try:
+        return catalog_gpu_hourly_usd(gpu_type, catalog)
+    except ReplayError as exc:
+        fatal(str(exc))
 
 
 def replay_config(
@@ -321,52 +302,36 @@ def replay(
 
     Replays a request trace (or generated traffic) against a simulated deployment and costs it
     exactly as the report costs a real one. Needs no GPU, no store and no config."""
-    if gpus <= 0:
-        fatal("--gpus: must be 1 or more")
     if trace is None and requests_per_min is None:
         fatal("give --trace FILE (a request trace), or --requests-per-min to generate traffic")
-    if requests_per_min is not None and not (requests_per_min > 0 and math.isfinite(requests_per_min)):
-        fatal("--requests-per-min: must be more than 0")
-    if days <= 0:
-        fatal("--days: must be 1 or more")
     catalog = gpu_catalog()
     rate, note = _gpu_rate(gpu_type, gpu_hourly_usd, catalog)
-    capacity = capacity_tokens_per_s
-    if capacity is None:
-        per_gpu = next((v for k, v in CAPACITY_PER_GPU.items() if k.lower() == gpu_type.lower()), None)
-        if per_gpu is None:
-            fatal(
-                f"--capacity-tokens-per-s: no default for {gpu_type!r};"
-                " give the deployment's sustained tokens/s"
-            )
-        capacity = per_gpu * gpus
-    elif not (capacity > 0 and math.isfinite(capacity)):
-        fatal("--capacity-tokens-per-s: must be more than 0 tokens/s")
-    refs = api or ["openai:gpt-4o", "together:meta-llama/Llama-3-70b-chat-hf"]
+    refs = api or list(DEFAULT_COMPARE_TO)
     apis = api_catalog(None)
     for ref in refs:
         try:
             apis.get(ref)
         except UnknownModelError as exc:
             fatal(f"--api: {exc}")
+    try:
+        capacity = capacity_tokens_per_s
+        if capacity is None:
+            capacity = default_capacity_tokens_per_s(gpu_type, max(gpus, 0))
+        check_replay_size(gpus, capacity)
+        if requests_per_min is not None and trace is None:
+            today = datetime.now(tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+            loads = generated_loads(requests_per_min, days, today, ZoneInfo("UTC"))
+    except ReplayError as exc:
+        fatal(str(exc))
     if trace is not None:
         try:
-            loads = minute_loads(read_trace(trace))
-        except TraceError as exc:
+            loads = read_trace_loads(trace)
+        except ReplayError as exc:
             fatal(f"--trace: {exc}")
-    else:
-        assert requests_per_min is not None  # noqa: S101  (checked above)
-        end = datetime.now(tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        start = end - timedelta(days=days)
-        loads = list(
-            generate_loads(
-                int(start.timestamp()),
-                int(end.timestamp()),
-                ZoneInfo("UTC"),
-                TrafficShape(requests_per_min),
-                bundled_trace(),
-            )
-        )
+    try:
+        check_gpu_minutes(gpus, loads)
+    except ReplayError as exc:
+        fatal(str(exc))
     with tempfile.TemporaryDirectory(prefix="auditor-replay-") as scratch:
         config = replay_config(
             "replay", gpu_type, gpus, rate, capacity, refs, f"sqlite:///{Path(scratch) / 'replay.db'}"
@@ -380,7 +345,10 @@ def replay(
                 capacity_tokens_per_s=capacity,
                 busy_poll_util=1.0 if busy_poll else 0.0,
             )
-            replay_into_store(store, [(loads, simulated)])
+            try:
+                replay_into_store(store, [(loads, simulated)])
+            except ReplayError as exc:
+                fatal(str(exc))
             start_dt = datetime.fromtimestamp(loads[0].minute_ts, UTC)
             end_dt = datetime.fromtimestamp(loads[-1].minute_ts + 60, UTC)
             cost = cost_window(store, config, start_dt, end_dt, apis, catalog).window.deployments[0]
@@ -427,48 +395,6 @@ def _print_replay(cost: DeploymentCost, gpus: int, gpu_type: str, rate: Decimal)
 
 # -- auditor demo ---------------------------------------------------------------------------------
 
-DEMO_CONFIG = """\
-# Written by `auditor demo`: two simulated deployments, priced at static rates.
-timezone = "UTC"
-
-[store]
-url = "sqlite:///{db}"
-
-[[deployments]]
-name = "llama-70b"
-model = "llama-3.3-70b-instruct"
-gpu_type = "H100"
-gpu_count = 2
-prometheus_matchers = {{ deployment = "llama-70b" }}
-capacity_tokens_per_s = 8000
-compare_to = ["together:meta-llama/Llama-3-70b-chat-hf", "anthropic:claude-3-5-haiku", "openai:gpt-4o"]
-[deployments.price]
-source = "static"
-gpu_hourly_usd = 2.99
-[deployments.overheads]
-engineering_usd_month = 2000
-monitoring_usd_month = 300
-
-[[deployments]]
-name = "mistral-7b"
-model = "mistral-7b-instruct"
-gpu_type = "A10G"
-gpu_count = 1
-prometheus_matchers = {{ deployment = "mistral-7b" }}
-capacity_tokens_per_s = 3000
-compare_to = ["together:mistralai/Mistral-7B-Instruct-v0.2", "openai:gpt-4o-mini"]
-[deployments.price]
-source = "static"
-gpu_hourly_usd = 1.006
-"""
-
-DEMO_TRAFFIC = {
-    # A 70B model for an internal assistant: office hours, quiet weekends, far below its capacity.
-    "llama-70b": (TrafficShape(mean_requests_per_min=9, seed=11), 1.0),
-    # A small model behind a busy product feature: most of its capacity, bursts that queue.
-    "mistral-7b": (TrafficShape(mean_requests_per_min=90, night_share=0.35, weekend_share=0.7, seed=5), 0.0),
-}
-
 
 def previous_month(now: datetime) -> str:
     first = now.date().replace(day=1)
@@ -508,27 +434,12 @@ def demo(
         fatal(f"--month: {exc}")
     store = open_store(config)
     apis, gpus = api_catalog(config), gpu_catalog()
-    sizes = bundled_trace()
     try:
         with progress_bar(4 + len(FORMATS)) as step:
             step("simulating a month of traffic")
-            runs: list[tuple[Iterator[MinuteLoad], SimulatedDeployment]] = []
-            for deployment in config.deployments:
-                shape, busy_poll = DEMO_TRAFFIC[deployment.name]
-                loads = generate_loads(
-                    int(window.start.timestamp()), int(window.end.timestamp()), config.tz, shape, sizes
-                )
-                simulated = SimulatedDeployment(
-                    name=deployment.name,
-                    gpu_type=deployment.gpu_type,
-                    gpus=deployment.billed_gpus,
-                    capacity_tokens_per_s=deployment.capacity_tokens_per_s or 1.0,
-                    busy_poll_util=busy_poll,
-                    mem_total_bytes=(80 if deployment.gpu_type == "H100" else 24) * 1024**3,
-                    mem_used_bytes=(74 if deployment.gpu_type == "H100" else 21) * 1024**3,
-                    max_power_w=700 if deployment.gpu_type == "H100" else 300,
-                )
-                runs.append((loads, simulated))
+            runs = demo_runs(
+                config.deployments, int(window.start.timestamp()), int(window.end.timestamp()), config.tz
+            )
             replay_into_store(store, runs)
             _demo_unattributed(store, window.start.date())
             step("evaluating rules")
