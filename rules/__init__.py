@@ -21,6 +21,9 @@ from rules.runaway_spend import RunawaySpend
 from rules.saturation import Saturation
 from rules.self_host_pays import SelfHostPays
 
+# Read (not imported) at start-up by auditor.installation: this package is gpu-auditor's.
+__distribution__ = "gpu-auditor"
+
 RULES: tuple[type[Rule], ...] = (
     MoveToApi,
     SelfHostPays,

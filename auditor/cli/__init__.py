@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import typer
 
 from auditor.cli import alerts, host, pricing, report
-from auditor.cli.common import EXIT_USAGE, app
+from auditor.cli.common import EXIT_USAGE, command
 
 # Imported for the commands they register; listed so that the import is explicit.
 COMMAND_MODULES = (pricing, host, alerts, report)
@@ -20,9 +20,8 @@ COMMAND_MODULES = (pricing, host, alerts, report)
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script."""
-    command = typer.main.get_command(app)
     try:
-        result = command.main(
+        result = command().main(
             args=list(argv) if argv is not None else None, prog_name="auditor", standalone_mode=False
         )
     except typer.Exit as exc:

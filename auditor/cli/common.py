@@ -11,7 +11,9 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperGroup, TyperOption
 
+from auditor import __version__
 from auditor.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, resolve_config_path
 from auditor.gpu_prices import GpuPrice, GpuPriceDataError, load_gpu_prices
 from auditor.prices import ApiPriceCatalog, refresh_api_prices
@@ -20,14 +22,75 @@ EXIT_OK = 0
 EXIT_FINDING = 1
 EXIT_USAGE = 2
 
+# -h as well as --help, on every command.
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
 app = typer.Typer(
     name="auditor",
     help="GPU utilization auditor: is self-hosting your LLMs still paying for itself?",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
+    context_settings=CONTEXT,
 )
-config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True, context_settings=CONTEXT)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"gpu-auditor {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _global_options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """GPU utilization auditor: is self-hosting your LLMs still paying for itself?
+
+    Colours follow NO_COLOR; shell completion: `auditor --install-completion`."""
+
+
+# What help shows after an option that takes a value, by the value's type (never `<bool>` after a flag).
+_PLACEHOLDERS = {"int": "N", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
+
+
+def command() -> TyperGroup:
+    """The click command of the app, with help that shows no type metavars.
+
+    Typer prints `<bool>` after every flag and `<str>` after values; flags get nothing, and an option
+    that takes a value gets a word (TEXT, N, NUMBER, PATH) unless it names its own metavar."""
+    group = typer.main.get_command(app)
+    assert isinstance(group, TyperGroup)  # noqa: S101  (an app with commands is a group)
+    _clean_metavars(group)
+    return group
+
+
+def _clean_metavars(group: TyperGroup) -> None:
+    for cmd in (group, *group.commands.values()):
+        if isinstance(cmd, TyperGroup) and cmd is not group:
+            _clean_metavars(cmd)
+            continue
+        # The help option is made (once, then kept) from a context: make it now to clean it too.
+        params = [*cmd.params, cmd.get_help_option(typer.Context(cmd, **CONTEXT))]  # type: ignore[arg-type]
+        for param in params:
+            _clean(param)
+
+
+def _clean(param: object) -> None:
+    if isinstance(param, TyperOption) and param.metavar is None:
+        if param.is_flag:
+            param.metavar = ""
+        else:
+            bare = param.display_type(None).strip("<>")  # type: ignore[arg-type]
+            param.metavar = _PLACEHOLDERS.get(bare.removeprefix("list[").removesuffix("]"), bare.upper())
+    elif isinstance(param, TyperArgument) and param.metavar is None:
+        param.metavar = param.name.upper() if param.name else None
+
+
 app.add_typer(config_app, name="config")
 
 ConfigOption = Annotated[

@@ -1,0 +1,77 @@
+"""Conventions every command keeps: -h, --version, help without type metavars, completion, NO_COLOR."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.core import TyperGroup
+
+from auditor import __version__
+from auditor.cli import main
+from auditor.cli.common import command
+
+AUDITOR = Path(sys.executable).parent / "auditor"
+
+
+def command_paths(group: TyperGroup, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, sub in group.commands.items():
+        if isinstance(sub, TyperGroup):
+            paths.extend(command_paths(sub, (*prefix, name)))
+        else:
+            paths.append((*prefix, name))
+    return paths
+
+
+PATHS = command_paths(command())
+
+
+def test_every_command_is_reached() -> None:
+    assert {("breakeven",), ("rules", "check"), ("config", "check"), ("report",)} <= set(PATHS)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "auditor")
+def test_short_help_and_no_type_metavars(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*path, "-h"])
+    output = capsys.readouterr().out
+    assert exited.value.code == 0, output
+    assert "Usage: auditor" in output
+    assert re.search(r"<(bool|str|int|float|path|text)>", output, re.IGNORECASE) is None, output
+
+
+def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(AUDITOR), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=60,
+        check=False,
+    )
+
+
+def test_version_option() -> None:
+    result = run("--version")
+    assert (result.returncode, result.stdout) == (0, f"gpu-auditor {__version__}\n")
+
+
+def test_shell_completion_completes_commands() -> None:
+    result = run(_AUDITOR_COMPLETE="complete_bash", COMP_WORDS="auditor bre", COMP_CWORD="1")
+    assert result.stdout.split() == ["breakeven"]
+    nested = run(_AUDITOR_COMPLETE="complete_bash", COMP_WORDS="auditor rules ch", COMP_CWORD="2")
+    assert nested.stdout.split() == ["check"]
+
+
+def test_no_color_is_honoured() -> None:
+    colour = re.compile(r"\x1b\[[0-9;]*3[0-9]m|\x1b\[38;")
+    forced = run("prices", "--provider", "lambda", FORCE_COLOR="1")
+    assert colour.search(forced.stdout), "FORCE_COLOR should colour the table (else this test proves nothing)"
+    plain = run("prices", "--provider", "lambda", FORCE_COLOR="1", NO_COLOR="1")
+    assert plain.returncode == forced.returncode
+    assert colour.search(plain.stdout) is None

@@ -1,0 +1,56 @@
+"""The tool refuses to run on someone else's `rules`, `reports` or `collectors`, in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from auditor.installation import doc, foreign_packages, host_file
+
+AUDITOR = Path(sys.executable).parent / "auditor"
+
+
+def fake_distribution(site: Path, name: str, version: str, package: str) -> None:
+    """What `pip install NAME` leaves: a top-level package and its dist-info, as django-rules does."""
+    (site / package).mkdir(parents=True)
+    (site / package / "__init__.py").write_text("class RuleSet:\n    pass\n")
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(f"{package}\n")
+    (info / "RECORD").write_text(f"{package}/__init__.py,,\n{info.name}/METADATA,,\n{info.name}/RECORD,,\n")
+
+
+def test_a_shadowed_rules_package_stops_the_tool_with_one_line(tmp_path: Path) -> None:
+    fake_distribution(tmp_path, "rules", "3.5", "rules")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    result = subprocess.run(
+        [str(AUDITOR), "rules", "check"], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"auditor: error: the 'rules' package at {tmp_path / 'rules'}")
+    assert "belongs to rules 3.5, not gpu-auditor" in lines[0]
+    assert "pipx install" in lines[0] and "pip uninstall rules" in lines[0]
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_our_own_packages_pass() -> None:
+    assert foreign_packages() == []
+
+
+def test_a_package_without_our_marker_is_named_and_a_missing_one_too() -> None:
+    found = {p.name: p for p in foreign_packages(("json", "no_such_package_here"))}
+    assert found["json"].origin.endswith("json/__init__.py")
+    assert "is not gpu-auditor's" in found["json"].message()
+    assert found["no_such_package_here"].origin == "nowhere"
+    assert "is missing" in found["no_such_package_here"].message()
+
+
+def test_the_host_files_and_docs_are_found() -> None:
+    assert "ExecStart=" in host_file("auditor.service").read_text()
+    assert "[[deployments]]" in host_file("auditor.example.toml").read_text()
+    assert doc("host.md").is_file()
