@@ -7,12 +7,14 @@ same environment replaces ours without a word from pip, and the tool then dies f
 carries `OWNER_MARKER`, and a module that does not is named with the distribution that installed it.
 
 The wheel also ships the systemd unit, the example config and the docs (as package data mapped from
-`systemd/` and `docs/`); `host_file` and `doc` find them in an installed wheel or in a checkout.
+`systemd/` and `docs/`); `host_file` and `doc` find them in an installed wheel or in a checkout, and
+`unit_for` writes the unit for this installation (`auditor init`).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import sys
 from dataclasses import dataclass
 from importlib import metadata
@@ -124,3 +126,32 @@ def _shipped(package_dir: str, checkout_dir: str, name: str) -> Path:
     if checkout.is_file():
         return checkout
     raise FileNotFoundError(f"{name} is not in this installation ({installed}); reinstall gpu-auditor")
+
+
+def entry_point() -> str:
+    """How a unit starts this installation's `auditor`: the script beside this interpreter (a venv, a
+    pipx or uv tool environment), else the one on PATH, else `python -m auditor`."""
+    script = Path(sys.executable).parent / "auditor"
+    if script.is_file():
+        return str(script)
+    return shutil.which("auditor") or f"{sys.executable} -m auditor"
+
+
+def unit_for(config_path: Path, env_path: Path, entry: str | None = None) -> str:
+    """The shipped unit with this installation's ExecStart, config, secrets file and docs."""
+    entry = entry or entry_point()
+    values = {
+        "ExecStart": f"{entry} daemon --config {config_path}",
+        "EnvironmentFile": f"-{env_path}",
+        "Documentation": f"file://{doc('host.md')}",
+    }
+    lines = [f"# Written by `auditor init` for the installation at {entry}."]
+    for line in host_file("auditor.service").read_text(encoding="utf-8").splitlines():
+        key = line.partition("=")[0]
+        lines.append(f"{key}={values[key]}" if key in values and not line.startswith("#") else line)
+    return "\n".join(lines) + "\n"
+
+
+def hidden_from_units(entry: str) -> bool:
+    """The unit's ProtectHome=yes hides /home, /root and /run/user: a pipx install there cannot start."""
+    return entry.startswith(("/home/", "/root/", "/run/user/"))

@@ -32,7 +32,7 @@ PATHS = command_paths(command())
 
 
 def test_every_command_is_reached() -> None:
-    assert {("breakeven",), ("rules", "check"), ("config", "check"), ("report",)} <= set(PATHS)
+    assert {("breakeven",), ("rules", "check"), ("config", "check"), ("report",), ("init",)} <= set(PATHS)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: " ".join(p) or "auditor")

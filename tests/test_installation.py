@@ -54,3 +54,21 @@ def test_the_host_files_and_docs_are_found() -> None:
     assert "ExecStart=" in host_file("auditor.service").read_text()
     assert "[[deployments]]" in host_file("auditor.example.toml").read_text()
     assert doc("host.md").is_file()
+
+
+def test_init_keeps_an_edited_config_and_prints_the_unit_for_this_installation(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "auditor.toml"
+    args = [str(AUDITOR), "init", "--config", str(config)]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert first.returncode == 0, first.stderr
+    assert f"ExecStart={AUDITOR} daemon --config {config}\n" in first.stdout
+    assert (config.stat().st_mode & 0o777, (config.parent / "auditor.env").stat().st_mode & 0o777) == (
+        0o640,
+        0o600,
+    )
+    config.write_text("# edited\n")
+    again = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and config.read_text() == "# edited\n"
+    assert f"kept {config} (--force overwrites it)" in again.stderr
+    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, timeout=60, check=False)
+    assert forced.returncode == 0 and "[[deployments]]" in config.read_text()

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 import typer
 
-from auditor.cli import alerts, host, pricing, report
+from auditor.cli import alerts, host, install, pricing, report
 from auditor.cli.common import EXIT_USAGE, command
 
 # Imported for the commands they register; listed so that the import is explicit.
-COMMAND_MODULES = (pricing, host, alerts, report)
+COMMAND_MODULES = (pricing, host, alerts, report, install)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,58 @@
+"""`auditor init`: set up a host with the files this installation ships."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from auditor.cli.common import EXIT_FINDING, ConfigOption, app, fatal, warn
+from auditor.config import resolve_config_path
+from auditor.installation import entry_point, hidden_from_units, host_file, unit_for
+from reports.files import write_atomic
+
+ENV_NAME = "auditor.env"
+
+
+@app.command()
+def init(
+    config_path: ConfigOption = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing config and secrets file.")
+    ] = False,
+) -> None:
+    """Write a commented config (and a secrets file beside it), then print the systemd unit for this
+    installation: save it as /etc/systemd/system/auditor.service.
+
+    An existing config is kept unless --force. The unit starts the `auditor` you ran."""
+    config = resolve_config_path(config_path)
+    env = config.parent / ENV_NAME
+    for target, source, mode in (
+        (config, "auditor.example.toml", 0o640),
+        (env, "auditor.env.example", 0o600),
+    ):
+        if target.exists() and not force:
+            print(f"kept {target} (--force overwrites it)", file=sys.stderr)
+            continue
+        try:
+            write_atomic(target, host_file(source).read_text(encoding="utf-8"), mode=mode)
+        except OSError as exc:
+            fatal(f"cannot write {target}: {exc.strerror or exc}; run as root, or give --config FILE")
+        print(f"wrote {target}", file=sys.stderr)
+    entry = entry_point()
+    if hidden_from_units(entry):
+        warn(
+            f"{entry} is under a home directory, which the unit's ProtectHome=yes hides: "
+            "install into /opt/gpu-auditor/venv for the service (systemd/README.md)"
+        )
+    try:
+        unit = unit_for(config.resolve(), env.resolve(), entry)
+    except FileNotFoundError as exc:
+        fatal(str(exc), code=EXIT_FINDING)
+    print(
+        f"next: edit {config} (deployments, prices) and {env} (secrets), then "
+        f"`auditor config check --config {config}`; the unit follows on stdout",
+        file=sys.stderr,
+    )
+    sys.stdout.write(unit)
