@@ -197,3 +197,6 @@ class Finding:
     """(label, value as shown) pairs: the figures that justify it."""
     command: str | None = None
     """The command that shows more (`auditor report --month 2026-10 --deployment llama`)."""
+    verdict: bool = True
+    """False when the rule could not judge (too little data): then `text` says why, and it is never an
+    alert, never counted in a total."""

@@ -29,9 +29,10 @@ from slack_sdk.http_retry import (
 )
 from slack_sdk.webhook import WebhookClient
 
-from auditor.alerts import DeliveryError, Notification, NotificationKind
+from auditor.alert_lifecycle import Notification, NotificationKind
 from auditor.config import SlackConfig
 from auditor.model import Finding, Severity
+from auditor.outbox import DeliveryError
 from auditor.store import OutboxMessage
 from auditor.units import format_usd
 

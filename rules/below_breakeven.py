@@ -25,7 +25,7 @@ from typing import ClassVar
 from auditor.model import Finding, Severity
 from auditor.units import format_share, format_usd
 from rules.common import costed, judgement_problem, no_verdict, per_month, report_command, window_figures
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 MEASURED_TRUSTED_BELOW = 0.5
 """A measured capacity is trusted only when the mean load is under this share of it."""

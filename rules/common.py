@@ -13,7 +13,7 @@ from auditor.gpu_prices import GpuPrice, find_gpu_price
 from auditor.model import Finding, Severity
 from auditor.rates import RateError, gpu_hourly_usd
 from auditor.units import format_share, format_usd
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 # Cloud bills (aws, gcp price sources) reach the store through a billing sync this version does not
 # have yet: say what works today.
@@ -21,9 +21,6 @@ _NO_BILL_FIX = (
     "no cost lines for it in the store: a static or onprem price in the config gives one; "
     "aws and gcp bills are not synced by this version"
 )
-
-NO_VERDICT = "no verdict"
-"""The first figure's label on a finding that is not a verdict: too little data to judge."""
 
 
 def no_verdict(rule: str, subject: str, reason: str, figures: Sequence[tuple[str, str]] = ()) -> Finding:
@@ -35,12 +32,9 @@ def no_verdict(rule: str, subject: str, reason: str, figures: Sequence[tuple[str
         title=f"{rule}: no verdict for {subject}",
         text=reason,
         usd_per_month=None,
-        figures=((NO_VERDICT, reason), *figures),
+        figures=tuple(figures),
+        verdict=False,
     )
-
-
-def is_no_verdict(finding: Finding) -> bool:
-    return bool(finding.figures) and finding.figures[0][0] == NO_VERDICT
 
 
 def aggregated(context: RuleContext, days: float) -> AggregatedWindow:

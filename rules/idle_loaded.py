@@ -27,7 +27,7 @@ from auditor.costing import HOURS_PER_MONTH
 from auditor.model import DeploymentMinute, Finding, GpuMinute, Severity
 from auditor.units import format_share, format_usd
 from rules.common import live_gpu_hourly_usd, no_verdict
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 ENTER_SHARE = 0.98
 STAY_SHARE = 0.90

@@ -33,7 +33,7 @@ from auditor.costing import HOURS_PER_MONTH
 from auditor.model import Finding, Severity
 from auditor.units import format_usd
 from rules.common import aggregated, gpu_rate_in_window, no_verdict, report_command
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 WEEK_S = 7 * 86400
 HOURS_PER_WEEK = 168

@@ -32,7 +32,7 @@ from rules.common import (
     report_command,
     window_figures,
 )
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 
 class Optimize:

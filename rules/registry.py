@@ -1,61 +1,60 @@
-"""The rule engine's contract: what a rule is given, what it returns, and how all of them are run.
+"""The registry: the one explicit list of rules, and which of them a run evaluates.
 
-A rule is a small class with a `name`, its parameters taken from the config, and `evaluate`,
-which reads a window of the store and returns findings. `RULES` in `rules/__init__.py` is the one
-explicit list of rules; nothing registers itself at import time.
+Nothing registers itself at import time: a new rule is a module and a line in `RULES`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, ClassVar, Protocol
 
-from auditor.config import Config
-from auditor.gpu_prices import GpuPrice
-from auditor.model import Finding
-from auditor.prices import ApiPriceCatalog
-from auditor.store import Store
+from auditor.config import RulesConfig
+from rules.below_breakeven import BelowBreakeven
+from rules.contract import Rule
+from rules.idle_loaded import IdleLoaded
+from rules.move_to_api import MoveToApi
+from rules.off_hours_idle import OffHoursIdle
+from rules.optimize import Optimize
+from rules.runaway_spend import RunawaySpend
+from rules.saturation import Saturation
+from rules.self_host_pays import SelfHostPays
 
-
-@dataclass(frozen=True)
-class RuleContext:
-    """Everything a rule may read. `now` is an aware datetime: rules never read the clock themselves."""
-
-    config: Config
-    store: Store
-    now: datetime
-    api_catalog: ApiPriceCatalog
-    gpu_catalog: Sequence[GpuPrice]
-    firing: frozenset[tuple[str, str]] = frozenset()
-    """(rule, subject) of the alerts firing now: a rule holds these to its *leave* threshold
-    (hysteresis), the others to its *enter* threshold."""
-    cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
-    """Windows already costed in this evaluation, shared by the rules that judge the same window."""
-
-    def is_firing(self, rule: str, subject: str) -> bool:
-        return (rule, subject) in self.firing
+RULES: tuple[type[Rule], ...] = (
+    MoveToApi,
+    SelfHostPays,
+    BelowBreakeven,
+    Optimize,
+    RunawaySpend,
+    IdleLoaded,
+    OffHoursIdle,
+    Saturation,
+)
 
 
-class Rule(Protocol):
-    name: ClassVar[str]
-    config_key: ClassVar[str]
-    """The rule's section of `[rules]` in the config (`move_to_api`)."""
-
-    def evaluate(self, context: RuleContext) -> list[Finding]: ...
+def rule_names() -> list[str]:
+    return [rule.name for rule in RULES]
 
 
-def rank(findings: Sequence[Finding]) -> list[Finding]:
-    """Most dollars first; findings without a dollar figure after, most severe first."""
-    severity_order = {"critical": 0, "warning": 1, "info": 2}
-    return sorted(
-        findings,
-        key=lambda f: (
-            f.usd_per_month is None,
-            -(f.usd_per_month or 0),
-            severity_order.get(f.severity.value, 3),
-            f.rule,
-            f.subject,
-        ),
-    )
+def rule_named(name: str) -> type[Rule]:
+    """The rule called `name` (LookupError when there is none)."""
+    for rule in RULES:
+        if rule.name == name:
+            return rule
+    raise LookupError(f"no rule {name!r}")
+
+
+def _enabled(rules_config: RulesConfig, rule: type[Rule]) -> bool:
+    return bool(getattr(rules_config, rule.config_key).enabled)
+
+
+def enabled_names(rules_config: RulesConfig) -> list[str]:
+    return [rule.name for rule in RULES if _enabled(rules_config, rule)]
+
+
+def select(names: Sequence[str] | None, rules_config: RulesConfig) -> list[type[Rule]]:
+    """The rules to run: the enabled ones, or those named (ValueError names the unknown ones)."""
+    if names is None:
+        return [rule for rule in RULES if _enabled(rules_config, rule)]
+    unknown = sorted(set(names) - set(rule_names()))
+    if unknown:
+        raise ValueError(f"unknown rule(s) {', '.join(unknown)}; the rules are {', '.join(rule_names())}")
+    return [rule for rule in RULES if rule.name in names and _enabled(rules_config, rule)]

@@ -36,7 +36,7 @@ from auditor.costing import HOURS_PER_MONTH, SECONDS_PER_HOUR
 from auditor.model import Finding, Severity
 from auditor.units import format_usd
 from rules.common import costed, gpu_rate_in_window, live_gpu_hourly_usd, no_verdict
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 HOURS_PER_DAY = Decimal(24)
 

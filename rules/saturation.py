@@ -23,7 +23,7 @@ from typing import ClassVar
 from auditor.model import DeploymentMinute, Finding, Severity
 from auditor.units import format_share
 from rules.common import no_verdict
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 ENTER_SHARE = 0.9
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from decimal import Decimal
 
-from auditor.alerts import (
+from auditor.alert_lifecycle import (
     AlertPolicy,
     NotificationKind,
     advance,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from slack_sdk import WebClient
 
-from auditor.alerting import digest_cron_kwargs, digest_cycle, digest_due, make_digest
+from auditor.alert_jobs import digest_cron_kwargs, digest_cycle, digest_due, make_digest
 from auditor.config import parse_config
 from auditor.store import Store
 from reports.digest import digest_text, heatmap_png, last_complete_week, parse_week, week_bounds

@@ -10,7 +10,7 @@ import pytest
 from slack_sdk import WebClient
 
 import rules
-from auditor.alerting import alert_cycle, rule_context
+from auditor.alert_jobs import alert_cycle, rule_context
 from auditor.config import Config, parse_config
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import AlertState, Finding, Severity
@@ -144,7 +144,7 @@ def test_too_little_data_gives_no_verdict_and_never_resolves_an_alert(store: Sto
     ).write(store)
     findings = check(config, store, NOW, ["move-to-api", "off-hours-idle"])
     assert len(findings) == 2
-    assert all(rules.is_no_verdict(f) and f.usd_per_month is None for f in findings)
+    assert all(not f.verdict and f.usd_per_month is None for f in findings)
     move = by_rule(findings, "move-to-api")[0]
     assert "only 14.3% of the window's 336.0 billed GPU-hours were observed" in move.text
     assert "unknown, not idle" in move.text
@@ -234,7 +234,7 @@ def test_idle_loaded_gpu_and_saturation(store: Store) -> None:
     config = parse_config(RAG)
     now_ts = int(NOW.timestamp())
     Fleet().add("rag", now_ts - 5 * 3600, now_ts, gpus=["GPU-a"], util=constant(0.01)).write(store)
-    (idle,) = [f for f in check(config, store, NOW, ["idle-loaded"]) if not rules.is_no_verdict(f)]
+    (idle,) = [f for f in check(config, store, NOW, ["idle-loaded"]) if f.verdict]
     assert idle.subject == "GPU-a"
     assert idle.usd_per_month == Decimal(3) * 730
     assert idle.text.startswith("Unload the model from h1 GPU 0")

@@ -14,9 +14,10 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.webhook import WebhookClient
 
-from auditor.alerts import DeliveryError, NotificationKind, flush_outbox
+from auditor.alert_lifecycle import NotificationKind
 from auditor.config import SlackConfig
 from auditor.model import Finding, Severity
+from auditor.outbox import DeliveryError, flush_outbox
 from auditor.store import OutboxMessage, Store
 from reports.slack import (
     SlackConfigError,

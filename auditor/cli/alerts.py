@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 import rules
-from auditor.alerting import digest_cycle, make_digest, rule_context
+from auditor.alert_jobs import digest_cycle, make_digest, rule_context
 from auditor.cli.common import (
     EXIT_FINDING,
     ConfigOption,
@@ -48,7 +48,7 @@ def _finding_json(finding: Finding) -> dict[str, Any]:
         "rule": finding.rule,
         "subject": finding.subject,
         "severity": finding.severity.value,
-        "verdict": not rules.is_no_verdict(finding),
+        "verdict": finding.verdict,
         "title": finding.title,
         "text": finding.text,
         "usd_per_month": None if finding.usd_per_month is None else float(round(finding.usd_per_month, 2)),
@@ -85,15 +85,15 @@ def rules_check(
         )
     else:
         _print_findings(findings)
-    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
+    verdicts = [f for f in findings if f.verdict]
     if any(f.severity in (Severity.WARNING, Severity.CRITICAL) for f in verdicts):
         raise typer.Exit(EXIT_FINDING)
 
 
 def _print_findings(findings: list[Finding]) -> None:
     out = console()
-    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
-    undecided = [f for f in findings if rules.is_no_verdict(f)]
+    verdicts = [f for f in findings if f.verdict]
+    undecided = [f for f in findings if not f.verdict]
     if not verdicts:
         out.print("No findings.", highlight=False)
     else:

@@ -19,8 +19,8 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from auditor import alerting
 from auditor import daemon as daemon_module
+from auditor.alert_jobs import alert_cycle, digest_cron_kwargs, digest_cycle, digest_due
 from auditor.cli.common import (
     EXIT_FINDING,
     ConfigOption,
@@ -171,23 +171,21 @@ def alert_jobs(
 
     def runaway() -> object:
         names = ["runaway-spend"]
-        return alerting.alert_cycle(
-            config, store, now(), sender, names=names, api_catalog=apis, gpu_catalog=gpus
-        )
+        return alert_cycle(config, store, now(), sender, names=names, api_catalog=apis, gpu_catalog=gpus)
 
     def every_rule() -> object:
-        return alerting.alert_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
+        return alert_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
 
     def digest() -> object:
-        return alerting.digest_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
+        return digest_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
 
     jobs = [
         daemon_module.JobSpec("runaway-spend", runaway, interval_s=RUNAWAY_INTERVAL_S),
         daemon_module.JobSpec("rules", every_rule, interval_s=RULES_INTERVAL_S),
     ]
     if sender is not None:
-        missed = alerting.digest_due(config, store, now())
-        cron = alerting.digest_cron_kwargs(config)
+        missed = digest_due(config, store, now())
+        cron = digest_cron_kwargs(config)
         jobs.append(daemon_module.JobSpec("digest", digest, cron=cron, run_at_start=missed))
     return jobs
 

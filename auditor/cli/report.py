@@ -60,7 +60,7 @@ from reports.html import write_html
 from reports.json_form import deployment_object, report_object
 from reports.markdown import render_markdown
 from reports.monthly import MonthError, MonthReport, build_month_report, month_window
-from rules.registry import RuleContext
+from rules.contract import RuleContext
 
 FORMATS = ("html", "csv", "md", "json")
 LAST_SECOND = timedelta(seconds=1)

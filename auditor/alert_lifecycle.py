@@ -1,4 +1,4 @@
-"""The alert lifecycle and the outbox: findings in, state transitions and messages out.
+"""The alert lifecycle: findings in, state transitions and the notifications they call for out.
 
 An alert is keyed by (rule, subject) and is *firing* or *resolved*; its state lives in the store's
 `alerts` table, so a restart neither re-sends nor forgets one. Each cycle:
@@ -11,30 +11,21 @@ An alert is keyed by (rule, subject) and is *firing* or *resolved*; its state li
 - a key the rule could not judge (too little data) keeps its state: unknown is neither firing nor fine.
 
 Hysteresis is the rules' part: they are told which keys fire (`RuleContext.firing`) and hold those to
-their leave thresholds. Messages wait in the `outbox` table and are marked sent only after the sender
-(Slack) accepted them; a message partly delivered (posted, its file not yet uploaded) records how far it
-got, so a retry does not post it twice.
+their leave thresholds. The messages a cycle calls for go to the outbox (`auditor.outbox`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import random
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from auditor.model import Alert, AlertState, Finding, Severity
-from auditor.store import OutboxMessage, Store
-
-log = logging.getLogger(__name__)
 
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
-RETRY_BASE_S = 60.0
-RETRY_CAP_S = 3600.0
 
 
 class NotificationKind(StrEnum):
@@ -84,6 +75,7 @@ def finding_to_json(finding: Finding) -> dict[str, Any]:
         "usd_per_month": None if finding.usd_per_month is None else str(finding.usd_per_month),
         "figures": [list(pair) for pair in finding.figures],
         "command": finding.command,
+        "verdict": finding.verdict,
     }
 
 
@@ -98,6 +90,7 @@ def finding_from_json(data: dict[str, Any]) -> Finding:
         usd_per_month=None if usd is None else Decimal(usd),
         figures=tuple((str(a), str(b)) for a, b in data.get("figures", [])),
         command=data.get("command"),
+        verdict=bool(data.get("verdict", True)),
     )
 
 
@@ -231,75 +224,3 @@ def _on_resolved(alert: Alert, now_ts: float) -> tuple[Alert, Notification | Non
     )
     note = Notification(NotificationKind.RESOLVED, new, payload.finding) if announce else None
     return new, note
-
-
-# -- the outbox ------------------------------------------------------------------------------------
-
-
-class DeliveryError(Exception):
-    """The sender could not deliver a message. `transport`: the service is unreachable or failing
-    (stop for now, everything else would fail too); `posted_ref`: a part already delivered."""
-
-    def __init__(self, message: str, *, transport: bool, posted_ref: str | None = None) -> None:
-        super().__init__(message)
-        self.transport = transport
-        self.posted_ref = posted_ref
-
-
-class Sender(Protocol):
-    def send(self, message: OutboxMessage) -> str | None:
-        """Deliver the message; return the service's reference for it (Slack's `ts`), or raise
-        DeliveryError. A message with `posted_ref` was posted already: only its attachment remains."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class Flush:
-    sent: int
-    failed: int
-    pending: int
-    """Messages still waiting after this flush."""
-
-
-def retry_delay_s(attempts: int, rng: random.Random | None = None) -> float:
-    """Backoff before the next attempt: doubling from a minute, capped at an hour, with ±20% jitter."""
-    base: float = min(RETRY_CAP_S, RETRY_BASE_S * 2.0 ** max(attempts - 1, 0))
-    jitter: float = (rng or random.Random()).random()  # noqa: S311  (jitter, not secrets)
-    return base * (0.8 + 0.4 * jitter)
-
-
-def flush_outbox(store: Store, sender: Sender, now_ts: float, *, limit: int = 100) -> Flush:
-    """Send what is due, oldest first; a message is marked sent only once the sender accepted it.
-
-    A transport failure stops the flush (the rest waits for the next one); any other failure holds
-    that message back with a backoff, and the later messages about the same key wait behind it."""
-    sent = failed = 0
-    blocked: set[str] = set()
-    for message in store.outbox_pending(now_ts, limit):
-        assert message.id is not None  # noqa: S101  (read from the store)
-        if message.key in blocked:
-            continue
-        try:
-            ref = sender.send(message)
-        except DeliveryError as exc:
-            failed += 1
-            blocked.add(message.key)
-            delay = retry_delay_s(message.attempts + 1)
-            store.outbox_mark_failed(
-                message.id, str(exc), now_ts + delay, exc.posted_ref or message.posted_ref
-            )
-            log.warning(
-                "slack: message %s (%s %s) not delivered, retry in %.0f s: %s",
-                message.id,
-                message.kind,
-                message.key,
-                delay,
-                exc,
-            )
-            if exc.transport:
-                break
-            continue
-        store.outbox_mark_sent(message.id, now_ts, ref)
-        sent += 1
-    pending = len(store.outbox_pending(float("inf"), limit=10_000))
-    return Flush(sent=sent, failed=failed, pending=pending)

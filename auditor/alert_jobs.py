@@ -18,18 +18,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import rules
-from auditor.alerts import (
-    AlertPolicy,
-    Flush,
-    Notification,
-    Sender,
-    advance,
-    firing_keys,
-    flush_outbox,
-)
+from auditor.alert_lifecycle import AlertPolicy, Notification, advance, firing_keys
 from auditor.config import Config
 from auditor.gpu_prices import GpuPrice, load_gpu_prices
 from auditor.model import Finding, Severity
+from auditor.outbox import Flush, Sender, flush_outbox
 from auditor.prices import ApiPriceCatalog
 from auditor.store import OutboxMessage, Store
 from reports.digest import (
@@ -106,8 +99,8 @@ def alert_cycle(
     messages it calls for in the same transaction as the new states, then send what is due."""
     context = rule_context(config, store, now, api_catalog, gpu_catalog)
     findings = rules.evaluate(context, names)
-    verdicts = [f for f in findings if not rules.is_no_verdict(f)]
-    undecided = {(f.rule, f.subject) for f in findings if rules.is_no_verdict(f)}
+    verdicts = [f for f in findings if f.verdict]
+    undecided = {(f.rule, f.subject) for f in findings if not f.verdict}
     evaluated = {r.name for r in rules.select(names, config.rules)}
     severities = sendable_severities(config, sender)
 
@@ -142,7 +135,7 @@ def make_digest(
     week = week or last_complete_week(now, tz)
     _start, end = week_bounds(week, tz)
     context = rule_context(config, store, min(end, now), api_catalog, gpu_catalog)
-    findings = [f for f in rules.evaluate(context) if not rules.is_no_verdict(f)]
+    findings = [f for f in rules.evaluate(context) if f.verdict]
     return build_digest(config, store, week, context.api_catalog, context.gpu_catalog, findings)
 
 
