@@ -164,7 +164,7 @@ def cost_window(
     """Cost every configured deployment (or those named in `only`) over [start, end).
 
     The one costing path: the report, the rules, the digest, `status` and the exporter all take their
-    figures from here. The roll-ups are summed in SQL (the store's `minute_buckets`): a fleet's month is
+    figures from here. The roll-ups are summed in SQL (the store's `window_buckets`): a fleet's month is
     millions of minute rows."""
     tz = config.tz
     if (end - start).total_seconds() <= 0:
@@ -173,7 +173,7 @@ def cost_window(
     billed = store.cost_lines(first, after_last)
     start_ts, end_ts = start.timestamp(), end.timestamp()
     chosen = [d for d in config.deployments if only is None or d.name in only]
-    sums = store.minute_buckets(start_ts, end_ts, [d.name for d in chosen])
+    sums = store.window_buckets(start_ts, end_ts, [d.name for d in chosen])
     costs: list[DeploymentCost] = []
     lines: list[CostLine] = []
     capacities: dict[str, float | None] = {}

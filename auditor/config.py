@@ -61,7 +61,9 @@ class StoreConfig(_Strict):
     """SQLAlchemy URL: `sqlite:////var/lib/auditor/auditor.db` or `postgresql+psycopg://user@host/db`."""
     raw_retention_h: float = Field(48, gt=0)
     rollup_retention_days: int = Field(397, gt=0)
-    """13 months: a year-over-year comparison of the same month still has its data."""
+    """13 months: a year-over-year comparison of the same month still has its data (the roll-up tiers)."""
+    minute_retention_days: int = Field(14, gt=0)
+    """Minute roll-ups: older time is answered from the tiers (GPU-hours, deployment quarter-hours)."""
 
     @field_validator("url")
     @classmethod

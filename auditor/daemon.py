@@ -241,7 +241,10 @@ class Daemon:
         cfg = self.config.store
         try:
             deleted = self.store.prune(
-                self.clock(), cfg.raw_retention_h * 3600, cfg.rollup_retention_days * 86400
+                self.clock(),
+                cfg.raw_retention_h * 3600,
+                cfg.rollup_retention_days * 86400,
+                minute_retention_s=cfg.minute_retention_days * 86400,
             )
         except SQLAlchemyError as exc:
             self.problems.update(

@@ -6,6 +6,7 @@ Only `_configure_sqlite` knows a dialect; every query is portable Core. Money is
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
@@ -63,6 +64,10 @@ from auditor.model import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+HOUR_S = 3600
+DAY_S = 86_400
+MINUTE_RETENTION_DAYS = 14
+"""Days minute roll-ups are kept by default; the tiers answer for older time."""
 
 
 class StoreError(Exception):
@@ -292,8 +297,97 @@ def _migration_2(conn: Connection) -> None:
     outbox_metadata.create_all(conn, checkfirst=True)
 
 
+# -- schema 3: roll-up tiers. Minute rows are kept a short window (`store.minute_retention_days`); --
+# the tiers are kept for the roll-up retention and written with the minutes, in the same transaction,
+# so a window longer than the minute window is still answered, exactly as the minutes would have.
+#
+# Deployment rows hold, per quarter-hour, the very sums the costing path reads (`Bucket`): the
+# quarter-hour because every time zone's offset from UTC is a whole number of quarter-hours (India
+# +5:30 and Nepal +5:45 included), so each row lies in one local hour and one local day in every
+# zone, and a window's figures from these rows equal those from its minutes. GPU rows are per UTC
+# hour (a GPU's own history: observed, idle and loaded seconds, activity, energy, memory): GPU rows
+# are most of the store, and nothing that needs a local day boundary finer than an hour reads them.
+
+tier_metadata = MetaData()
+
+deployment_quarter_hours = Table(
+    "deployment_quarter_hours",
+    tier_metadata,
+    Column("bucket_ts", BigInteger, nullable=False),
+    Column("deployment", String(64), nullable=False),
+    Column("gpu_observed_s", Double, nullable=False),
+    Column("gpu_idle_s", Double, nullable=False),
+    Column("gpu_util_weighted", Double, nullable=False),
+    Column("gpu_util_s", Double, nullable=False),
+    Column("sm_active_weighted", Double, nullable=False),
+    Column("sm_active_s", Double, nullable=False),
+    Column("energy_j", Double),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("generation_tokens", BigInteger, nullable=False),
+    Column("server_observed_s", Double, nullable=False),
+    Column("request_busy_weighted", Double, nullable=False),
+    Column("request_busy_s", Double, nullable=False),
+    Column("served_tokens", BigInteger, nullable=False),
+    Column("served_wall_s", Double, nullable=False),
+    PrimaryKeyConstraint("deployment", "bucket_ts"),
+)
+
+gpu_hours = Table(
+    "gpu_hours",
+    tier_metadata,
+    Column("hour_ts", BigInteger, nullable=False),
+    Column("gpu_uuid", String(96), nullable=False),
+    Column("deployment", String(64)),
+    Column("host", String(255), nullable=False),
+    Column("gpu_index", Integer, nullable=False),
+    Column("minutes", Integer, nullable=False),
+    Column("observed_s", Double, nullable=False),
+    Column("util_observed_s", Double, nullable=False),
+    Column("idle_s", Double, nullable=False),
+    Column("loaded_s", Double, nullable=False),
+    Column("gpu_util_weighted", Double, nullable=False),
+    Column("gpu_util_s", Double, nullable=False),
+    Column("gpu_util_max", Double),
+    Column("sm_active_weighted", Double, nullable=False),
+    Column("sm_active_s", Double, nullable=False),
+    Column("energy_j", Double),
+    Column("mem_used_max_bytes", BigInteger),
+    Column("mem_total_bytes", BigInteger),
+    Index("ix_gpu_hours_uuid_hour", "gpu_uuid", "hour_ts"),
+    Index("ix_gpu_hours_hour", "hour_ts"),
+)
+
+
+def _migration_3(conn: Connection) -> None:
+    """Schema 3: the roll-up tiers, filled from the minute rows already there (a day at a time), so
+    an existing store answers from them at once; the retention job then thins the minutes."""
+    tier_metadata.create_all(conn, checkfirst=True)
+    first = min(
+        (
+            v
+            for t in (gpu_minutes, deployment_minutes)
+            if (v := conn.execute(select(func.min(t.c.minute_ts))).scalar()) is not None
+        ),
+        default=None,
+    )
+    last = max(
+        (
+            v
+            for t in (gpu_minutes, deployment_minutes)
+            if (v := conn.execute(select(func.max(t.c.minute_ts))).scalar()) is not None
+        ),
+        default=None,
+    )
+    if first is None or last is None:
+        return
+    day = _floor(int(first), DAY_S)
+    while day <= int(last):
+        _refresh_tiers(conn, day, day + DAY_S)
+        day += DAY_S
+
+
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
-MIGRATIONS = (_migration_1, _migration_2)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -507,6 +601,7 @@ class Store:
                     )
                 )
                 _insert_records(conn, table, rows)
+            _refresh_tiers(conn, start_minute_ts, end_minute_ts)
 
     def gpu_minutes(self, start_ts: float, end_ts: float, deployment: str | None = None) -> list[GpuMinute]:
         query = select(gpu_minutes).where(
@@ -538,11 +633,15 @@ class Store:
         known = [int(v) for v in (value, other) if v is not None]
         return max(known) if known else None
 
-    def minute_buckets(
+    def window_buckets(
         self, start_ts: float, end_ts: float, names: Sequence[str]
     ) -> dict[str, dict[int, Bucket]]:
-        """Per deployment, per quarter-hour (its start, epoch s): sums of its minutes in [start, end)."""
-        return _minute_buckets(self.engine, start_ts, end_ts, names)
+        """Per deployment, per quarter-hour (its start, epoch s): sums of its minutes in [start, end).
+
+        Whole quarter-hours come from the tier (`deployment_quarter_hours`), the ragged ends from the
+        minute rows: the same figures as summing the minutes, at a cost that does not grow with the
+        number of GPUs, and still there after the minutes are pruned."""
+        return _window_buckets(self.engine, start_ts, end_ts, names)
 
     def served_minutes(self, start_ts: float, end_ts: float, deployment: str) -> list[tuple[int, int]]:
         """(minute_ts, tokens) of the minutes a server was observed in, in time order (measured capacity)."""
@@ -597,17 +696,27 @@ class Store:
 
     # -- retention ------------------------------------------------------------------------------
 
-    def prune(self, now_ts: float, raw_retention_s: float, rollup_retention_s: float) -> dict[str, int]:
-        """Delete raw samples and roll-ups past their retention; returns rows deleted per table."""
+    def prune(
+        self,
+        now_ts: float,
+        raw_retention_s: float,
+        rollup_retention_s: float,
+        minute_retention_s: float = MINUTE_RETENTION_DAYS * DAY_S,
+    ) -> dict[str, int]:
+        """Delete what is past its retention: raw samples, minute roll-ups (whole UTC hours, so that an
+        hour is in the minute tier whole or not at all), and the tiers; returns rows deleted per table."""
+        minute_cut_ts = _floor(now_ts - min(minute_retention_s, rollup_retention_s), HOUR_S)
         deleted: dict[str, int] = {}
         with self.engine.begin() as conn:
-            for table, column, keep_s in (
-                (gpu_samples, gpu_samples.c.ts, raw_retention_s),
-                (server_samples, server_samples.c.ts, raw_retention_s),
-                (gpu_minutes, gpu_minutes.c.minute_ts, rollup_retention_s),
-                (deployment_minutes, deployment_minutes.c.minute_ts, rollup_retention_s),
+            for table, column, cut_ts in (
+                (gpu_samples, gpu_samples.c.ts, now_ts - raw_retention_s),
+                (server_samples, server_samples.c.ts, now_ts - raw_retention_s),
+                (gpu_minutes, gpu_minutes.c.minute_ts, minute_cut_ts),
+                (deployment_minutes, deployment_minutes.c.minute_ts, minute_cut_ts),
+                (gpu_hours, gpu_hours.c.hour_ts, now_ts - rollup_retention_s),
+                (deployment_quarter_hours, deployment_quarter_hours.c.bucket_ts, now_ts - rollup_retention_s),
             ):
-                result = conn.execute(delete(table).where(column < now_ts - keep_s))
+                result = conn.execute(delete(table).where(column < cut_ts))
                 deleted[table.name] = result.rowcount
         return deleted
 
@@ -793,7 +902,11 @@ def _known(value: ColumnElement[Any], weight: ColumnElement[Any]) -> ColumnEleme
     return case((and_(value.is_not(None), weight > 0), weight), else_=0.0)
 
 
-def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> Select[Any]:
+def _of_deployments(column: Column[Any], names: Sequence[str] | None) -> ColumnElement[bool]:
+    return column.is_not(None) if names is None else column.in_(names)
+
+
+def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | None) -> Select[Any]:
     g, dm = gpu_minutes, deployment_minutes
     util_s = _known(g.c.gpu_util, g.c.util_observed_s)
     sm_s = _known(g.c.sm_active, g.c.util_observed_s)
@@ -811,7 +924,7 @@ def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> S
             func.sum(sm_s).label("sm_s"),
             func.sum(g.c.energy_j).label("energy_j"),
         )
-        .where(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts, g.c.deployment.in_(names))
+        .where(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts, _of_deployments(g.c.deployment, names))
         .group_by(g.c.deployment, g.c.minute_ts)
         .subquery("per_minute")
     )
@@ -838,7 +951,7 @@ def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> S
     )
 
 
-def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -> Select[Any]:
+def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | None) -> Select[Any]:
     dm = deployment_minutes
     bucket = (dm.c.minute_ts - dm.c.minute_ts % BUCKET_S).label("bucket")
     served = dm.c.server_observed_s > 0
@@ -856,32 +969,121 @@ def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str]) -
             func.sum(case((served, dm.c.prompt_tokens + dm.c.generation_tokens), else_=0)),
             func.sum(case((served, dm.c.server_observed_s / instances), else_=0.0)),
         )
-        .where(dm.c.minute_ts >= start_ts, dm.c.minute_ts < end_ts, dm.c.deployment.in_(names))
+        .where(dm.c.minute_ts >= start_ts, dm.c.minute_ts < end_ts, _of_deployments(dm.c.deployment, names))
         .group_by(dm.c.deployment, bucket)
     )
 
 
 def _minute_buckets(
+    conn: Connection, start_ts: float, end_ts: float, names: Sequence[str] | None
+) -> dict[str, dict[int, Bucket]]:
+    """Per deployment (every one when `names` is None), per quarter-hour: the sums of its minutes."""
+    result: dict[str, dict[int, Bucket]] = {name: {} for name in names or ()}
+    if names is not None and not names:
+        return result
+    for row in conn.execute(_gpu_bucket_query(start_ts, end_ts, names)):
+        b = result.setdefault(row[0], {}).setdefault(int(row[1]), Bucket())
+        b.gpu_observed_s = float(row[2] or 0.0)
+        b.gpu_idle_s = float(row[3] or 0.0)
+        b.gpu_util_weighted, b.gpu_util_s = float(row[4] or 0.0), float(row[5] or 0.0)
+        b.sm_active_weighted, b.sm_active_s = float(row[6] or 0.0), float(row[7] or 0.0)
+        b.energy_j = None if row[8] is None else float(row[8])
+    for row in conn.execute(_server_bucket_query(start_ts, end_ts, names)):
+        b = result.setdefault(row[0], {}).setdefault(int(row[1]), Bucket())
+        b.prompt_tokens, b.generation_tokens = int(row[2] or 0), int(row[3] or 0)
+        b.server_observed_s = float(row[4] or 0.0)
+        b.request_busy_weighted, b.request_busy_s = float(row[5] or 0.0), float(row[6] or 0.0)
+        b.served_tokens, b.served_wall_s = int(row[7] or 0), float(row[8] or 0.0)
+    return result
+
+
+_BUCKET_FIELDS = tuple(f.name for f in fields(Bucket))
+
+
+def _floor(ts: float, step: int) -> int:
+    return math.floor(ts / step) * step
+
+
+def _ceil(ts: float, step: int) -> int:
+    return math.ceil(ts / step) * step
+
+
+def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
+    """Recompute the tier rows of every quarter-hour and hour that [start, end) touches from the minute
+    rows now in the store, in the caller's transaction: the tiers never disagree with the minutes,
+    and rolling a window up twice gives the same rows."""
+    dq = deployment_quarter_hours
+    first_q, after_q = _floor(start_ts, BUCKET_S), _ceil(end_ts, BUCKET_S)
+    conn.execute(delete(dq).where(dq.c.bucket_ts >= first_q, dq.c.bucket_ts < after_q))
+    rows = [
+        {"bucket_ts": bucket_ts, "deployment": name, **{f: getattr(b, f) for f in _BUCKET_FIELDS}}
+        for name, by_bucket in _minute_buckets(conn, first_q, after_q, None).items()
+        for bucket_ts, b in by_bucket.items()
+    ]
+    if rows:
+        conn.execute(insert(dq), rows)
+    g, gh = gpu_minutes, gpu_hours
+    first_h, after_h = _floor(start_ts, HOUR_S), _ceil(end_ts, HOUR_S)
+    conn.execute(delete(gh).where(gh.c.hour_ts >= first_h, gh.c.hour_ts < after_h))
+    util_s = _known(g.c.gpu_util, g.c.util_observed_s)
+    sm_s = _known(g.c.sm_active, g.c.util_observed_s)
+    hour = (g.c.minute_ts - g.c.minute_ts % HOUR_S).label("hour_ts")
+    per_hour = (
+        select(
+            hour,
+            g.c.gpu_uuid,
+            g.c.deployment,
+            func.max(g.c.host),
+            func.max(g.c.gpu_index),
+            func.count(),
+            func.sum(g.c.observed_s),
+            func.sum(g.c.util_observed_s),
+            func.sum(g.c.idle_s),
+            func.sum(g.c.loaded_s),
+            func.sum(func.coalesce(g.c.gpu_util, 0.0) * util_s),
+            func.sum(util_s),
+            func.max(g.c.gpu_util_max),
+            func.sum(func.coalesce(g.c.sm_active, 0.0) * sm_s),
+            func.sum(sm_s),
+            func.sum(g.c.energy_j),
+            func.max(g.c.mem_used_max_bytes),
+            func.max(g.c.mem_total_bytes),
+        )
+        .where(g.c.minute_ts >= first_h, g.c.minute_ts < after_h)
+        .group_by(hour, g.c.gpu_uuid, g.c.deployment)
+    )
+    conn.execute(insert(gh).from_select([c.name for c in gh.columns], per_hour))
+
+
+def _tier_buckets(
+    conn: Connection, start_ts: int, end_ts: int, names: Sequence[str], into: dict[str, dict[int, Bucket]]
+) -> None:
+    dq = deployment_quarter_hours
+    query = select(dq).where(dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts, dq.c.deployment.in_(names))
+    for row in conn.execute(query):
+        values = row._mapping
+        into[values["deployment"]][int(values["bucket_ts"])] = Bucket(
+            **{f: values[f] for f in _BUCKET_FIELDS}
+        )
+
+
+def _window_buckets(
     engine: Engine, start_ts: float, end_ts: float, names: Sequence[str]
 ) -> dict[str, dict[int, Bucket]]:
-    """Per deployment, per quarter-hour (its start, epoch seconds): the sums of its minutes."""
+    """Per deployment, per quarter-hour: whole quarter-hours from the tier, the ends from the minutes."""
     result: dict[str, dict[int, Bucket]] = {name: {} for name in names}
     if not names:
         return result
+    first_whole, after_whole = _ceil(start_ts, BUCKET_S), _floor(end_ts, BUCKET_S)
     with engine.connect() as conn:
-        for row in conn.execute(_gpu_bucket_query(start_ts, end_ts, names)):
-            b = result[row[0]].setdefault(int(row[1]), Bucket())
-            b.gpu_observed_s = float(row[2] or 0.0)
-            b.gpu_idle_s = float(row[3] or 0.0)
-            b.gpu_util_weighted, b.gpu_util_s = float(row[4] or 0.0), float(row[5] or 0.0)
-            b.sm_active_weighted, b.sm_active_s = float(row[6] or 0.0), float(row[7] or 0.0)
-            b.energy_j = None if row[8] is None else float(row[8])
-        for row in conn.execute(_server_bucket_query(start_ts, end_ts, names)):
-            b = result[row[0]].setdefault(int(row[1]), Bucket())
-            b.prompt_tokens, b.generation_tokens = int(row[2] or 0), int(row[3] or 0)
-            b.server_observed_s = float(row[4] or 0.0)
-            b.request_busy_weighted, b.request_busy_s = float(row[5] or 0.0), float(row[6] or 0.0)
-            b.served_tokens, b.served_wall_s = int(row[7] or 0), float(row[8] or 0.0)
+        edges: list[tuple[float, float]] = [(start_ts, end_ts)]
+        if first_whole < after_whole:
+            _tier_buckets(conn, first_whole, after_whole, names, result)
+            edges = [(start_ts, first_whole), (after_whole, end_ts)]
+        for edge_start, edge_end in edges:
+            if edge_start < edge_end:
+                for name, by_bucket in _minute_buckets(conn, edge_start, edge_end, names).items():
+                    result[name].update(by_bucket)
     return result
 
 

@@ -1,0 +1,232 @@
+"""The roll-up tiers: a window's sums from the quarter-hour tier and the minute rows at its ends equal
+the sums of its minutes, before and after the minutes are pruned, in every zone (DST and half- and
+quarter-hour offsets included); an existing store migrates in place; re-rolling changes nothing."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import func, insert, select
+
+from auditor.model import DeploymentMinute, GpuMinute
+from auditor.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Bucket,
+    Store,
+    _minute_buckets,
+    deployment_minutes,
+    deployment_quarter_hours,
+    gpu_hours,
+    gpu_minutes,
+    schema_version,
+)
+
+# Twenty days across the end of DST in Europe (Oct 25) and North America (Nov 1), 2026.
+SPAN_START = int(datetime(2026, 10, 18, tzinfo=UTC).timestamp())
+SPAN_DAYS = 20
+SPAN_END = SPAN_START + SPAN_DAYS * 86_400
+DEPLOYMENTS = ("llama", "mistral")
+ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe")
+
+maybe_share = st.none() | st.floats(0, 1)
+# Rows crowd into a few hours (the end of DST in Berlin and New York among them), so that windows,
+# chunks and quarter-hour edges drawn near them cut through data.
+HOT_HOURS = (0, 1, 7 * 24 + 1, 7 * 24 + 2, 14 * 24 + 5, 14 * 24 + 6, 19 * 24 + 23)
+
+
+def hot_ts(draw: st.DrawFn, spread_s: int = 3600) -> int:
+    return SPAN_START + 3600 * draw(st.sampled_from(HOT_HOURS)) + draw(st.integers(-spread_s, 2 * spread_s))
+
+
+def hot_minute(draw: st.DrawFn) -> int:
+    return min(max(SPAN_START, hot_ts(draw) // 60 * 60), SPAN_END - 60)
+
+
+@st.composite
+def gpu_minute(draw: st.DrawFn) -> GpuMinute:
+    gpu = draw(st.integers(0, 3))
+    observed = draw(st.floats(0, 60))
+    return GpuMinute(
+        minute_ts=hot_minute(draw),
+        host="h",
+        gpu_uuid=f"GPU-{gpu}",
+        gpu_index=gpu,
+        deployment=draw(st.sampled_from((*DEPLOYMENTS, None))),
+        observed_s=observed,
+        util_observed_s=draw(st.floats(0, observed)),
+        idle_s=draw(st.floats(0, observed)),
+        loaded_s=draw(st.floats(0, observed)),
+        gpu_util=draw(maybe_share),
+        gpu_util_max=draw(maybe_share),
+        sm_active=draw(maybe_share),
+        energy_j=draw(st.none() | st.floats(0, 60_000)),
+        power_mean_w=None,
+        mem_used_max_bytes=draw(st.none() | st.integers(0, 80 * 2**30)),
+        mem_total_bytes=80 * 2**30,
+    )
+
+
+@st.composite
+def deployment_minute(draw: st.DrawFn) -> DeploymentMinute:
+    instances = draw(st.integers(0, 2))
+    return DeploymentMinute(
+        minute_ts=hot_minute(draw),
+        deployment=draw(st.sampled_from(DEPLOYMENTS)),
+        instances=instances,
+        server_observed_s=draw(st.floats(0, 60 * max(instances, 1))),
+        prompt_tokens=draw(st.integers(0, 10**7)),
+        generation_tokens=draw(st.integers(0, 10**6)),
+        request_busy_s=0.0,
+        requests_running_mean=None,
+        requests_waiting_mean=None,
+        kv_cache_mean=None,
+        kv_cache_max=None,
+        gpu_observed_s=0.0,
+        gpu_util=None,
+        sm_active=None,
+        request_busy=draw(maybe_share),
+        throughput_util=None,
+    )
+
+
+def minute_answer(store: Store, start_ts: float, end_ts: float) -> dict[str, dict[int, Bucket]]:
+    """What summing the minute rows alone gives: the reference the tiers must equal."""
+    with store.engine.connect() as conn:
+        found = _minute_buckets(conn, start_ts, end_ts, DEPLOYMENTS)
+    return {name: found.get(name, {}) for name in DEPLOYMENTS}
+
+
+def assert_same(got: dict[str, dict[int, Bucket]], expected: dict[str, dict[int, Bucket]]) -> None:
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name].keys() == expected[name].keys(), name
+        for bucket_ts, want in expected[name].items():
+            have = got[name][bucket_ts]
+            for field in Bucket.__dataclass_fields__:
+                a, b = getattr(have, field), getattr(want, field)
+                assert (a is None) == (b is None), (name, bucket_ts, field)
+                if a is not None:
+                    assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (name, bucket_ts, field, a, b)
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> float:
+    return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    gpu_rows=st.lists(gpu_minute(), max_size=80, unique_by=lambda m: (m.gpu_uuid, m.minute_ts)),
+    deployment_rows=st.lists(
+        deployment_minute(), max_size=60, unique_by=lambda m: (m.deployment, m.minute_ts)
+    ),
+    data=st.data(),
+)
+def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
+    gpu_rows: list[GpuMinute], deployment_rows: list[DeploymentMinute], data: st.DataObject
+) -> None:
+    store = Store.open("sqlite:///:memory:")
+    near = sorted({m.minute_ts for m in gpu_rows} | {m.minute_ts for m in deployment_rows}) or [SPAN_START]
+    # Written in two chunks that cut through hours and quarter-hours, the later one first, then the
+    # earlier one rolled up again (as the daemon re-rolls its trailing minutes): the tiers must not care.
+    cut = data.draw(st.sampled_from(near)) + 60 * data.draw(st.integers(0, 14))
+    cut = min(max(cut, SPAN_START + 60), SPAN_END - 60)
+    for start, end in ((cut, SPAN_END), (SPAN_START, cut), (SPAN_START, cut)):
+        store.replace_minutes(
+            start,
+            end,
+            [m for m in gpu_rows if start <= m.minute_ts < end],
+            [m for m in deployment_rows if start <= m.minute_ts < end],
+        )
+
+    # Any window, at any second, near the data: whole quarter-hours from the tier, the ends from the
+    # minutes.
+    start = data.draw(st.sampled_from(near)) - data.draw(st.integers(0, 899)) + data.draw(st.floats(0, 1))
+    end = max(start + 1, data.draw(st.sampled_from(near)) + data.draw(st.integers(1, 900)))
+    assert_same(store.window_buckets(start, end, DEPLOYMENTS), minute_answer(store, start, end))
+
+    # Local days in a zone (whose midnights fall on quarter-hours in UTC): equal to the minutes even
+    # once the minutes are gone.
+    zone = ZoneInfo(data.draw(st.sampled_from(ZONES)))
+    first = data.draw(st.integers(0, SPAN_DAYS - 2))
+    last = data.draw(st.integers(first + 1, SPAN_DAYS))
+    day0 = datetime.fromtimestamp(SPAN_START, UTC).date()
+    window = (local_midnight(day0 + timedelta(first), zone), local_midnight(day0 + timedelta(last), zone))
+    expected = minute_answer(store, *window)
+    pruned = store.prune(SPAN_END + 30 * 86_400, 48 * 3600, 397 * 86_400, minute_retention_s=14 * 86_400)
+    assert pruned["gpu_minutes"] == len(gpu_rows) and pruned["deployment_minutes"] == len(deployment_rows)
+    assert_same(store.window_buckets(*window, DEPLOYMENTS), expected)
+    store.close()
+
+
+def test_gpu_hours_keep_each_gpus_own_sums() -> None:
+    store = Store.open("sqlite:///:memory:")
+    base = SPAN_START + 7200
+    rows = [
+        GpuMinute(
+            minute_ts=base + 60 * i, host="h", gpu_uuid="GPU-0", gpu_index=0, deployment="llama",
+            observed_s=60.0, util_observed_s=60.0 if i % 2 else 0.0, idle_s=30.0, loaded_s=60.0,
+            gpu_util=0.5 if i % 2 else None, gpu_util_max=0.9, sm_active=None, energy_j=100.0,
+            power_mean_w=None, mem_used_max_bytes=i, mem_total_bytes=80,
+        )
+        for i in range(90)
+    ]  # fmt: skip
+    store.replace_minutes(base, base + 90 * 60, rows, [])
+    with store.engine.connect() as conn:
+        hours = conn.execute(select(gpu_hours).order_by(gpu_hours.c.hour_ts)).all()
+    assert [(h.hour_ts, h.minutes) for h in hours] == [(base, 60), (base + 3600, 30)]
+    assert hours[0].observed_s == 3600.0 and hours[0].idle_s == 1800.0 and hours[0].energy_j == 6000.0
+    assert hours[0].gpu_util_s == 1800.0 and hours[0].gpu_util_weighted == 900.0  # known half the time
+    assert hours[0].sm_active_s == 0.0 and hours[1].mem_used_max_bytes == 89
+
+
+def test_an_existing_store_migrates_in_place(tmp_path: Path) -> None:
+    """A schema-2 store full of minute rows gets its tiers filled by the migration, and answers a
+    window from them as it did from its minutes."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = Store.open(url, migrate=False)
+    for version, migration in enumerate(MIGRATIONS[:2], start=1):
+        with old.engine.begin() as conn:
+            migration(conn)
+            conn.execute(insert(schema_version).values(version=version, applied_ts=0.0))
+    minutes = range(SPAN_START, SPAN_START + 3 * 86_400, 60)
+    with old.engine.begin() as conn:
+        conn.execute(
+            insert(gpu_minutes),
+            [
+                dict(  # noqa: C408  (a row as a schema-2 store held it)
+                     minute_ts=m, host="h", gpu_uuid=f"GPU-{g}", gpu_index=g, deployment="llama",
+                     observed_s=60.0, util_observed_s=60.0, idle_s=10.0, loaded_s=60.0, gpu_util=0.3,
+                     gpu_util_max=0.5, sm_active=0.2, energy_j=20_000.0, power_mean_w=None,
+                     mem_used_max_bytes=None, mem_total_bytes=None)
+                for m in minutes
+                for g in range(2)
+            ],
+        )  # fmt: skip
+        conn.execute(
+            insert(deployment_minutes),
+            [
+                dict(  # noqa: C408
+                     minute_ts=m, deployment="llama", instances=1, server_observed_s=60.0, prompt_tokens=100,
+                     generation_tokens=20, request_busy_s=30.0, requests_running_mean=None,
+                     requests_waiting_mean=None, kv_cache_mean=None, kv_cache_max=None, gpu_observed_s=120.0,
+                     gpu_util=None, sm_active=None, request_busy=0.5, throughput_util=None)
+                for m in minutes
+            ],
+        )  # fmt: skip
+    expected = minute_answer(old, SPAN_START + 3600, SPAN_START + 2 * 86_400)
+    old.close()
+    store = Store.open(url)
+    assert store.schema_version() == SCHEMA_VERSION
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(deployment_quarter_hours)).scalar() == 3 * 96
+        assert conn.execute(select(func.count()).select_from(gpu_hours)).scalar() == 2 * 3 * 24
+    store.prune(SPAN_START + 40 * 86_400, 48 * 3600, 397 * 86_400)
+    assert_same(store.window_buckets(SPAN_START + 3600, SPAN_START + 2 * 86_400, DEPLOYMENTS), expected)
+    assert expected["llama"]  # the window is not empty
+    store.close()
