@@ -136,12 +136,12 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     # earlier one rolled up again (as the daemon re-rolls its trailing minutes): the tiers must not care.
     cut = data.draw(st.sampled_from(near)) + 60 * data.draw(st.integers(0, 14))
     cut = min(max(cut, SPAN_START + 60), SPAN_END - 60)
-    for start, end in ((cut, SPAN_END), (SPAN_START, cut), (SPAN_START, cut)):
+    for chunk_start, chunk_end in ((cut, SPAN_END), (SPAN_START, cut), (SPAN_START, cut)):
         store.replace_minutes(
-            start,
-            end,
-            [m for m in gpu_rows if start <= m.minute_ts < end],
-            [m for m in deployment_rows if start <= m.minute_ts < end],
+            chunk_start,
+            chunk_end,
+            [m for m in gpu_rows if chunk_start <= m.minute_ts < chunk_end],
+            [m for m in deployment_rows if chunk_start <= m.minute_ts < chunk_end],
         )
 
     # Any window, at any second, near the data: whole quarter-hours from the tier, the ends from the
