@@ -20,6 +20,7 @@ from datetime import datetime
 import rules
 from auditor.alert_lifecycle import AlertPolicy, Notification, advance, firing_keys
 from auditor.config import Config
+from auditor.cron import cron_kwargs
 from auditor.gpu_prices import GpuPrice, load_gpu_prices
 from auditor.model import Finding, Severity
 from auditor.outbox import Flush, Sender, flush_outbox
@@ -187,7 +188,5 @@ def digest_due(config: Config, store: Store, now: datetime) -> bool:
 
 
 def digest_cron_kwargs(config: Config) -> dict[str, object]:
-    """`slack.digest_cron` ("mon 09:00") as APScheduler `CronTrigger(**kwargs)` arguments."""
-    day, clock = config.slack.digest_cron.split()
-    hour, minute = clock.split(":")
-    return {"day_of_week": day, "hour": int(hour), "minute": int(minute), "timezone": config.timezone}
+    """`slack.digest_cron` ("0 9 * * mon", cron syntax) as APScheduler `CronTrigger(**kwargs)` arguments."""
+    return cron_kwargs(config.slack.digest_cron, config.timezone)

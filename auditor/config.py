@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from auditor.cron import cron_kwargs
 from auditor.model import UtilizationMetric
 
 DEFAULT_CONFIG_PATH = Path("/etc/auditor/auditor.toml")
@@ -381,7 +382,14 @@ class SlackConfig(_Strict):
     digest_channel: str | None = None
     min_severity: Literal["info", "warning", "critical"] = "warning"
     """Findings below this severity are kept as alerts but not sent."""
-    digest_cron: str = Field("mon 09:00", pattern=r"^(mon|tue|wed|thu|fri|sat|sun) ([01]\d|2[0-3]):[0-5]\d$")
+    digest_cron: str = "0 9 * * mon"
+    """When the weekly digest goes out, in cron syntax (minute hour day month weekday), in `timezone`."""
+
+    @field_validator("digest_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        cron_kwargs(value, "UTC")  # ValueError: what is wrong (and the cron form of an old "mon 09:00")
+        return value
 
 
 class Config(_Strict):

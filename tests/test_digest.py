@@ -101,4 +101,11 @@ def test_digest_goes_to_slack_once_with_its_chart(store: Store) -> None:
         assert not again.queued and len(slack.posted()) == 1
     finally:
         slack.close()
-    assert digest_cron_kwargs(config) == {"day_of_week": "mon", "hour": 9, "minute": 0, "timezone": "UTC"}
+    assert digest_cron_kwargs(config) == {
+        "minute": "0",
+        "hour": "9",
+        "day": "*",
+        "month": "*",
+        "day_of_week": "mon",
+        "timezone": "UTC",
+    }
