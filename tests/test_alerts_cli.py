@@ -70,7 +70,10 @@ def test_rules_check_bad_input(config: Path, tmp_path: Path) -> None:
     quiet.mkdir()
     fresh = run("rules", "check", "--config", str(_config(quiet)))  # an empty store: no verdicts only
     assert fresh.returncode == 0, fresh.stderr
-    assert "No findings." in fresh.stdout and "no verdict: move-to-api rag" in fresh.stdout
+    assert "no verdict: move-to-api rag" in fresh.stdout
+    # Which store was read, and why nothing was decided.
+    assert f"No findings in sqlite:///{quiet}" in fresh.stdout
+    assert "it holds no roll-ups yet (is the daemon running there? see `auditor doctor`)" in fresh.stdout
 
 
 def test_digest_prints_and_sends_once(config: Path, slack: SlackServer) -> None:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
 import rules
 from auditor.alert_jobs import digest_cycle, make_digest, rule_context
@@ -75,6 +76,7 @@ def rules_check(
     try:
         context = rule_context(config, store, now, api_catalog(config), gpu_catalog())
         findings = rules.evaluate(context, rule)
+        newest = store.last_minute_ts()
     except ValueError as exc:
         fatal(f"--rule: {exc}" if rule else str(exc))
     finally:
@@ -84,18 +86,34 @@ def rules_check(
             json.dumps({"now": now.isoformat(), "findings": [_finding_json(f) for f in findings]}, indent=2)
         )
     else:
-        _print_findings(findings)
+        _print_findings(findings, _nothing_found(config, now, newest))
     verdicts = [f for f in findings if f.verdict]
     if any(f.severity in (Severity.WARNING, Severity.CRITICAL) for f in verdicts):
         raise typer.Exit(EXIT_FINDING)
 
 
-def _print_findings(findings: list[Finding]) -> None:
+def _nothing_found(config: Config, now: datetime, newest_minute_ts: int | None) -> str:
+    """What "no findings" means: which store was read, as of when, and why nothing was decided."""
+    store = make_url(config.store.url).render_as_string(hide_password=True)
+    head = f"No findings in {store} as of {now:%Y-%m-%d %H:%M} UTC"
+    if newest_minute_ts is None:
+        return f"{head}: it holds no roll-ups yet (is the daemon running there? see `auditor doctor`)."
+    newest = datetime.fromtimestamp(newest_minute_ts, tz=UTC)
+    if (now - newest).days >= config.rules.move_to_api.window_days:
+        return (
+            f"{head}: its newest data is from {newest:%Y-%m-%d %H:%M} UTC, before the rules' windows "
+            f"(the last {config.rules.move_to_api.window_days} days); `auditor report --month "
+            f"{newest:%Y-%m}` shows that month's recommendations."
+        )
+    return f"{head}: no rule's threshold is crossed."
+
+
+def _print_findings(findings: list[Finding], nothing_found: str) -> None:
     out = console()
     verdicts = [f for f in findings if f.verdict]
     undecided = [f for f in findings if not f.verdict]
     if not verdicts:
-        out.print("No findings.", highlight=False)
+        out.print(nothing_found, highlight=False, soft_wrap=True)
     else:
         table = Table(title="Findings, most dollars first", title_justify="left")
         for column in ("$/month", "severity", "rule", "subject", "recommendation"):
