@@ -18,6 +18,8 @@ venv: $(VENV)/.installed
 # rules, and the finance report (HTML, CSV, Markdown, JSON) in a scratch directory it prints.
 run: venv
 	$(VENV)/bin/auditor demo
+	@echo
+	@echo "auditor lives in $(VENV)/bin: type $(VENV)/bin/auditor --help, or first 'source $(VENV)/bin/activate', then auditor --help"
 
 lint: venv
 	$(VENV)/bin/ruff check .

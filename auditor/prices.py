@@ -111,6 +111,7 @@ class ApiPriceCatalog:
     ) -> None:
         self._overrides = dict(overrides or {})
         self._now = now or datetime.now(tz=UTC)
+        self._snapshot_as_of: date | None = None
 
     def _source(self) -> str:
         fetched = " (fetched)" if self._snapshot().from_auto_update else ""
@@ -120,6 +121,27 @@ class ApiPriceCatalog:
         from genai_prices import data_snapshot  # loads a large table: only when a price is needed
 
         return data_snapshot.get_snapshot()
+
+    def snapshot_date(self) -> date | None:
+        """The date genai-prices' data is known good on: a fetched update's time, else the newest
+        price change already in effect that the bundled snapshot holds (it was made on or after that
+        day; changes it announces for later days do not date it)."""
+        if self._snapshot_as_of is None:
+            snapshot = self._snapshot()
+            if snapshot.from_auto_update:
+                self._snapshot_as_of = snapshot.timestamp.date()
+            else:
+                starts = [
+                    start
+                    for provider in snapshot.providers
+                    for info in provider.models
+                    if isinstance(info.prices, list)
+                    for conditional in info.prices
+                    if (start := getattr(conditional.constraint, "start_date", None)) is not None
+                    and start <= self._now.date()
+                ]
+                self._snapshot_as_of = max(starts) if starts else date.min
+        return None if self._snapshot_as_of == date.min else self._snapshot_as_of
 
     def _override(self, ref: str) -> ApiPrice | None:
         provider, model = _split_ref(ref)
@@ -168,6 +190,7 @@ class ApiPriceCatalog:
             output_mtok_usd=output_mtok,
             cache_read_mtok_usd=_decimal(getattr(prices, "cache_read_mtok", None)),
             source=self._source(),
+            as_of=self.snapshot_date(),
             name=info.name,
         )
 

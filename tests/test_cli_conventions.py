@@ -13,7 +13,7 @@ from typer.core import TyperGroup
 
 from auditor import __version__
 from auditor.cli import main
-from auditor.cli.common import command
+from auditor.cli.common import command, program
 
 AUDITOR = Path(sys.executable).parent / "auditor"
 
@@ -75,3 +75,14 @@ def test_no_color_is_honoured() -> None:
     plain = run("prices", "--provider", "lambda", FORCE_COLOR="1", NO_COLOR="1")
     assert plain.returncode == forced.returncode
     assert colour.search(plain.stdout) is None
+
+
+def test_the_program_name_printed_for_the_next_command(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After `make run`, `auditor` is not on PATH: printed commands name `.venv/bin/auditor`."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert program(str(AUDITOR)) == str(AUDITOR)
+    monkeypatch.setenv("PATH", str(AUDITOR.parent))
+    assert program(str(AUDITOR)) == "auditor"
+    assert program("/usr/lib/python3/runpy.py") == "auditor"  # python -m auditor

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -126,3 +126,32 @@ def test_a_failed_update_keeps_the_bundled_prices(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["apis"][0]["monthly_usd"] == 450.00
     assert "could not update API prices" in result.stderr and "using the bundled snapshot" in result.stderr
+
+
+def test_bundled_prices_carry_a_date_not_a_word() -> None:
+    """The snapshot is dated by the newest price change in effect that it holds (not later ones)."""
+    catalog = ApiPriceCatalog(now=datetime(2026, 11, 30, tzinfo=UTC))
+    price = catalog.get("openai:gpt-4o")
+    assert price.as_of is not None and date(2025, 1, 1) <= price.as_of <= date(2026, 11, 30)
+    earlier = ApiPriceCatalog(now=datetime(2025, 6, 1, tzinfo=UTC)).get("openai:gpt-4o").as_of
+    assert earlier is not None and earlier <= date(2025, 6, 1)
+
+
+def test_a_private_price_without_a_config_says_where_private_prices_come_from() -> None:
+    auditor = Path(sys.executable).parent / "auditor"
+    args = ["breakeven", "--prompt-tokens", "1M", "--generation-tokens", "1M", "--gpus", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "AUDITOR_CONFIG"}
+    result = subprocess.run(
+        [str(auditor), *args, "--gpu-hourly-usd", "2", "--api", "private:llama-3-70b-negotiated"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        "auditor: error: --api: 'private:llama-3-70b-negotiated' is a private price, read from the config's "
+        '[prices.api."private:llama-3-70b-negotiated"] table; no config was read: give --config FILE or set '
+        "$AUDITOR_CONFIG\n"
+    )

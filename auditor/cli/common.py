@@ -5,6 +5,7 @@ Exit codes: 0 ok; 1 a finding or a failed check; 2 bad usage or bad input (one l
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -105,6 +106,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts
 def console() -> Console:
     # A pipe or a file gets a width that fits the tables, not the 80 columns rich assumes.
     return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def program(argv0: str | None = None) -> str:
+    """How to type `auditor` again, as this run was started: `auditor` when that name on PATH is this
+    very script, else the path it was run by (`.venv/bin/auditor` after `make run`)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    here = Path(argv0)
+    if here.name != "auditor" or not here.exists():
+        return "auditor"  # `python -m auditor`, or a test calling main(): nothing better to say
+    on_path = shutil.which("auditor")
+    if on_path is not None and Path(on_path).resolve() == here.resolve():
+        return "auditor"
+    return argv0
 
 
 def fatal(message: str, code: int = EXIT_USAGE) -> NoReturn:

@@ -48,12 +48,20 @@ DEFAULT_HOURS = "730"
 FEATURED_PROVIDERS = ("openai", "anthropic", "google", "mistral", "together", "fireworks", "groq", "deepseek")
 
 
-def _api_prices(catalog: ApiPriceCatalog, refs: Sequence[str]) -> list[ApiPrice]:
+def _api_prices(catalog: ApiPriceCatalog, refs: Sequence[str], config: Config | None) -> list[ApiPrice]:
     prices = []
     for ref in refs:
         try:
             prices.append(catalog.get(ref))
         except UnknownModelError as exc:
+            if ref.lower().startswith("private:"):
+                where = (
+                    "no config was read: give --config FILE or set $AUDITOR_CONFIG" if config is None else ""
+                )
+                fatal(
+                    f"--api: {ref!r} is a private price, read from the config's "
+                    f'[prices.api."{ref}"] table; {where or "the config has no such table"}'
+                )
             fatal(f"--api: {exc}")
     return prices
 
@@ -135,7 +143,7 @@ def breakeven(
         overhead_usd_month=overhead,
         capacity_tokens_per_s=capacity_tokens_per_s,
     )
-    prices = _api_prices(api_catalog(config), api or DEFAULT_COMPARISONS)
+    prices = _api_prices(api_catalog(config), api or DEFAULT_COMPARISONS, config)
     comparisons = what_if.compare(prices)
     verdict = _verdict(what_if, comparisons)
     if as_json:
@@ -400,7 +408,7 @@ def _print_prices(
                 f"{p.input_mtok_usd}",
                 f"{p.output_mtok_usd}",
                 "—" if p.cache_read_mtok_usd is None else f"{p.cache_read_mtok_usd}",
-                p.as_of.isoformat() if p.as_of else "snapshot",
+                p.as_of.isoformat() if p.as_of else "—",
             )
         out.print(table)
 

@@ -31,6 +31,7 @@ from auditor.cli.common import (
     console,
     fatal,
     gpu_catalog,
+    program,
     require_config,
 )
 from auditor.config import Config, ConfigError, parse_config
@@ -461,7 +462,7 @@ def demo(
     html = next(p for p in written if p.suffix == ".html")
     console().print(
         f"\nOpen the report: file://{html.resolve()}\n"
-        f"Re-run it: auditor report --config {directory / 'auditor.toml'}"
+        f"Re-run it: {program()} report --config {directory / 'auditor.toml'}"
         f" --month {chosen_month} --out {directory}",
         highlight=False,
         soft_wrap=True,
