@@ -13,6 +13,7 @@ from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,13 +22,24 @@ from sqlalchemy.exc import ArgumentError
 
 from auditor.cron import cron_kwargs
 from auditor.model import UtilizationMetric
+from auditor.redact import redact
 
 DEFAULT_CONFIG_PATH = Path("/etc/auditor/auditor.toml")
 CONFIG_ENV = "AUDITOR_CONFIG"
+DEFAULT_EXPORTER_PORT = 9478
+"""Not 9400 (dcgm-exporter), 9835 (nvidia_gpu_exporter), 9445 (nvidia_smi_exporter), 9100 (node), 8000
+(vLLM), 9090 (Prometheus): the daemon runs beside those on GPU hosts."""
+DEFAULT_EXPORTER_LISTEN = f"127.0.0.1:{DEFAULT_EXPORTER_PORT}"
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
 SUPPORTED_STORE_DIALECTS = ("sqlite", "postgresql")
 
+MAX_USD = Decimal(10**12)
+"""No single amount in a config (a rate, a purchase, a budget) reaches a trillion dollars: a larger one
+is a typo (`1e308`), and it would overflow the exact arithmetic of a month's costs."""
+MAX_HOURS = 24 * 366 * 100
+
 Fraction = Annotated[float, Field(ge=0, le=1)]
-Usd = Annotated[Decimal, Field(ge=0)]
+Usd = Annotated[Decimal, Field(ge=0, le=MAX_USD, allow_inf_nan=False)]
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
 
@@ -60,10 +72,10 @@ def default_store_url(env: Mapping[str, str] | None = None, euid: int | None = N
 class StoreConfig(_Strict):
     url: str = Field(default_factory=default_store_url)
     """SQLAlchemy URL: `sqlite:////var/lib/auditor/auditor.db` or `postgresql+psycopg://user@host/db`."""
-    raw_retention_h: float = Field(48, gt=0)
-    rollup_retention_days: int = Field(397, gt=0)
+    raw_retention_h: float = Field(48, gt=0, le=24 * 366)
+    rollup_retention_days: int = Field(397, gt=0, le=36_600)
     """13 months: a year-over-year comparison of the same month still has its data (the roll-up tiers)."""
-    minute_retention_days: int = Field(14, gt=0)
+    minute_retention_days: int = Field(14, gt=0, le=36_600)
     """Minute roll-ups: older time is answered from the tiers (GPU-hours, deployment quarter-hours)."""
 
     @field_validator("url")
@@ -73,15 +85,35 @@ class StoreConfig(_Strict):
         return value
 
 
+SUPPORTED_STORE_SCHEMES = {
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+"""The URL schemes the store accepts → the driver it uses. `postgresql://` would mean psycopg2 to
+SQLAlchemy, which is not a dependency: plain PostgreSQL URLs use psycopg (version 3)."""
+
+
 def parse_store_url(value: str) -> URL:
-    """A SQLAlchemy URL for a dialect the store supports, or ValueError saying what would be."""
+    """A SQLAlchemy URL for a dialect and driver the store supports, or ValueError saying what would be.
+
+    The messages never repeat the URL: it may hold a password."""
     try:
         url = make_url(value)
     except ArgumentError as exc:
         raise ValueError(
             "not a database URL; use sqlite:////path/to/auditor.db or postgresql+psycopg://user@host:5432/db"
         ) from exc
-    if url.get_backend_name() not in SUPPORTED_STORE_DIALECTS:
+    scheme = url.drivername
+    if scheme not in SUPPORTED_STORE_SCHEMES:
+        raise ValueError(
+            f"unsupported database scheme {scheme!r}; use sqlite:////path/to/auditor.db "
+            "or postgresql+psycopg://user@host:5432/db"
+        )
+    url = url.set(drivername=SUPPORTED_STORE_SCHEMES[scheme])
+    if url.get_backend_name() not in SUPPORTED_STORE_DIALECTS:  # pragma: no cover (the table above)
         raise ValueError(f"unsupported database {url.get_backend_name()!r}; use sqlite or postgresql")
     if url.get_backend_name() == "sqlite" and not url.database:
         raise ValueError("the sqlite URL names no file; use sqlite:////var/lib/auditor/auditor.db")
@@ -89,10 +121,40 @@ def parse_store_url(value: str) -> URL:
 
 
 class DaemonConfig(_Strict):
-    sample_interval_s: float = Field(10, gt=0, le=3600)
-    max_gap_s: float | None = Field(None, gt=0)
+    sample_interval_s: float = Field(10, ge=0.1, le=3600)
+    max_gap_s: float | None = Field(None, gt=0, le=86_400)
     """Samples further apart than this leave unknown time between them (default 3 × the interval)."""
-    exporter_listen: str = Field("127.0.0.1:9400", pattern=r"^[^\s:]*:\d{1,5}$")
+    scrape_timeout_s: float = Field(5, gt=0, le=60)
+    """The whole of one inference endpoint's scrape (connect, headers, body) must fit in this; a slow or
+    hung endpoint costs its own sample, never another source's."""
+    exporter_listen: str = Field(
+        DEFAULT_EXPORTER_LISTEN, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]*):\d{1,5}$"
+    )
+    """host:port of the exporter. Loopback by default; another address is served to the network."""
+    exporter_tls_cert: Path | None = None
+    exporter_tls_key: Path | None = None
+    """Serve /metrics over TLS with this certificate and key (PEM files)."""
+    exporter_tls_client_ca: Path | None = None
+    """Require client certificates signed by this CA (mutual TLS)."""
+    exporter_basic_auth_user: str | None = Field(None, min_length=1, pattern=r"^[^:\s]+$")
+    exporter_basic_auth_password_env: str = "AUDITOR_EXPORTER_PASSWORD"  # noqa: S105  (a variable's name)
+    """With a user set, the password is read from this environment variable, never from this file."""
+
+    @field_validator("exporter_listen")
+    @classmethod
+    def _port_in_range(cls, value: str) -> str:
+        port = int(value.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            raise ValueError("the port must be 1 to 65535")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.exporter_tls_cert is None) != (self.exporter_tls_key is None):
+            raise ValueError("give exporter_tls_cert and exporter_tls_key together")
+        if self.exporter_tls_client_ca is not None and self.exporter_tls_cert is None:
+            raise ValueError("exporter_tls_client_ca needs exporter_tls_cert and exporter_tls_key")
+        return self
 
     @property
     def effective_max_gap_s(self) -> float:
@@ -103,7 +165,7 @@ class GpuSelector(_Strict):
     """GPUs of one host: `indexes` as nvidia-smi numbers them, or every GPU of the host when omitted."""
 
     host: str = Field(min_length=1)
-    indexes: list[Annotated[int, Field(ge=0)]] | None = None
+    indexes: list[Annotated[int, Field(ge=0, le=1023)]] | None = None
 
 
 class ServerEndpoint(_Strict):
@@ -123,7 +185,7 @@ class StaticPrice(_Strict):
     instance_hourly_usd: Usd | None = None
     instance_type: str | None = None
     pricing: Literal["on_demand", "reserved_1y", "reserved_3y", "spot"] = "on_demand"
-    gpus_per_instance: int | None = Field(None, gt=0)
+    gpus_per_instance: int | None = Field(None, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _one_rate(self) -> Self:
@@ -157,7 +219,7 @@ class AwsPrice(_Strict):
     tags: dict[str, str] = Field(default_factory=dict)
     resource_ids: list[str] = Field(default_factory=list)
     instance_type: str | None = None
-    gpus_per_instance: int | None = Field(None, gt=0)
+    gpus_per_instance: int | None = Field(None, gt=0, le=1024)
 
     @model_validator(mode="after")
     def _attributable(self) -> Self:
@@ -174,7 +236,7 @@ class GcpPrice(_Strict):
     labels: dict[str, str] = Field(default_factory=dict)
     billing_export_table: str | None = Field(None, pattern=r"^[\w-]+\.[\w-]+\.[\w-]+$")
     instance_type: str | None = None
-    gpus_per_instance: int | None = Field(None, gt=0)
+    gpus_per_instance: int | None = Field(None, gt=0, le=1024)
 
 
 class OnPremPrice(_Strict):
@@ -182,7 +244,7 @@ class OnPremPrice(_Strict):
 
     source: Literal["onprem"]
     purchase_usd: Usd
-    amortization_months: int = Field(36, gt=0)
+    amortization_months: int = Field(36, gt=0, le=600)
     kwh_usd: Usd = Decimal("0.12")
     pue: float = Field(1.4, ge=1, le=3)
     hosting_usd_month: Usd = Decimal(0)
@@ -216,7 +278,7 @@ class DeploymentConfig(_Strict):
     name: Name
     model: str = Field(min_length=1)
     gpu_type: str = Field(min_length=1)
-    gpu_count: int | None = Field(None, gt=0)
+    gpu_count: int | None = Field(None, gt=0, le=1_000_000)
     """GPUs billed; needed when a GPU selector takes a whole host."""
     gpus: list[GpuSelector] = Field(default_factory=list)
     prometheus_matchers: dict[str, str] = Field(default_factory=dict)
@@ -226,7 +288,7 @@ class DeploymentConfig(_Strict):
     overheads: Overheads = Field(default_factory=Overheads)
     compare_to: list[str] = Field(default_factory=list)
     """API models it is comparable to, as `provider:model` or a model name (`auditor prices` lists them)."""
-    capacity_tokens_per_s: float | None = Field(None, gt=0)
+    capacity_tokens_per_s: float | None = Field(None, gt=0, le=1e12)
     """Sustained peak tokens/s (prompt + generated); measured when not given."""
     monthly_budget_usd: Usd | None = None
 
@@ -264,18 +326,18 @@ class PricesConfig(_Strict):
     update_url: str | None = Field(None, pattern=r"^https?://\S+$")
     """Where to fetch from instead of genai-prices' own address (a mirror inside your network)."""
     api: dict[str, ApiPriceOverride] = Field(default_factory=dict)
-    gpu_max_age_days: int = Field(180, gt=0)
+    gpu_max_age_days: int = Field(180, gt=0, le=36_600)
 
 
 class _Rule(_Strict):
     enabled: bool = True
-    cooldown_h: float = Field(24, ge=0)
+    cooldown_h: float = Field(24, ge=0, le=MAX_HOURS)
 
 
 class MoveToApiRule(_Rule):
     below: Fraction = 0.40
     leave_above: Fraction = 0.45
-    window_days: int = Field(7, gt=0)
+    window_days: int = Field(7, gt=0, le=366)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
@@ -287,7 +349,7 @@ class MoveToApiRule(_Rule):
 class SelfHostPaysRule(_Rule):
     above: Fraction = 0.65
     leave_below: Fraction = 0.60
-    window_days: int = Field(7, gt=0)
+    window_days: int = Field(7, gt=0, le=366)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Self:
@@ -299,28 +361,28 @@ class SelfHostPaysRule(_Rule):
 class OptimizeRule(_Rule):
     low: Fraction = 0.40
     high: Fraction = 0.60
-    window_days: int = Field(7, gt=0)
+    window_days: int = Field(7, gt=0, le=366)
     hysteresis: Fraction = 0.05
     """A firing finding leaves only this far outside the band (no flapping at its edges)."""
 
 
 class BelowBreakevenRule(_Rule):
-    window_days: int = Field(7, gt=0)
+    window_days: int = Field(7, gt=0, le=366)
     margin: Fraction = 0.05
     """A firing finding leaves only when utilization is this much above break-even."""
 
 
 class RunawaySpendRule(_Rule):
-    factor: float = Field(2.0, gt=1)
+    factor: float = Field(2.0, gt=1, le=1000)
     """Fire when the live burn rate exceeds this multiple of the trailing baseline."""
-    baseline_days: int = Field(7, gt=0)
-    day_over_day_factor: float = Field(1.5, gt=1)
-    cooldown_h: float = Field(1, ge=0)
-    leave_factor: float = Field(1.8, gt=1)
+    baseline_days: int = Field(7, gt=0, le=366)
+    day_over_day_factor: float = Field(1.5, gt=1, le=1000)
+    cooldown_h: float = Field(1, ge=0, le=MAX_HOURS)
+    leave_factor: float = Field(1.8, gt=1, le=1000)
     """A firing alert resolves only when the burn rate falls under this multiple of the baseline."""
-    live_minutes: int = Field(10, gt=0)
+    live_minutes: int = Field(10, gt=0, le=1440)
     """GPUs seen in the last this many minutes are the ones running now."""
-    min_baseline_h: float = Field(24, gt=0)
+    min_baseline_h: float = Field(24, gt=0, le=MAX_HOURS)
     """Hours of observed history the baseline needs before it judges."""
     min_jump_usd: Usd = Decimal(100)
     """A billed day-over-day jump smaller than this many dollars is noise."""
@@ -334,21 +396,21 @@ class RunawaySpendRule(_Rule):
 
 class IdleLoadedRule(_Rule):
     below: Fraction = 0.05
-    hours: float = Field(4, gt=0)
-    min_mem_used_bytes: int = Field(1 << 30, ge=0)
+    hours: float = Field(4, gt=0, le=MAX_HOURS)
+    min_mem_used_bytes: int = Field(1 << 30, ge=0, le=1 << 50)
     """Memory in use that means a model is loaded, where the driver does not list processes."""
 
 
 class OffHoursIdleRule(_Rule):
     below: Fraction = 0.05
-    weeks: int = Field(3, gt=0)
+    weeks: int = Field(3, gt=0, le=53)
     min_block_h: int = Field(2, gt=0, le=168)
     """Idle stretches shorter than this many hours are not worth a schedule."""
 
 
 class SaturationRule(_Rule):
     kv_cache_above: Fraction = 0.90
-    minutes: int = Field(15, gt=0)
+    minutes: int = Field(15, gt=0, le=10_080)
     leave_below_share: Fraction = 0.5
     """A firing alert resolves when fewer than this share of the minutes are saturated."""
 
@@ -440,8 +502,12 @@ def resolve_config_path(explicit: Path | None, env: Mapping[str, str] | None = N
     return DEFAULT_CONFIG_PATH
 
 
-def load_config(path: Path) -> Config:
-    """Read and validate a config file; ConfigError lists every problem, one line each."""
+def load_config(path: Path, *, references: bool = True) -> Config:
+    """Read and validate a config file; ConfigError lists every problem, one line each.
+
+    This is the one validation path: the daemon, `config check` and every other command call it, so
+    what one accepts the others accept. `references` also checks the names the config uses against
+    the price catalogs (API models in compare_to, instance types) and against each other."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -451,9 +517,92 @@ def load_config(path: Path) -> Config:
                 " (systemd/auditor.example.toml is a commented example)"
             ]
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"config file {path} cannot be read: {exc}"]) from None
-    return parse_config(text, source=str(path))
+    except UnicodeDecodeError:
+        raise ConfigError([f"config file {path} is not UTF-8 text: is it the right file?"]) from None
+    except OSError as exc:
+        raise ConfigError([f"config file {path} cannot be read: {exc.strerror or exc}"]) from None
+    config = parse_config(text, source=str(path))
+    if references:
+        problems = reference_problems(config)
+        if problems:
+            raise ConfigError([f"{path}: {problem}" for problem in problems])
+    return config
+
+
+def reference_problems(config: Config) -> list[str]:
+    """Names the config uses that must exist elsewhere: API models, catalog instance types and their GPU
+    type, and GPUs claimed by one deployment only."""
+    # Imported here: both modules read this one's types, and the catalogs load only when asked.
+    from auditor.gpu_prices import GpuPriceDataError, find_gpu_price, load_gpu_prices
+    from auditor.prices import ApiPriceCatalog, UnknownModelError
+
+    problems: list[str] = []
+    catalog = ApiPriceCatalog(config.prices.api)
+    gpu_rows = None
+    claimed: dict[tuple[str, int | None], str] = {}
+    for i, deployment in enumerate(config.deployments):
+        if not config.prices.fetch_updates:  # fetched prices may know newer models: checked when used
+            for j, ref in enumerate(deployment.compare_to):
+                try:
+                    catalog.get(ref)
+                except UnknownModelError as exc:
+                    problems.append(f"deployments[{i}].compare_to[{j}]: {exc}")
+        price = deployment.price
+        if isinstance(price, StaticPrice) and price.instance_type is not None:
+            try:
+                gpu_rows = gpu_rows if gpu_rows is not None else load_gpu_prices()
+                row = find_gpu_price(gpu_rows, price.instance_type, pricing=price.pricing)
+            except LookupError as exc:  # unknown type, no price of that kind, or several
+                problems.append(f"deployments[{i}].price.instance_type: {exc}")
+            except GpuPriceDataError as exc:
+                problems.append(f"the packaged GPU price catalog is damaged ({exc}); reinstall gpu-auditor")
+            else:
+                if row.gpu_type.lower() != deployment.gpu_type.lower():
+                    problems.append(
+                        f"deployments[{i}].gpu_type: {deployment.gpu_type!r}, but {row.instance_type} has "
+                        f"{row.gpu_type} GPUs; set gpu_type = {row.gpu_type!r}"
+                    )
+        for k, selector in enumerate(deployment.gpus):
+            for index in selector.indexes if selector.indexes is not None else [None]:
+                for key in ((selector.host, index), (selector.host, None)):
+                    other = claimed.get(key)
+                    if other is not None and other != deployment.name:
+                        what = f"GPU {index}" if index is not None else "every GPU"
+                        problems.append(
+                            f"deployments[{i}].gpus[{k}]: {what} of host {selector.host!r} is also "
+                            f"deployment {other!r}'s; a GPU belongs to one deployment"
+                        )
+                        break
+                claimed.setdefault((selector.host, index), deployment.name)
+    return problems
+
+
+def secret_exposure(path: Path, config: Config) -> str | None:
+    """A warning when the config file is readable by every user and holds a password (in a URL)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if not mode & 0o004:
+        return None
+    urls = {"store.url": config.store.url, "prices.update_url": config.prices.update_url or ""}
+    for i, deployment in enumerate(config.deployments):
+        for j, server in enumerate(deployment.servers):
+            urls[f"deployments[{i}].servers[{j}].url"] = server.url
+    holding = [key for key, url in urls.items() if _url_password(url)]
+    if not holding:
+        return None
+    return (
+        f"config file {path} is readable by every user and holds a password ({', '.join(holding)}): "
+        f"chmod 640 {path}, or move the password to the environment (PGPASSWORD) or a .pgpass file"
+    )
+
+
+def _url_password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:
@@ -537,7 +686,7 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
 
 
 def _show(value: Any) -> str:
-    text = repr(str(value)) if isinstance(value, Decimal) else repr(value)
+    text = redact(repr(str(value)) if isinstance(value, Decimal) else repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

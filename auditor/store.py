@@ -46,7 +46,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
@@ -400,14 +402,35 @@ def _configure_sqlite(dbapi_connection: DBAPIConnection, _record: ConnectionPool
     cursor.close()
 
 
-def create_store_engine(url: str) -> Engine:
-    """An engine for a supported URL; for SQLite, the file's directory is created if missing."""
+def _configure_sqlite_read_only(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def create_store_engine(url: str, *, read_only: bool = False) -> Engine:
+    """An engine for a supported URL; for SQLite, the file's directory is created if missing.
+
+    read_only: look, never create: a SQLite file that does not exist is a StoreError, and it is
+    opened with `mode=ro`; PostgreSQL sessions are read-only transactions."""
     try:
         parsed = parse_store_url(url)
     except ValueError as exc:
-        raise StoreError(f"store URL {url!r}: {exc}") from None
+        raise StoreError(f"store URL {shown_url(url)}: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
+        if read_only and database != ":memory:" and not database.startswith("file:"):
+            if not Path(database).is_file():
+                raise StoreError(
+                    f"no store at {database}: the daemon creates it when it first runs; "
+                    "check store.url, or start `auditor daemon`"
+                )
+            engine = create_engine(
+                f"sqlite:///file:{database}?mode=ro&uri=true",
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            )
+            event.listen(engine, "connect", _configure_sqlite_read_only)
+            return engine
         if database != ":memory:" and not database.startswith("file:"):
             directory = Path(database).parent
             try:
@@ -420,7 +443,25 @@ def create_store_engine(url: str) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    try:
+        if read_only:
+            return create_engine(
+                parsed, pool_pre_ping=True, connect_args={"options": "-c default_transaction_read_only=on"}
+            )
+        return create_engine(parsed, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise StoreError(
+            f"a PostgreSQL store needs the driver psycopg, which is not installed ({exc.name}): "
+            "install gpu-auditor with its `postgres` extra (pip install 'gpu-auditor[postgres]')"
+        ) from None
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: any password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(not a URL)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -491,9 +532,10 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
-        store = cls(create_store_engine(url))
-        if migrate:
+    def open(cls, url: str, *, migrate: bool = True, read_only: bool = False) -> Store:
+        """read_only: open an existing store to look at it; nothing is created or migrated."""
+        store = cls(create_store_engine(url, read_only=read_only))
+        if migrate and not read_only:
             store.migrate()
         return store
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 CENT = Decimal("0.01")
+MAX_TOKENS = 10**18
+"""A billion billion tokens: beyond any fleet's volume, and within exact arithmetic."""
+MAX_USD = Decimal(10**12)
 
 
 def parse_token_count(text: str) -> int:
@@ -17,12 +20,14 @@ def parse_token_count(text: str) -> int:
     number = cleaned[: -len(suffix)] if suffix else cleaned
     try:
         value = Decimal(number) * _SUFFIXES[suffix]
-    except InvalidOperation:
+    except ArithmeticError:  # InvalidOperation, or Overflow past the exponent range
         raise ValueError(f"{text!r} is not a token count; write e.g. 100M, 1.5B, 2e9 or 120000000") from None
     if not value.is_finite():
         raise ValueError(f"{text!r} is not a finite token count")
     if value < 0:
         raise ValueError(f"{text!r} is negative; token counts are 0 or more")
+    if value > MAX_TOKENS:
+        raise ValueError(f"{text!r} is more than 10^18 tokens; give a realistic volume")
     if value != value.to_integral_value():
         raise ValueError(f"{text!r} is not a whole number of tokens")
     return int(value)
@@ -33,21 +38,25 @@ def parse_usd(text: str, *, allow_zero: bool = True) -> Decimal:
     cleaned = text.strip().removeprefix("$").replace("_", "").replace(",", "")
     try:
         value = Decimal(cleaned)
-    except InvalidOperation:
+    except ArithmeticError:  # InvalidOperation, or Overflow past the exponent range
         raise ValueError(f"{text!r} is not an amount in USD; write e.g. 2.50") from None
     if not value.is_finite() or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{text!r} must be {'0 or more' if allow_zero else 'more than 0'} USD")
+    if value > MAX_USD:
+        raise ValueError(f"{text!r} is more than $10^12; give a realistic amount")
     return value
 
 
-def parse_positive(text: str, unit: str) -> Decimal:
-    """A number more than 0 of `unit` (hours, say), exactly."""
+def parse_positive(text: str, unit: str, maximum: Decimal | None = None) -> Decimal:
+    """A number more than 0 of `unit` (hours, say), exactly, and at most `maximum` when given."""
     try:
         value = Decimal(text.strip().replace("_", "").replace(",", ""))
-    except InvalidOperation:
+    except ArithmeticError:  # InvalidOperation, or Overflow past the exponent range
         raise ValueError(f"{text!r} is not a number of {unit}") from None
     if not value.is_finite() or value <= 0:
         raise ValueError(f"{text!r} must be more than 0 {unit}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{text!r} is more than {maximum} {unit}")
     return value
 
 

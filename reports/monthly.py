@@ -38,6 +38,10 @@ WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 Progress = Callable[[str], None]
 
 
+MIN_YEAR, MAX_YEAR = 1970, 9998
+"""Months a report can cover: no GPU was metered before 1970, and 9999-12 would end in year 10000."""
+
+
 class MonthError(ValueError):
     """The month asked for cannot be reported (malformed, or not begun)."""
 
@@ -57,6 +61,8 @@ def month_window(month: str, tz: ZoneInfo, now: datetime) -> MonthWindow:
     if match is None:
         raise MonthError(f"{month!r} is not a month; write it as YYYY-MM, e.g. 2026-10")
     year, number = int(match.group(1)), int(match.group(2))
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise MonthError(f"{month!r}: the year must be from {MIN_YEAR} to {MAX_YEAR}")
     start = datetime(year, number, 1, tzinfo=tz)
     following = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=tz)
     if now <= start:

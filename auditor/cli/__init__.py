@@ -1,29 +1,44 @@
 """`auditor`: the command line, and the composition root that builds what each command needs.
 
-Each module of this package registers its commands on the one Typer app in `common`; `main`
-turns usage errors into one line on stderr and exit status 2.
+Each module of this package registers its commands on the one Typer app in `common`. `main` is the
+failure boundary: usage errors become one line and exit status 2; every other exception a command
+meets becomes one line naming the thing and the fix (`auditor.cli.failure`): exit 2 for input that
+cannot be used, 1 for a dependency that is unavailable. `--debug`, anywhere on the command line,
+prints the traceback too.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
 import typer
 
-from auditor.cli import alerts, host, install, pricing, report
+from auditor.cli import alerts, failure, host, install, pricing, report
 from auditor.cli.common import EXIT_USAGE, command
+from auditor.redact import redact, register_env_secrets
 
 # Imported for the commands they register; listed so that the import is explicit.
 COMMAND_MODULES = (pricing, host, alerts, report, install)
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "AUDITOR_DEBUG"
+
+
+def take_debug_flag(args: list[str]) -> tuple[list[str], bool]:
+    """Remove `--debug` from the arguments (before any `--`); whether it was there."""
+    end = args.index("--") if "--" in args else len(args)
+    found = DEBUG_FLAG in args[:end]
+    return [a for i, a in enumerate(args) if not (i < end and a == DEBUG_FLAG)], found
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The console script."""
+    args, debug = take_debug_flag(list(argv) if argv is not None else sys.argv[1:])
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in {"", "0"}
+    register_env_secrets(os.environ)
     try:
-        result = command().main(
-            args=list(argv) if argv is not None else None, prog_name="auditor", standalone_mode=False
-        )
+        result = command().main(args=args, prog_name="auditor", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -31,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(130)
     except typer.TyperException as exc:  # click-style usage errors: unknown option, missing value, …
         where = getattr(getattr(exc, "ctx", None), "command_path", "auditor")
-        print(f"auditor: error: {exc.format_message()} (see `{where} --help`)", file=sys.stderr)
+        message = redact(exc.format_message())
+        print(f"auditor: error: {message} (see `{where} --help`)", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001  (the failure boundary: every exception becomes one line)
+        sys.stderr.flush()
+        sys.exit(failure.report(exc, sys.stderr, debug=debug))
     sys.exit(result if isinstance(result, int) else 0)

@@ -22,11 +22,10 @@ from auditor.cli.common import (
     console,
     fatal,
     gpu_catalog,
+    open_store,
     require_config,
 )
-from auditor.config import Config
 from auditor.model import Finding, Severity
-from auditor.store import Store, StoreError
 from auditor.units import format_usd
 from reports.digest import digest_text, parse_week
 from reports.slack import SlackConfigError, slack_sender
@@ -35,13 +34,6 @@ rules_app = typer.Typer(
     help="Evaluate the rules: recommendations with the dollars at stake.", no_args_is_help=True
 )
 app.add_typer(rules_app, name="rules")
-
-
-def _open_store(config: Config) -> Store:
-    try:
-        return Store.open(config.store.url)
-    except StoreError as exc:
-        fatal(str(exc))
 
 
 def _finding_json(finding: Finding) -> dict[str, Any]:
@@ -71,7 +63,7 @@ def rules_check(
 
     Exit status 1 when a finding is a warning or critical, 0 otherwise."""
     config = require_config(config_path)
-    store = _open_store(config)
+    store = open_store(config)
     now = datetime.now(tz=UTC)
     try:
         context = rule_context(config, store, now, api_catalog(config), gpu_catalog())
@@ -144,7 +136,7 @@ def digest(
         except ValueError as exc:
             fatal(f"--week: {exc}")
     config = require_config(config_path)
-    store = _open_store(config)
+    store = open_store(config)
     now = datetime.now(tz=UTC)
     try:
         if not send:

@@ -1,6 +1,7 @@
 """What every command shares: the Typer app, common options, config loading, and one-line errors.
 
-Exit codes: 0 ok; 1 a finding or a failed check; 2 bad usage or bad input (one line, no traceback).
+Exit codes: 0 ok; 1 a finding, a failed check or an unavailable dependency (the store, say); 2 bad
+usage or bad input (one line, no traceback).
 """
 
 from __future__ import annotations
@@ -9,15 +10,29 @@ import shutil
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
 from auditor import __version__
-from auditor.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config, resolve_config_path
+from auditor.cli.failure import store_failure
+from auditor.config import (
+    DEFAULT_CONFIG_PATH,
+    Config,
+    ConfigError,
+    load_config,
+    resolve_config_path,
+    secret_exposure,
+)
+from auditor.errors import UnavailableError
 from auditor.gpu_prices import GpuPrice, GpuPriceDataError, load_gpu_prices
 from auditor.prices import ApiPriceCatalog, refresh_api_prices
+from auditor.redact import redact, register_secret
+from auditor.store import Store, StoreError
 
 EXIT_OK = 0
 EXIT_FINDING = 1
@@ -122,12 +137,12 @@ def program(argv0: str | None = None) -> str:
 
 
 def fatal(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    print(f"auditor: error: {message}", file=sys.stderr)
+    print(f"auditor: error: {redact(message)}", file=sys.stderr)
     raise typer.Exit(code)
 
 
 def warn(message: str) -> None:
-    print(f"auditor: warning: {message}", file=sys.stderr)
+    print(f"auditor: warning: {redact(message)}", file=sys.stderr)
 
 
 def load_config_or_exit(explicit: Path | None, *, required: bool) -> Config | None:
@@ -138,11 +153,41 @@ def load_config_or_exit(explicit: Path | None, *, required: bool) -> Config | No
     if not required and path == DEFAULT_CONFIG_PATH and explicit is None and not path.exists():
         return None
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"auditor: error: {problem}", file=sys.stderr)
+            print(f"auditor: error: {redact(problem)}", file=sys.stderr)
         raise typer.Exit(EXIT_USAGE) from None
+    register_config_secrets(config)
+    exposure = secret_exposure(path, config)
+    if exposure:
+        warn(exposure)
+    return config
+
+
+def register_config_secrets(config: Config) -> None:
+    """Passwords the config holds (in URLs) are hidden from every line written from now on."""
+    register_secret(make_url(config.store.url).password)
+    for url in [config.prices.update_url or ""] + [s.url for d in config.deployments for s in d.servers]:
+        try:
+            register_secret(urlsplit(url).password)
+        except ValueError:
+            continue
+
+
+def open_store(config: Config, *, read_only: bool = False) -> Store:
+    """The one way a command opens the store. Unreachable, unusable or absent: one line, exit 1.
+
+    read_only: the commands that only look (`status`, `doctor`) create nothing, migrate nothing."""
+    try:
+        store = Store.open(config.store.url, read_only=read_only)
+        if read_only:
+            store.schema_version()  # connect now: an unreachable store fails here, in one line
+    except StoreError as exc:
+        raise UnavailableError(f"store: {exc}") from None
+    except SQLAlchemyError as exc:
+        raise UnavailableError(store_failure(exc)) from None
+    return store
 
 
 def require_config(explicit: Path | None) -> Config:

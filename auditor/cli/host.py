@@ -30,6 +30,7 @@ from auditor.cli.common import (
     console,
     fatal,
     gpu_catalog,
+    open_store,
     require_config,
 )
 from auditor.config import Config, DeploymentConfig
@@ -72,13 +73,6 @@ def local_endpoints(config: Config, host: str) -> list[Endpoint]:
     ]
 
 
-def _open_store(config: Config) -> Store:
-    try:
-        return Store.open(config.store.url)
-    except StoreError as exc:
-        fatal(str(exc), code=EXIT_FINDING)
-
-
 def _nvml_collector(config: Config, host: str) -> NvmlCollector | None:
     try:
         nvml = load_pynvml()
@@ -109,7 +103,7 @@ def daemon(
     logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
     name = this_host(host)
-    store = _open_store(config)
+    store = open_store(config)
     gpu = _nvml_collector(config, name)
     if gpu is None:
         logging.getLogger("auditor.daemon").warning(
@@ -455,7 +449,7 @@ def status(
 ) -> None:
     """GPUs and deployments as the daemon last recorded them: utilization, memory, power, tokens/s, cost."""
     config = require_config(config_path)
-    store = _open_store(config)
+    store = open_store(config, read_only=True)
     try:
         now = time.time()
         gpus = _latest(store.gpu_samples(now - minutes * 60, now + 1), key=lambda s: s.gpu_uuid)

@@ -31,6 +31,7 @@ from auditor.cli.common import (
     console,
     fatal,
     gpu_catalog,
+    open_store,
     program,
     require_config,
 )
@@ -39,7 +40,7 @@ from auditor.costing import DeploymentCost
 from auditor.gpu_prices import GpuPrice
 from auditor.model import CostBasis, CostLine, Finding
 from auditor.prices import ApiPriceCatalog, UnknownModelError
-from auditor.store import Store, StoreError
+from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
 from collectors.replay import (
     DEFAULT_COMPARE_TO,
@@ -69,13 +70,6 @@ LAST_SECOND = timedelta(seconds=1)
 
 
 # -- shared -------------------------------------------------------------------------------------
-
-
-def open_store(config: Config) -> Store:
-    try:
-        return Store.open(config.store.url)
-    except StoreError as exc:
-        fatal(str(exc))
 
 
 def evaluate_rules(
