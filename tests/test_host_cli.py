@@ -138,6 +138,7 @@ def test_status_json_and_table_from_the_store(tmp_path: Path) -> None:
 
 def test_status_with_no_samples_says_so(tmp_path: Path) -> None:
     config = write_config(tmp_path, servers=[])
+    Store.open(f"sqlite:///{tmp_path / 'auditor.db'}").close()  # the daemon made it, then sampled nothing
     env = {k: v for k, v in os.environ.items() if k != "AUDITOR_CONFIG"}
     result = run(["status", "--config", str(config)], env)
     assert result.returncode == 0, result.stderr
