@@ -691,11 +691,23 @@ def _show(value: Any) -> str:
 
 
 def redacted(config: Config) -> dict[str, Any]:
-    """The effective config as plain data, with any password in the store URL hidden."""
+    """The effective config as plain data, with every secret hidden: the store URL's password, and
+    credentials in any other URL (an inference server's, the price mirror's)."""
     data = config.model_dump(mode="json")
     url = make_url(config.store.url)
     data["store"]["url"] = url.render_as_string(hide_password=True)
-    return data
+    cleaned: dict[str, Any] = _redact_strings(data)
+    return cleaned
+
+
+def _redact_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_strings(v) for v in value]
+    return value
 
 
 def iter_api_refs(config: Config) -> Iterator[tuple[str, str]]:

@@ -5,8 +5,14 @@ added from a list (`extra_jobs`: the alert cycle, the weekly digest). The main t
 SIGTERM/SIGINT and pings systemd's watchdog while sampling is healthy; on a signal it stops the
 scheduler, waits briefly for a running pass, rolls up what was sampled, and exits within 5 s.
 
-Logging goes to stderr (journald under systemd), one line when a problem starts and one when it
-ends, never one per retry; no secret is ever formatted into a line.
+Logging goes to stderr (journald under systemd, with priorities: `auditor.logs`), one line when a
+problem starts and one when it ends, never one per retry; every line is redacted.
+
+Each job runs inside its own failure boundary (`JobGuard`): an exception becomes one log line, the
+job backs off (doubling up to 15 minutes) and the other jobs, sampling first, go on. Each collector
+has its own boundary too, so a failing source costs its own samples only. The daemon counts as
+healthy (and feeds systemd's watchdog) only after a sampling pass has completed within the last two
+intervals: a pass stuck in a driver call stops the pings, and systemd restarts the daemon.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from auditor.config import Config
 from auditor.exporter import DeploymentFigures, ExporterState
 from auditor.model import MINUTE_S, GpuSample, ServerSample
+from auditor.redact import redact
 from auditor.rollup import minute_floor, run_rollup
 from auditor.store import Store
 from collectors.interface import Collection, Collector, CollectorError, Problem
@@ -40,6 +47,9 @@ JOB_WAIT_S = 3.0
 TRAILING_ROLLUP_S = 5 * MINUTE_S
 """Each roll-up re-rolls this many trailing seconds, so that samples written late are counted."""
 MAX_PENDING_ROWS = 100_000
+OUTBOX_RETENTION_S = 30 * 86400
+"""Alert messages already delivered are kept this long (what was sent, and when), then pruned."""
+JOB_BACKOFF_MAX_S = 15 * MINUTE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +103,67 @@ class ProblemLog:
                 log.warning("%s: %s", collector, message)
         for key in list(self.active):
             if key[0] == collector and key not in now:
-                log.warning("%s: %s recovered (%s)", collector, key[1], key[2])
+                log.info("%s: %s recovered (%s)", collector, key[1], key[2])
         self.active = {k: v for k, v in self.active.items() if k[0] != collector} | now
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.split(" (Background on this error")[0]
+    return redact(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+class JobGuard:
+    """A job's failure boundary: an exception is one log line (the traceback at debug level), then
+    the job waits (its interval, doubling, at most 15 minutes) before it runs again; the first run
+    that works after failures says so at INFO. `backoff=False` (sampling) retries at every tick,
+    logging the 1st, 2nd, 4th, 8th … failure only."""
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[[], object],
+        *,
+        base_s: float,
+        backoff: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_s: float = JOB_BACKOFF_MAX_S,
+    ) -> None:
+        self.name = name
+        self.func = func
+        self.base_s = base_s
+        self.backoff = backoff
+        self.monotonic = monotonic
+        self.max_s = max_s
+        self.failures = 0
+        self.next_run = 0.0
+
+    def __call__(self) -> None:
+        now = self.monotonic()
+        if now < self.next_run:
+            return
+        try:
+            self.func()
+        except Exception as exc:
+            self.failures += 1
+            delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s) if self.backoff else 0.0
+            self.next_run = now + delay
+            if self.failures & (self.failures - 1) == 0:  # 1, 2, 4, 8, …: one line per failure, not per tick
+                retry = f"retrying in {delay:.0f} s" if delay else "retrying at its next run"
+                log.error(
+                    "job %s failed (%s: %s); %s (failure %d)",
+                    self.name,
+                    type(exc).__name__,
+                    _one_line(exc),
+                    retry,
+                    self.failures,
+                )
+            log.debug("job %s: traceback", self.name, exc_info=True)
+            return
+        if self.failures:
+            log.info("job %s recovered after %d failure(s)", self.name, self.failures)
+        self.failures = 0
+        self.next_run = 0.0
 
 
 class Daemon:
@@ -110,6 +179,7 @@ class Daemon:
         state: ExporterState,
         figures: Callable[[datetime], Sequence[DeploymentFigures]] | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         extra_jobs: Sequence[JobSpec] = (),
     ) -> None:
         self.config = config
@@ -119,6 +189,7 @@ class Daemon:
         self.state = state
         self.figures = figures
         self.clock = clock
+        self.monotonic = monotonic
         self.extra_jobs = list(extra_jobs)
         self.problems = ProblemLog()
         self._pending_gpu: list[GpuSample] = []
@@ -140,16 +211,30 @@ class Daemon:
         ]
 
     def _collect(self, collector: Collector[Any]) -> Collection[Any] | None:
+        """One collector's pass inside its own failure boundary: whatever it raises costs its samples only."""
         try:
             collection = collector.collect()
         except CollectorError as exc:
             self.problems.update(collector.name, [Problem("*", exc.kind, str(exc))])
             self.state.record_errors(collector.name, [exc.kind], down=True)
             return None
+        except Exception as exc:
+            log.debug("%s: traceback", collector.name, exc_info=True)
+            message = f"failed ({type(exc).__name__}: {_one_line(exc)})"
+            self.problems.update(collector.name, [Problem("*", "internal", message)])
+            self.state.record_errors(collector.name, ["internal"], down=True)
+            return None
         self.problems.update(collector.name, collection.problems)
         self.state.record_errors(collector.name, [p.kind for p in collection.problems])
+        now = self.clock()
+        for sample in collection.samples:
+            self.state.record_source(collector.name, _source_of(sample), up=True, ts=now)
+        for problem in collection.problems:
+            self.state.record_source(collector.name, problem.subject, up=False, ts=now)
         if collection.samples or not collection.problems:
-            self.state.record_success(collector.name, self.clock())
+            self.state.record_success(collector.name, now)
+        else:
+            self.state.record_errors(collector.name, [], down=True)  # every source failed
         return collection
 
     def sample(self) -> None:
@@ -167,7 +252,7 @@ class Daemon:
                     servers.extend(result.samples)
             self.state.set_gpu_samples(gpu)
             self._write(gpu, servers)
-            self._last_pass_ts = time.monotonic()
+            self._last_pass_ts = self.monotonic()
 
     def _write(self, gpu: list[GpuSample], servers: list[ServerSample]) -> None:
         """Commit this pass (and any pass the store refused before); keep them for later on failure."""
@@ -252,6 +337,20 @@ class Daemon:
                 [Problem("store", "prune_failed", f"cannot prune: {getattr(exc, 'orig', None) or exc}")],
             )
             return
+        try:
+            deleted["outbox"] = self.store.prune_outbox(self.clock() - OUTBOX_RETENTION_S)
+        except SQLAlchemyError as exc:
+            self.problems.update(
+                "retention",
+                [
+                    Problem(
+                        "store",
+                        "prune_failed",
+                        f"cannot prune the outbox: {getattr(exc, 'orig', None) or exc}",
+                    )
+                ],
+            )
+            return
         self.problems.update("retention", [])
         if any(deleted.values()):
             log.info("retention: deleted %s", ", ".join(f"{n} {t}" for t, n in deleted.items() if n))
@@ -259,11 +358,14 @@ class Daemon:
     # -- health ---------------------------------------------------------------------------------
 
     def healthy(self) -> bool:
-        """Sampling has completed a pass recently (a hung NVML call stops the watchdog pings)."""
+        """A sampling pass has completed, and the last one within two intervals (plus the scrape
+        deadline a pass may take). Not before the first pass: a driver call that hangs from the
+        start must stop the watchdog pings too."""
         if self._last_pass_ts is None:
-            return True
-        allowed = max(3 * self.config.daemon.sample_interval_s, 30.0)
-        return time.monotonic() - self._last_pass_ts < allowed
+            return False
+        daemon = self.config.daemon
+        allowed = 2 * daemon.sample_interval_s + scrape_deadline_s(self.config)
+        return self.monotonic() - self._last_pass_ts < allowed
 
     def flush(self, deadline_s: float) -> bool:
         """At exit: wait (briefly) for a running pass, then roll up what was sampled.
@@ -279,6 +381,16 @@ class Daemon:
         return True
 
 
+def scrape_deadline_s(config: Config) -> float:
+    """One endpoint's whole scrape: the configured timeout, but never most of a sampling interval."""
+    daemon = config.daemon
+    return min(daemon.scrape_timeout_s, max(1.0, 0.8 * daemon.sample_interval_s))
+
+
+def _source_of(sample: GpuSample | ServerSample) -> str:
+    return sample.gpu_uuid if isinstance(sample, GpuSample) else sample.instance
+
+
 def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         timezone=timezone,
@@ -290,10 +402,13 @@ def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundSchedul
         options: dict[str, Any] = {"id": job.name, "name": job.name, "replace_existing": True}
         if job.run_at_start:
             options["next_run_time"] = now
+        guarded = JobGuard(
+            job.name, job.func, base_s=job.interval_s or MINUTE_S, backoff=job.name != "sample"
+        )
         if job.interval_s is not None:
-            scheduler.add_job(job.func, "interval", seconds=job.interval_s, **options)
+            scheduler.add_job(guarded, "interval", seconds=job.interval_s, **options)
         elif job.cron is not None:
-            scheduler.add_job(job.func, "cron", **dict(job.cron), **options)
+            scheduler.add_job(guarded, "cron", **dict(job.cron), **options)
         else:
             raise ValueError(f"job {job.name!r} has neither interval_s nor cron")
     return scheduler

@@ -8,15 +8,19 @@ Unknown figures are left out of the output, never exported as 0.
 
 from __future__ import annotations
 
+import base64
+import hmac
+import ipaddress
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -43,6 +47,13 @@ class DeploymentFigures:
     """API model → the utilization at which self-hosting costs what that API would."""
 
 
+@dataclass(frozen=True, slots=True)
+class SourceHealth:
+    up: bool
+    down_since_ts: float | None
+    """When it stopped answering (Unix time); None while it answers."""
+
+
 @dataclass
 class ExporterState:
     """What the exporter serves; the daemon writes it, the exporter's thread reads it."""
@@ -53,6 +64,8 @@ class ExporterState:
     last_success_ts: dict[str, float] = field(default_factory=dict)
     errors: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
     up: dict[str, bool] = field(default_factory=dict)
+    sources: dict[tuple[str, str], SourceHealth] = field(default_factory=dict)
+    """(collector, source: a GPU's UUID, an endpoint's URL) → whether it answered, and since when not."""
 
     def set_gpu_samples(self, samples: Sequence[GpuSample]) -> None:
         with self.lock:
@@ -66,6 +79,14 @@ class ExporterState:
         with self.lock:
             self.last_success_ts[collector] = ts
             self.up[collector] = True
+
+    def record_source(self, collector: str, source: str, *, up: bool, ts: float) -> None:
+        with self.lock:
+            before = self.sources.get((collector, source))
+            if up:
+                self.sources[(collector, source)] = SourceHealth(True, None)
+            elif before is None or before.up:
+                self.sources[(collector, source)] = SourceHealth(False, ts)
 
     def record_errors(self, collector: str, kinds: Iterable[str], *, down: bool = False) -> None:
         with self.lock:
@@ -142,9 +163,11 @@ class AuditorMetrics(Collector):
             last_success = dict(self._state.last_success_ts)
             errors = dict(self._state.errors)
             up = dict(self._state.up)
+            sources = dict(self._state.sources)
         yield from _gpu_families(samples)
         yield from _deployment_families(deployments)
         yield from _health_families(last_success, errors, up)
+        yield from _source_families(sources)
 
 
 _GPU_LABELS = ["host", "gpu_uuid", "gpu_index", "deployment"]
@@ -247,24 +270,99 @@ def _health_families(
     yield from (success, failures, up_family)
 
 
+def _source_families(sources: dict[tuple[str, str], SourceHealth]) -> Iterator[Metric]:
+    up = GaugeMetricFamily(
+        "auditor_source_up",
+        "1 when the source (a GPU, an inference endpoint) answered in the last pass",
+        labels=["collector", "source"],
+    )
+    since = GaugeMetricFamily(
+        "auditor_source_down_since_timestamp_seconds",
+        "When a source that is down stopped answering (Unix time)",
+        labels=["collector", "source"],
+    )
+    for (collector, source), health in sorted(sources.items()):
+        up.add_metric([collector, source], 1.0 if health.up else 0.0)
+        if health.down_since_ts is not None:
+            since.add_metric([collector, source], health.down_since_ts)
+    yield from (up, since)
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (loopback) → (address, port)."""
     host, _, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     return host or "127.0.0.1", int(port)
 
 
-class Exporter:
-    """Serves the registry over HTTP on its own thread."""
+def is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
-    def __init__(self, state: ExporterState, listen: str) -> None:
+
+def basic_auth(app: Any, user: str, password: str) -> Any:
+    """A WSGI app that asks for HTTP basic credentials before `app` answers."""
+    expected = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def guarded(environ: dict[str, Any], start_response: Any) -> Any:
+        given = str(environ.get("HTTP_AUTHORIZATION", ""))
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() == "basic" and hmac.compare_digest(token.strip().encode(), expected.encode()):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="gpu-auditor"'), ("Content-Type", "text/plain")],
+        )
+        return [b"credentials required\n"]
+
+    return guarded
+
+
+class Exporter:
+    """Serves the registry over HTTP (or HTTPS, with optional client certificates or basic auth) on
+    its own thread, through prometheus_client's own `start_http_server`."""
+
+    def __init__(
+        self,
+        state: ExporterState,
+        listen: str,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_client_ca: Path | None = None,
+        basic_auth: tuple[str, str] | None = None,
+    ) -> None:
+        self.state = state
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AuditorMetrics(state))
         self.address, self.port = parse_listen(listen)
+        self.tls_cert, self.tls_key, self.tls_client_ca = tls_cert, tls_key, tls_client_ca
+        self.basic_auth = basic_auth
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.address)
+
     def start(self) -> None:
-        """Raises OSError when the address is taken or not ours."""
-        self._server, self._thread = start_http_server(self.port, addr=self.address, registry=self.registry)
+        """Raises OSError when the address is taken or not ours, ssl.SSLError for a bad certificate."""
+        tls: dict[str, Any] = {}
+        if self.tls_cert is not None and self.tls_key is not None:
+            tls = {"certfile": str(self.tls_cert), "keyfile": str(self.tls_key)}
+            if self.tls_client_ca is not None:
+                tls |= {"client_cafile": str(self.tls_client_ca), "client_auth_required": True}
+        # With basic auth, the server starts on an empty registry and gets the guarded app at once:
+        # nothing is ever served without credentials, not even in the instant between the two.
+        registry = CollectorRegistry(auto_describe=False) if self.basic_auth else self.registry
+        self._server, self._thread = start_http_server(self.port, addr=self.address, registry=registry, **tls)
+        if self.basic_auth is not None:
+            self._server.set_app(basic_auth(make_wsgi_app(self.registry), *self.basic_auth))
+        self.port = self._server.server_address[1]
 
     def stop(self) -> None:
         if self._server is not None:

@@ -36,7 +36,7 @@ SECRET_ENV_VARS = (
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Slack incoming webhooks and workflow triggers: the path is the secret.
-    (re.compile(r"(https?://hooks\.slack(?:-gov)?\.com/)[^\s'\"<>]+"), rf"\1{MASK}"),
+    (re.compile(r"(https?://hooks\.slack(?:-gov)?\.com/)[^\s'\"<>,]+"), rf"\1{MASK}"),
     # Slack tokens: bot, user, app, config, refresh.
     (re.compile(r"\bxox[abeoprs]-[A-Za-z0-9-]+"), f"xox-{MASK}"),
     (re.compile(r"\bxapp-[A-Za-z0-9-]+"), f"xapp-{MASK}"),

@@ -3,31 +3,52 @@
 A server that does not answer gives no sample: its time is a gap (unknown), never zero tokens or
 an idle server. A restarted server's counters start again from zero; the roll-up treats the drop as
 a reset (Prometheus' `increase`), so nothing here needs to remember the previous reading.
-Endpoints that fail are retried with backoff (1 s doubling to a minute) so that a dead server does
-not cost a timeout on every pass.
+
+Each endpoint is its own source, bounded on every side, so that it can only cost its own sample:
+- one *total* deadline per scrape (connect, headers and body together): a server that drips its
+  answer a byte at a time, or accepts and never answers, is cut off when the deadline passes;
+- endpoints are scraped side by side, so one slow endpoint does not delay another;
+- the body is read line by line and only the catalog's series are kept, under a byte cap and a
+  series cap: a huge page costs time, not memory;
+- failing endpoints are retried with a short backoff (capped), so a dead one does not cost a
+  timeout on every pass, and does not stretch unknown time far beyond its outage.
+Messages name the endpoint (credentials hidden) and never echo the body's bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.client
+import math
+import socket
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from auditor.config import Config
 from auditor.model import ServerSample
+from auditor.redact import redact
 from collectors.interface import Backoff, Collection, CollectorError, Problem
 from collectors.metric_catalog import CATALOG, MODEL_LABELS, PREFIXES, CatalogEntry, ServerKind
 
 NAME = "inference"
 MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_SERIES = 10_000
+"""Series of the catalog's metrics kept from one page: a server with more is misconfigured."""
+MAX_LINE_BYTES = 64 * 1024
 DEFAULT_TIMEOUT_S = 5.0
+MAX_WORKERS = 8
 
 Fetch = Callable[[str, float], str]
+
+_SOURCES = frozenset(e.source for e in CATALOG)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +59,20 @@ class Endpoint:
     """`auto`, `vllm`, `sglang` or `tgi`."""
     model_name: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """The URL as logs and labels may show it: credentials hidden."""
+        return shown_url(self.url)
+
+
+def shown_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return redact(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return redact(parts._replace(netloc=f"***@{netloc}").geturl())
+
 
 def endpoints_from_config(config: Config) -> list[Endpoint]:
     return [
@@ -47,32 +82,126 @@ def endpoints_from_config(config: Config) -> list[Endpoint]:
     ]
 
 
-def fetch_metrics(url: str, timeout_s: float) -> str:
-    """GET a /metrics page; transport failures become CollectorErrors a person can act on."""
-    request = urllib.request.Request(url, headers={"Accept": "text/plain;version=0.0.4"})  # noqa: S310
+def catalog_lines(lines: Iterable[str]) -> Iterator[str]:
+    """The sample lines of the catalog's metrics, out of a /metrics page's lines (comments dropped:
+    without them every sample keeps its own name, which is what the catalog lists)."""
+    for line in lines:
+        if not line or line[0] == "#":
+            continue
+        end = len(line)
+        for stop in ("{", " ", "\t"):
+            at = line.find(stop)
+            if at != -1 and at < end:
+                end = at
+        if line[:end] in _SOURCES:
+            yield line if line.endswith("\n") else line + "\n"
+
+
+def _http_error(shown: str, status: int) -> CollectorError:
+    if status == 404:
+        fix = "check the URL's path (usually /metrics)"
+    elif status in (401, 403):
+        fix = (
+            "the endpoint asks for credentials: give them in the URL (user:password@) or open it to this host"
+        )
+    elif status >= 500:
+        fix = "the server failed while answering: check its logs (it may be starting or overloaded)"
+    else:
+        fix = "check the URL"
+    return CollectorError(f"{shown} answered HTTP {status}", kind="http_status", fix=fix)
+
+
+def fetch_metrics(url: str, timeout_s: float, *, max_bytes: int = MAX_BODY_BYTES) -> str:
+    """GET a /metrics page within one total deadline; returns only the catalog's sample lines.
+
+    Transport failures become CollectorErrors a person can act on."""
+    shown = shown_url(url)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CollectorError(f"{shown} is not an http(s) URL", kind="config")
+    connection_class = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(parts.hostname, parts.port, timeout=timeout_s)
+    headers = {"Accept": "text/plain;version=0.0.4", "Accept-Encoding": "identity"}
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    deadline = time.monotonic() + timeout_s
+    expired = threading.Event()
+    opened: list[socket.socket] = []
+
+    def cut_off() -> None:  # the deadline: unblock whatever read is waiting, whatever the server does
+        expired.set()
+        for sock in opened:  # the socket itself: the connection object lets go of it once answered
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    timer = threading.Timer(timeout_s, cut_off)
+    timer.daemon = True
+    timer.start()
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310  (config's http(s) URL)
-            body: bytes = response.read(MAX_BODY_BYTES + 1)
-    except urllib.error.HTTPError as exc:
+        connection.connect()  # bounded by timeout_s, like every read after it
+        if connection.sock is not None:
+            opened.append(connection.sock)
+        if expired.is_set():
+            raise TimeoutError
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        if response.status != 200:
+            raise _http_error(shown, response.status)
+        kept = _read_catalog_lines(response, shown, deadline, max_bytes)
+    except CollectorError:
+        raise
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or time.monotonic() >= deadline or isinstance(exc, TimeoutError):
+            raise CollectorError(
+                f"{shown} did not answer within {timeout_s:g} s",
+                kind="timeout",
+                fix="is the server overloaded?",
+            ) from None
+        if isinstance(exc, http.client.HTTPException):
+            raise CollectorError(
+                f"{shown} did not speak HTTP ({type(exc).__name__})", kind="protocol"
+            ) from None
+        reason = exc.strerror or type(exc).__name__
         raise CollectorError(
-            f"{url} answered HTTP {exc.code}",
-            kind="http_status",
-            fix="check the URL's path (usually /metrics)",
+            f"{shown} is unreachable ({reason})", kind="unreachable", fix="is the inference server running?"
         ) from None
-    except TimeoutError:
-        raise CollectorError(f"{url} did not answer within {timeout_s:g} s", kind="timeout") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            raise CollectorError(f"{url} did not answer within {timeout_s:g} s", kind="timeout") from None
-        raise CollectorError(
-            f"{url} is unreachable ({reason})", kind="unreachable", fix="is the inference server running?"
-        ) from None
-    except OSError as exc:
-        raise CollectorError(f"{url} is unreachable ({exc})", kind="unreachable") from None
-    if len(body) > MAX_BODY_BYTES:
-        raise CollectorError(f"{url} sent more than {MAX_BODY_BYTES} bytes", kind="too_large")
-    return body.decode("utf-8", errors="replace")
+    finally:
+        timer.cancel()
+        connection.close()
+    if expired.is_set():
+        raise CollectorError(f"{shown} did not answer within {timeout_s:g} s", kind="timeout")
+    return "".join(kept)
+
+
+def _read_catalog_lines(
+    response: http.client.HTTPResponse, shown: str, deadline: float, max_bytes: int
+) -> list[str]:
+    kept: list[str] = []
+    total = 0
+    partial = False
+    while True:
+        raw = response.readline(MAX_LINE_BYTES)
+        if not raw:
+            return kept
+        total += len(raw)
+        if total > max_bytes:
+            raise CollectorError(f"{shown} sent more than {max_bytes} bytes", kind="too_large")
+        if time.monotonic() >= deadline:
+            raise TimeoutError
+        complete = raw.endswith(b"\n")
+        if partial or (not complete and len(raw) >= MAX_LINE_BYTES):
+            partial = not complete  # the rest of a line too long to be one of ours: skipped
+            continue
+        for line in catalog_lines([raw.decode("utf-8", errors="replace")]):
+            kept.append(line)
+            if len(kept) > MAX_SERIES:
+                raise CollectorError(
+                    f"{shown} has more than {MAX_SERIES} series of the metrics the auditor reads",
+                    kind="too_many_series",
+                    fix="set model_name in the config, or scrape one server per endpoint",
+                )
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +229,17 @@ def detect_kind(names: Sequence[str]) -> ServerKind | None:
 
 
 def parse_server_metrics(text: str, *, kind: str = "auto", model_name: str | None = None) -> ParsedMetrics:
-    """Read the catalog's fields out of a /metrics text. Raises CollectorError (`parse`, `unrecognised`)."""
+    """Read the catalog's fields out of a /metrics text. Raises CollectorError (`parse`, `unrecognised`,
+    `too_many_series`); never echoes the text."""
+    lines = list(catalog_lines(text.splitlines()))
+    if len(lines) > MAX_SERIES:
+        raise CollectorError(
+            f"more than {MAX_SERIES} series of the metrics the auditor reads", kind="too_many_series"
+        )
     try:
-        samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
-    except ValueError as exc:
-        raise CollectorError(f"not Prometheus text: {exc}", kind="parse") from None
+        samples = [s for family in text_string_to_metric_families("".join(lines)) for s in family.samples]
+    except (ValueError, IndexError, KeyError, TypeError):
+        raise CollectorError("not Prometheus text: a series line could not be read", kind="parse") from None
     server: ServerKind | None = detect_kind([s.name for s in samples]) if kind == "auto" else kind  # type: ignore[assignment]
     if server is None:
         raise CollectorError(
@@ -118,8 +253,8 @@ def parse_server_metrics(text: str, *, kind: str = "auto", model_name: str | Non
     models: set[str] = set()
     for sample in samples:
         entry = catalog.get(sample.name)
-        if entry is None:
-            continue
+        if entry is None or not math.isfinite(sample.value):
+            continue  # NaN or ±Inf is no reading: it would poison every sum it entered
         model = _model_of(sample.labels)
         if model is not None:
             models.add(model)
@@ -142,8 +277,21 @@ def parse_server_metrics(text: str, *, kind: str = "auto", model_name: str | Non
     return ParsedMetrics(server, chosen, values, frozenset(found), frozenset(models))
 
 
+Scraped = tuple[ServerSample, ParsedMetrics] | CollectorError
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    """What `auditor doctor` says about one endpoint."""
+
+    endpoint: Endpoint
+    ok: bool
+    detail: str
+    fix: str | None = None
+
+
 class InferenceCollector:
-    """Scrapes every configured inference server once per pass."""
+    """Scrapes every configured inference server once per pass, side by side, each within its deadline."""
 
     def __init__(
         self,
@@ -155,7 +303,7 @@ class InferenceCollector:
         monotonic: Callable[[], float] = time.monotonic,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         backoff_initial_s: float = 1.0,
-        backoff_max_s: float = 60.0,
+        backoff_max_s: float = 30.0,
     ) -> None:
         self._endpoints = list(endpoints)
         self._host = host
@@ -165,10 +313,16 @@ class InferenceCollector:
         self._timeout_s = timeout_s
         self._backoff = {e.url: Backoff(backoff_initial_s, backoff_max_s) for e in self._endpoints}
         self._last_error: dict[str, CollectorError] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return NAME
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        return tuple(self._endpoints)
 
     def scrape(self, endpoint: Endpoint) -> tuple[ServerSample, ParsedMetrics]:
         """One endpoint, now. Raises CollectorError."""
@@ -179,7 +333,7 @@ class InferenceCollector:
             ts=ts,
             host=self._host,
             deployment=endpoint.deployment,
-            instance=endpoint.url,
+            instance=endpoint.shown,  # stored and shown: never the URL's credentials
             server_kind=parsed.kind,
             model_name=parsed.model_name,
             prompt_tokens_total=parsed.values.get("prompt_tokens_total"),
@@ -190,23 +344,74 @@ class InferenceCollector:
         )
         return sample, parsed
 
+    def _scrape_each(
+        self, endpoints: Sequence[Endpoint]
+    ) -> list[tuple[ServerSample, ParsedMetrics] | CollectorError]:
+        def one(endpoint: Endpoint) -> tuple[ServerSample, ParsedMetrics] | CollectorError:
+            try:
+                return self.scrape(endpoint)
+            except CollectorError as exc:
+                return exc
+
+        if len(endpoints) <= 1:
+            return [one(e) for e in endpoints]
+        with self._pool_lock:
+            if self._pool is None:
+                workers = min(MAX_WORKERS, len(self._endpoints))
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrape")
+            pool = self._pool
+        return list(pool.map(one, endpoints))
+
     def collect(self) -> Collection[ServerSample]:
         samples: list[ServerSample] = []
         problems: list[Problem] = []
+        now = self._monotonic()
+        due = []
         for endpoint in self._endpoints:
-            backoff = self._backoff[endpoint.url]
-            now = self._monotonic()
-            if not backoff.ready(now):
+            if self._backoff[endpoint.url].ready(now):
+                due.append(endpoint)
+            else:
                 error = self._last_error[endpoint.url]
-                problems.append(Problem(endpoint.url, error.kind, f"{error} (retrying)"))
-                continue
-            try:
-                sample, _ = self.scrape(endpoint)
-            except CollectorError as exc:
+                problems.append(Problem(endpoint.shown, error.kind, f"{error} (retrying)"))
+        for endpoint, result in zip(due, self._scrape_each(due), strict=True):
+            backoff = self._backoff[endpoint.url]
+            if isinstance(result, CollectorError):
                 backoff.failed(now)
-                self._last_error[endpoint.url] = exc
-                problems.append(Problem(endpoint.url, exc.kind, str(exc)))
+                self._last_error[endpoint.url] = result
+                problems.append(Problem(endpoint.shown, result.kind, str(result)))
                 continue
             backoff.reset()
-            samples.append(sample)
+            samples.append(result[0])
         return Collection(tuple(samples), tuple(problems))
+
+    def status(self) -> list[EndpointStatus]:
+        """Each endpoint, scraped now within the same deadline as the daemon's: for `auditor doctor`."""
+        statuses = []
+        for endpoint, result in zip(self._endpoints, self._scrape_each(self._endpoints), strict=True):
+            if isinstance(result, CollectorError):
+                statuses.append(EndpointStatus(endpoint, False, result.message, result.fix))
+                continue
+            parsed = result[1]
+            missing = sorted(
+                {"prompt_tokens_total", "generation_tokens_total", "requests_running"} - set(parsed.values)
+            )
+            names = ", ".join(sorted(parsed.recognised))
+            detail = f"{parsed.kind}, model {parsed.model_name or 'unnamed'}, recognised {names}"
+            if missing:
+                statuses.append(
+                    EndpointStatus(
+                        endpoint,
+                        False,
+                        f"{detail}; missing {', '.join(missing)}",
+                        "is it the server kind configured?",
+                    )
+                )
+            else:
+                statuses.append(EndpointStatus(endpoint, True, detail))
+        return statuses
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = None

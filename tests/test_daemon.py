@@ -70,7 +70,7 @@ def test_watchdog_interval_is_half_of_watchdog_sec() -> None:
 def test_problem_log_says_each_problem_once_and_its_recovery(caplog: pytest.LogCaptureFixture) -> None:
     book = ProblemLog()
     down = [Problem("http://x/metrics", "unreachable", "http://x/metrics is unreachable")]
-    with caplog.at_level(logging.WARNING, logger="auditor.daemon"):
+    with caplog.at_level(logging.INFO, logger="auditor.daemon"):
         for _ in range(5):
             book.update("inference", down)
         book.update("inference", [])
@@ -202,3 +202,24 @@ def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> N
     daemon.sample()
     assert len(store.gpu_samples(0, 2e9)) == 3  # the two refused passes, then this one
     assert daemon.problems.active == {}
+
+
+def test_a_pass_hung_from_the_start_never_feeds_the_watchdog(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """The first NVML call blocks forever: systemd must see no WATCHDOG=1, so that it restarts the daemon."""
+    config = write_config(tmp_path, servers=[])
+    env = daemon_env(
+        tmp_path,
+        {"gpus": [{"profile": "h100_load", "hang_after_s": 0}]},
+        NOTIFY_SOCKET=str(tmp_path / "notify.sock"),
+        WATCHDOG_USEC="1000000",
+    )
+    with daemon_process(config, env) as process:
+        _wait_ready(notify_socket)
+        time.sleep(3)  # the main loop would ping every half second if it thought the daemon healthy
+        messages = _messages(notify_socket)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+    assert "WATCHDOG=1" not in messages, messages
+    assert "did not finish" in stderr  # it exits without waiting for the stuck pass

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import logging
+import shutil
+import ssl
+import subprocess
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -11,8 +17,16 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from auditor.cli.host import _exporter
 from auditor.config import Config
-from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
+from auditor.exporter import (
+    DeploymentFigures,
+    Exporter,
+    ExporterState,
+    deployment_figures,
+    is_loopback,
+    parse_listen,
+)
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
@@ -175,3 +189,72 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
     assert all(name.startswith("auditor_") for name in metrics)
     # Nothing leaked into the global default registry.
     assert REGISTRY.get_sample_value("auditor_deployment_tokens_per_second", {"deployment": "llama"}) is None
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def _get(url: str, *, context: ssl.SSLContext | None = None, auth: str | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url)  # noqa: S310  (a local test server)
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_basic_auth_guards_every_scrape() -> None:
+    state = ExporterState()
+    state.record_success("nvml", 1.0)
+    exporter = Exporter(state, "127.0.0.1:0", basic_auth=("prometheus", "s3cret-pass"))
+    exporter.start()
+    try:
+        url = f"http://127.0.0.1:{exporter.port}/metrics"
+        assert _get(url)[0] == 401
+        assert _get(url, auth="prometheus:wrong")[0] == 401
+        code, text = _get(url, auth="prometheus:s3cret-pass")
+    finally:
+        exporter.stop()
+    assert code == 200 and "auditor_collector_up" in text
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_through_prometheus_clients_own_server(tmp_path: Path) -> None:
+    cert, key = _self_signed(tmp_path)
+    exporter = Exporter(ExporterState(), "127.0.0.1:0", tls_cert=cert, tls_key=key)
+    exporter.start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+        code, _ = _get(f"https://127.0.0.1:{exporter.port}/metrics", context=context)
+        with pytest.raises((ConnectionError, urllib.error.URLError)):  # plain HTTP is refused
+            _get(f"http://127.0.0.1:{exporter.port}/metrics")
+    finally:
+        exporter.stop()
+    assert code == 200
+
+
+def test_only_loopback_counts_as_private() -> None:
+    assert parse_listen("[::1]:9478") == ("::1", 9478)
+    assert parse_listen(":9478") == ("127.0.0.1", 9478)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("gpu-01")  # noqa: S104
+
+
+def test_a_network_facing_exporter_without_tls_and_auth_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    open_config = Config.model_validate({"daemon": {"exporter_listen": "0.0.0.0:9478"}})
+    with caplog.at_level(logging.WARNING, logger="auditor.exporter"):
+        _exporter(open_config)
+        _exporter(Config.model_validate({}))
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "0.0.0.0:9478, reachable from the network" in warnings[0]

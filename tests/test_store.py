@@ -67,7 +67,7 @@ def test_refuses_a_newer_schema(store_url: str) -> None:
 def test_bad_store_urls_say_what_to_use(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match=r"sqlite:////path/to/auditor\.db"):
         Store.open("not a url")
-    with pytest.raises(StoreError, match="unsupported database 'mysql'"):
+    with pytest.raises(StoreError, match="unsupported database scheme 'mysql'"):
         Store.open("mysql://u@h/db")
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -6,6 +6,8 @@ usage or bad input (one line, no traceback).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -168,6 +170,13 @@ def load_config_or_exit(explicit: Path | None, *, required: bool) -> Config | No
 def register_config_secrets(config: Config) -> None:
     """Passwords the config holds (in URLs) are hidden from every line written from now on."""
     register_secret(make_url(config.store.url).password)
+    slack = config.slack
+    register_secret(os.environ.get(slack.token_env))
+    if slack.webhook_url_env:
+        register_secret(os.environ.get(slack.webhook_url_env))
+    if slack.token_file is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the sender says so later
+            register_secret(slack.token_file.read_text(encoding="utf-8").strip())
     for url in [config.prices.update_url or ""] + [s.url for d in config.deployments for s in d.servers]:
         try:
             register_secret(urlsplit(url).password)

@@ -6,23 +6,22 @@ import json
 import logging
 import os
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
 
+from auditor import logs
 from auditor import daemon as daemon_module
 from auditor.alert_jobs import alert_cycle, digest_cron_kwargs, digest_cycle, digest_due
 from auditor.cli.common import (
     EXIT_FINDING,
+    EXIT_USAGE,
     ConfigOption,
     JsonOption,
     api_catalog,
@@ -34,13 +33,14 @@ from auditor.cli.common import (
     require_config,
 )
 from auditor.config import Config, DeploymentConfig
+from auditor.doctor import Check, failed, general_checks, render_json, render_text
 from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
 from auditor.gpu_prices import GpuPrice
 from auditor.model import GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
-from auditor.store import Store, StoreError
-from collectors.inference import Endpoint, InferenceCollector, fetch_metrics, parse_server_metrics
-from collectors.interface import CollectorError
+from auditor.redact import register_secret
+from auditor.store import Store
+from collectors.inference import Endpoint, InferenceCollector, fetch_metrics
 from collectors.nvml import GpuDeploymentMap, NvmlCollector, load_pynvml
 from reports.slack import SlackConfigError, slack_sender
 
@@ -100,8 +100,8 @@ def daemon(
     level = logging.getLevelName(log_level.upper())
     if not isinstance(level, int):
         fatal(f"--log-level: unknown level {log_level!r}; use debug, info, warning or error")
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
+    logs.configure(level)
+    exporter = _exporter(config)
     name = this_host(host)
     store = open_store(config)
     gpu = _nvml_collector(config, name)
@@ -110,17 +110,30 @@ def daemon(
             "nvml: nvidia-ml-py is not installed; GPUs are not sampled"
         )
     endpoints = local_endpoints(config, name)
-    servers = [InferenceCollector(endpoints, host=name)] if endpoints else []
-    state = ExporterState()
-    exporter = Exporter(state, config.daemon.exporter_listen)
+    interval = config.daemon.sample_interval_s
+    servers = (
+        [
+            InferenceCollector(
+                endpoints,
+                host=name,
+                timeout_s=daemon_module.scrape_deadline_s(config),
+                backoff_max_s=min(60.0, max(3 * interval, 10.0)),  # unknown time ends soon after an outage
+            )
+        ]
+        if endpoints
+        else []
+    )
+    state = exporter.state
     try:
         exporter.start()
     except OSError as exc:
         fatal(
             f"daemon.exporter_listen {config.daemon.exporter_listen}: cannot listen ({exc.strerror}); "
-            "choose a free address:port",
+            "choose a free address:port (another exporter may hold it)",
             code=EXIT_FINDING,
         )
+    except ssl.SSLError as exc:
+        fatal(f"daemon.exporter_tls_*: cannot use the certificate or key ({exc.reason})", code=EXIT_USAGE)
     apis, gpus = api_catalog(config), gpu_catalog()
 
     def figures(now: datetime) -> list[DeploymentFigures]:
@@ -145,8 +158,44 @@ def daemon(
         os._exit(code)
     if gpu is not None:
         gpu.close()
+    for collector in servers:
+        collector.close()
     store.close()
     raise typer.Exit(code)
+
+
+def _exporter(config: Config) -> Exporter:
+    """The exporter as configured; a network-facing one without TLS and auth gets a warning."""
+    daemon = config.daemon
+    auth = None
+    if daemon.exporter_basic_auth_user is not None:
+        password = os.environ.get(daemon.exporter_basic_auth_password_env, "")
+        if not password:
+            fatal(
+                f"daemon.exporter_basic_auth_user is set but ${daemon.exporter_basic_auth_password_env} "
+                "is empty: set the password in the environment (the unit's EnvironmentFile)"
+            )
+        register_secret(password)
+        auth = (daemon.exporter_basic_auth_user, password)
+    exporter = Exporter(
+        ExporterState(),
+        daemon.exporter_listen,
+        tls_cert=daemon.exporter_tls_cert,
+        tls_key=daemon.exporter_tls_key,
+        tls_client_ca=daemon.exporter_tls_client_ca,
+        basic_auth=auth,
+    )
+    if not exporter.loopback:
+        authenticated = auth is not None or daemon.exporter_tls_client_ca is not None
+        protected = daemon.exporter_tls_cert is not None and authenticated
+        if not protected:
+            logging.getLogger("auditor.exporter").warning(
+                "the exporter listens on %s, reachable from the network: its metrics name GPUs, "
+                "deployments and costs; keep it on 127.0.0.1, or set daemon.exporter_tls_cert/_key "
+                "with exporter_basic_auth_user or exporter_tls_client_ca",
+                daemon.exporter_listen,
+            )
+    return exporter
 
 
 def alert_jobs(
@@ -187,16 +236,8 @@ def alert_jobs(
 # -- doctor ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Check:
-    source: str
-    ok: bool
-    detail: str
-    fix: str | None = None
-    required: bool = True
-
-
-def _check_nvml(config: Config, host: str) -> Check:
+def _nvml_check(config: Config, host: str) -> Check:
+    """NVML answers for itself (`NvmlCollector.status()`); here it becomes a line of doctor's."""
     required = bool(local_deployments(config, host))
     collector = _nvml_collector(config, host)
     if collector is None:
@@ -219,172 +260,42 @@ def _check_nvml(config: Config, host: str) -> Check:
     )
 
 
-def _check_endpoint(endpoint: Endpoint, fetch: Callable[[str, float], str]) -> Check:
-    source = f"inference {endpoint.deployment} {endpoint.url}"
-    try:
-        parsed = parse_server_metrics(
-            fetch(endpoint.url, 5.0), kind=endpoint.kind, model_name=endpoint.model_name
-        )
-    except CollectorError as exc:
-        return Check(source, False, exc.message, exc.fix)
-    missing = sorted(
-        {"prompt_tokens_total", "generation_tokens_total", "requests_running"} - set(parsed.values)
+def _endpoint_checks(
+    config: Config, host: str, fetch: Callable[[str, float], str] = fetch_metrics
+) -> list[Check]:
+    """Each inference endpoint, scraped side by side within the daemon's own deadline."""
+    endpoints = local_endpoints(config, host)
+    if not endpoints:
+        return []
+    collector = InferenceCollector(
+        endpoints, host=host, fetch=fetch, timeout_s=daemon_module.scrape_deadline_s(config)
     )
-    names = ", ".join(sorted(parsed.recognised))
-    detail = f"{parsed.kind}, model {parsed.model_name or 'unnamed'}, recognised {names}"
-    if missing:
-        return Check(
-            source, False, f"{detail}; missing {', '.join(missing)}", "is it the server kind configured?"
-        )
-    return Check(source, True, detail)
-
-
-def _check_store(config: Config) -> Check:
-    shown = make_url(config.store.url).render_as_string(hide_password=True)
     try:
-        store = Store.open(config.store.url)
-    except (StoreError, OSError) as exc:
-        return Check("store", False, f"{shown}: {exc}", "set store.url to a writable database")
-    except SQLAlchemyError as exc:  # the driver's errors, wrapped: doctor reports them instead of crashing
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
-        return Check("store", False, f"{shown}: {reason}", "check store.url and the database")
-    try:
-        version = store.schema_version()
-        database = make_url(config.store.url).database or ""
-        if make_url(config.store.url).get_backend_name() == "sqlite" and database != ":memory:":
-            path = Path(database)
-            if not os.access(path if path.exists() else path.parent, os.W_OK):
-                return Check(
-                    "store",
-                    False,
-                    f"{path} is not writable",
-                    f"give the daemon's user write access to {path}",
-                )
+        statuses = collector.status()
     finally:
-        store.close()
-    return Check("store", True, f"{shown} writable, schema version {version}")
-
-
-def _check_slack(config: Config, env: Mapping[str, str]) -> Check | None:
-    slack = config.slack
-    channels = [slack.channel_info, slack.channel_warning, slack.channel_critical, slack.digest_channel]
-    if not any(channels):
-        return None
-    if slack.webhook_url_env and env.get(slack.webhook_url_env):
-        return Check("slack", True, f"webhook URL in ${slack.webhook_url_env}")
-    if slack.token_file is not None:
-        if slack.token_file.is_file() and os.access(slack.token_file, os.R_OK):
-            return Check("slack", True, f"token file {slack.token_file} readable")
-        return Check(
-            "slack", False, f"token file {slack.token_file} is missing or unreadable", "create it (mode 0600)"
-        )
-    if env.get(slack.token_env):
-        return Check("slack", True, f"token present in ${slack.token_env}")
-    return Check(
-        "slack",
-        False,
-        f"no token in ${slack.token_env}",
-        f"set {slack.token_env} in /etc/auditor/auditor.env (the unit's EnvironmentFile)",
-    )
-
-
-def _aws_credentials(env: Mapping[str, str]) -> str | None:
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return "AWS_ACCESS_KEY_ID in the environment"
-    for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE"):
-        if env.get(var):
-            return f"${var}"
-    shared = Path(
-        env.get("AWS_SHARED_CREDENTIALS_FILE") or Path(env.get("HOME", "/nonexistent")) / ".aws/credentials"
-    )
-    return f"{shared}" if shared.is_file() else None
-
-
-def _gcp_credentials(env: Mapping[str, str]) -> str | None:
-    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if path and Path(path).is_file():
-        return path
-    adc = Path(env.get("HOME", "/nonexistent")) / ".config/gcloud/application_default_credentials.json"
-    return str(adc) if adc.is_file() else None
-
-
-def _check_billing(config: Config, env: Mapping[str, str]) -> list[Check]:
-    checks = []
-    sources = {d.price.source for d in config.deployments}
-    if "aws" in sources:
-        found = _aws_credentials(env)
-        checks.append(
-            Check("billing aws", True, f"credentials: {found}")
-            if found
-            else Check(
-                "billing aws",
-                False,
-                "no AWS credentials in the environment or ~/.aws",
-                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the EnvironmentFile "
-                "(an instance role is not visible to this check)",
-            )
-        )
-    if "gcp" in sources:
-        found = _gcp_credentials(env)
-        checks.append(
-            Check("billing gcp", True, f"credentials: {found}")
-            if found
-            else Check(
-                "billing gcp",
-                False,
-                "no Google credentials found",
-                "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file",
-            )
-        )
-    return checks
+        collector.close()
+    return [
+        Check(f"inference {s.endpoint.deployment} {s.endpoint.shown}", s.ok, s.detail, s.fix)
+        for s in statuses
+    ]
 
 
 def run_checks(
     config: Config, host: str, env: Mapping[str, str], fetch: Callable[[str, float], str] = fetch_metrics
 ) -> list[Check]:
-    checks = [_check_nvml(config, host)]
-    checks.extend(_check_endpoint(e, fetch) for e in local_endpoints(config, host))
-    checks.append(_check_store(config))
-    slack = _check_slack(config, env)
-    if slack is not None:
-        checks.append(slack)
-    checks.extend(_check_billing(config, env))
-    return checks
+    return [_nvml_check(config, host), *_endpoint_checks(config, host, fetch), *general_checks(config, env)]
 
 
 @app.command()
 def doctor(config_path: ConfigOption = None, host: HostOption = None, as_json: JsonOption = False) -> None:
-    """Check every configured source: NVML, inference servers, the store, Slack, billing credentials."""
+    """Check every configured source: NVML, inference servers, the store, Slack, billing credentials.
+
+    Looks only: creates no store, and gives up on each source after the daemon's own deadlines."""
     config = require_config(config_path)
     name = this_host(host)
     checks = run_checks(config, name, os.environ)
-    failed = [c for c in checks if not c.ok and c.required]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "host": name,
-                    "ok": not failed,
-                    "checks": [
-                        {
-                            "source": c.source,
-                            "ok": c.ok,
-                            "required": c.required,
-                            "detail": c.detail,
-                            "fix": c.fix,
-                        }
-                        for c in checks
-                    ],
-                },
-                indent=2,
-            )
-        )
-    else:
-        for c in checks:
-            mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
-            fix = f" -> {c.fix}" if c.fix and not c.ok else ""
-            print(f"{mark}  {c.source}: {c.detail}{fix}")
-    if failed:
+    print(render_json(name, checks) if as_json else render_text(checks))
+    if failed(checks):
         raise typer.Exit(EXIT_FINDING)
 
 

@@ -11,6 +11,7 @@ The script (a JSON file named by $FAKE_NVML_SCRIPT, or a dict given to `configur
                "not_supported": ["nvmlDeviceGetTotalEnergyConsumption"],
                "lost_after_s": 1.5,      # from configure()/first init on, every call raises GpuIsLost…
                "lost_until_s": null,     # …until then (null: for good)
+               "hang_after_s": null,     # from then on, every call on this GPU blocks forever
                "util_samples": [0, 100], # the utilization buffer cycles through these (one per 1/6 s)
                "gpm": null}]}            # null: no GPM (pre-Hopper)
 
@@ -161,6 +162,10 @@ def _gpu(handle: Any, function: str) -> dict[str, Any]:
     elapsed = _elapsed()
     if lost_after is not None and elapsed >= lost_after and (lost_until is None or elapsed < lost_until):
         raise NVMLError(NVML_ERROR_GPU_IS_LOST)
+    hang_after = gpu.get("hang_after_s")
+    if hang_after is not None and elapsed >= hang_after:
+        while True:  # a driver call that never returns (a wedged GPU): only the watchdog can end it
+            time.sleep(3600)
     if function in gpu.get("not_supported", ()):
         raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
     return gpu

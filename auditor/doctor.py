@@ -1,0 +1,194 @@
+"""`auditor doctor`'s checks: what is reachable and what is not, and the fix for each.
+
+Each source answers for itself (the collectors' own `status()`, turned into `Check`s by the
+composition root); this module holds what the checks share: the store, looked at read-only
+(doctor creates nothing: no directory, no file, no table), Slack's token, billing credentials, and
+how the result is printed. Every check is bounded in time: endpoints by the daemon's scrape
+deadline, PostgreSQL by its connect timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from auditor.config import Config
+from auditor.redact import redact
+from auditor.store import Store, StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    source: str
+    ok: bool
+    detail: str
+    fix: str | None = None
+    required: bool = True
+
+
+def check_store(config: Config) -> Check:
+    """The store as the daemon would use it, looked at without creating or changing anything."""
+    url = make_url(config.store.url)
+    shown = url.render_as_string(hide_password=True)
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database != ":memory:" and not Path(database).exists():
+        parent = _nearest_existing(Path(database).parent)
+        if os.access(parent, os.W_OK):
+            return Check("store", True, f"{shown}: no store yet; the daemon creates it at its first start")
+        return Check(
+            "store",
+            False,
+            f"{shown}: no store, and {parent} is not writable",
+            f"give the daemon's user write access to {parent}",
+        )
+    try:
+        store = Store.open(config.store.url, read_only=True)
+        try:
+            version = store.schema_version()
+        finally:
+            store.close()
+    except StoreError as exc:
+        return Check("store", False, f"{shown}: {exc}", "set store.url to a writable database")
+    except SQLAlchemyError as exc:  # the driver's errors, wrapped: doctor reports them instead of crashing
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())  # one line
+        return Check("store", False, f"{shown}: {redact(reason)}", "check store.url and the database")
+    if url.get_backend_name() == "sqlite" and database != ":memory:":
+        path = Path(database)
+        if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
+            return Check(
+                "store",
+                False,
+                f"{path} is not writable",
+                f"give the daemon's user write access to {path} and its directory",
+            )
+        return Check("store", True, f"{shown} writable, schema version {version}")
+    return Check("store", True, f"{shown} reachable, schema version {version}")
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_slack(config: Config, env: Mapping[str, str]) -> Check | None:
+    slack = config.slack
+    channels = [slack.channel_info, slack.channel_warning, slack.channel_critical, slack.digest_channel]
+    if not any(channels):
+        return None
+    if slack.webhook_url_env and env.get(slack.webhook_url_env):
+        return Check("slack", True, f"webhook URL in ${slack.webhook_url_env}")
+    if slack.token_file is not None:
+        if slack.token_file.is_file() and os.access(slack.token_file, os.R_OK):
+            return Check("slack", True, f"token file {slack.token_file} readable")
+        return Check(
+            "slack", False, f"token file {slack.token_file} is missing or unreadable", "create it (mode 0600)"
+        )
+    if env.get(slack.token_env):
+        return Check("slack", True, f"token present in ${slack.token_env}")
+    return Check(
+        "slack",
+        False,
+        f"no token in ${slack.token_env}",
+        f"set {slack.token_env} in /etc/auditor/auditor.env (the unit's EnvironmentFile)",
+    )
+
+
+def _aws_credentials(env: Mapping[str, str]) -> str | None:
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        return "AWS_ACCESS_KEY_ID in the environment"
+    for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE"):
+        if env.get(var):
+            return f"${var}"
+    shared = Path(
+        env.get("AWS_SHARED_CREDENTIALS_FILE") or Path(env.get("HOME", "/nonexistent")) / ".aws/credentials"
+    )
+    return f"{shared}" if shared.is_file() else None
+
+
+def _gcp_credentials(env: Mapping[str, str]) -> str | None:
+    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
+    if path and Path(path).is_file():
+        return path
+    adc = Path(env.get("HOME", "/nonexistent")) / ".config/gcloud/application_default_credentials.json"
+    return str(adc) if adc.is_file() else None
+
+
+def _check_billing(config: Config, env: Mapping[str, str]) -> list[Check]:
+    checks = []
+    sources = {d.price.source for d in config.deployments}
+    if "aws" in sources:
+        found = _aws_credentials(env)
+        checks.append(
+            Check("billing aws", True, f"credentials: {found}")
+            if found
+            else Check(
+                "billing aws",
+                False,
+                "no AWS credentials in the environment or ~/.aws",
+                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the EnvironmentFile "
+                "(an instance role is not visible to this check)",
+            )
+        )
+    if "gcp" in sources:
+        found = _gcp_credentials(env)
+        checks.append(
+            Check("billing gcp", True, f"credentials: {found}")
+            if found
+            else Check(
+                "billing gcp",
+                False,
+                "no Google credentials found",
+                "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file",
+            )
+        )
+    return checks
+
+
+def general_checks(config: Config, env: Mapping[str, str]) -> list[Check]:
+    """The checks that do not depend on a collector: the store, Slack, billing credentials."""
+    checks = [check_store(config)]
+    slack = _check_slack(config, env)
+    if slack is not None:
+        checks.append(slack)
+    checks.extend(_check_billing(config, env))
+    return checks
+
+
+def failed(checks: Sequence[Check]) -> list[Check]:
+    return [c for c in checks if not c.ok and c.required]
+
+
+def render_json(host: str, checks: Sequence[Check]) -> str:
+    return json.dumps(
+        {
+            "host": host,
+            "ok": not failed(checks),
+            "checks": [
+                {
+                    "source": c.source,
+                    "ok": c.ok,
+                    "required": c.required,
+                    "detail": redact(c.detail),
+                    "fix": c.fix,
+                }
+                for c in checks
+            ],
+        },
+        indent=2,
+    )
+
+
+def render_text(checks: Sequence[Check]) -> str:
+    lines = []
+    for c in checks:
+        mark = "ok  " if c.ok else ("FAIL" if c.required else "warn")
+        fix = f" -> {c.fix}" if c.fix and not c.ok else ""
+        lines.append(redact(f"{mark}  {c.source}: {c.detail}{fix}"))
+    return "\n".join(lines)
