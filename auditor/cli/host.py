@@ -16,8 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from auditor import logs
 from auditor import daemon as daemon_module
+from auditor import logs
 from auditor.alert_jobs import alert_cycle, digest_cron_kwargs, digest_cycle, digest_due
 from auditor.cli.common import (
     EXIT_FINDING,
