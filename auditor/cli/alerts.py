@@ -25,6 +25,7 @@ from auditor.cli.common import (
     open_store,
     require_config,
 )
+from auditor.config import Config
 from auditor.model import Finding, Severity
 from auditor.units import format_usd
 from reports.digest import digest_text, parse_week

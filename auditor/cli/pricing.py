@@ -26,7 +26,7 @@ from auditor.cli.common import (
     require_config,
     warn,
 )
-from auditor.config import redacted
+from auditor.config import Config, redacted
 from auditor.costing import ApiComparison, WhatIf
 from auditor.gpu_prices import PRICING_KINDS, GpuPrice, find_gpu_price
 from auditor.gpu_prices import stale_prices as find_stale_prices
