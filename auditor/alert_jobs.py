@@ -16,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 import rules
 from auditor.alert_lifecycle import AlertPolicy, Notification, advance, firing_keys
@@ -49,13 +50,37 @@ class AlertCycle:
     """None when no sender is configured: alerts are tracked, nothing is queued."""
 
 
+class DigestOutcome(StrEnum):
+    """What a digest cycle did with the week's digest, on this run."""
+
+    SENT = "sent"
+    """Built and delivered on this run."""
+    SENT_QUEUED = "sent-queued"
+    """Queued on an earlier run, never delivered then: delivered on this run."""
+    SENT_BEFORE = "sent-before"
+    """Delivered on an earlier run: not sent again."""
+    WAITING = "waiting"
+    """Queued, not delivered yet (Slack refused or was unreachable): the outbox retries it."""
+    UNKNOWN_WEEK = "unknown-week"
+    """Too little of the week was observed: not queued (the daemon never posts such a week)."""
+    NO_SENDER = "no-sender"
+    """No Slack configured: built, not queued."""
+
+
 @dataclass(frozen=True, slots=True)
 class DigestCycle:
     week: str
     digest: Digest | None
     """None when the week's digest had been queued before (nothing was built again)."""
-    queued: bool
+    outcome: DigestOutcome
     flush: Flush | None
+    sent_ts: float | None = None
+    """When the week's digest was delivered (on this run or before), if it was."""
+
+    @property
+    def queued(self) -> bool:
+        """This run queued the week's digest."""
+        return self.digest is not None and self.outcome in (DigestOutcome.SENT, DigestOutcome.WAITING)
 
 
 def rule_context(
@@ -99,19 +124,20 @@ def alert_cycle(
     """Evaluate the rules (the enabled ones, or `names`), advance the alert lifecycle, queue the
     messages it calls for in the same transaction as the new states, then send what is due."""
     context = rule_context(config, store, now, api_catalog, gpu_catalog)
-    findings = rules.evaluate(context, names)
+    evaluation = rules.run(context, names)
+    findings = evaluation.findings
     verdicts = [f for f in findings if f.verdict]
-    undecided = {(f.rule, f.subject) for f in findings if not f.verdict}
-    evaluated = {r.name for r in rules.select(names, config.rules)}
     severities = sendable_severities(config, sender)
 
     def policy(rule_name: str) -> AlertPolicy:
-        rule = next(r for r in rules.RULES if r.name == rule_name)
+        rule = rules.rule_named(rule_name)
         cooldown_h = float(getattr(config.rules, rule.config_key).cooldown_h)
-        return AlertPolicy(cooldown_s=cooldown_h * 3600, notify=severities)
+        return AlertPolicy(
+            cooldown_s=cooldown_h * 3600, notify=severities, announce_resolution=rule.announces_resolution
+        )
 
     now_ts = now.timestamp()
-    cycle = advance(store.alerts(), verdicts, undecided, evaluated, now_ts, policy)
+    cycle = advance(store.alerts(), verdicts, evaluation.undecided, evaluation.settled_rules, now_ts, policy)
     messages = [alert_message(note, config.slack, now_ts) for note in cycle.notifications]
     store.save_alert_changes(cycle.changed, messages)
     flush = flush_outbox(store, sender, now_ts) if sender is not None else None
@@ -163,23 +189,41 @@ def digest_cycle(
     sender: Sender | None,
     week: str | None = None,
     *,
+    send_unknown: bool = False,
     api_catalog: ApiPriceCatalog | None = None,
     gpu_catalog: Sequence[GpuPrice] | None = None,
 ) -> DigestCycle:
     """Queue a week's digest once (default: the last complete week) and send what is due.
 
     Idempotent: a week already queued (sent or waiting) is not built or queued again, so the daemon may
-    call this at start-up and on its cron without ever sending a week twice."""
+    call this at start-up and on its cron without ever sending a week twice. A week observed under the
+    rules' `min_coverage` is not queued unless `send_unknown` (a person asked for it: `digest --send`)."""
     week = week or last_complete_week(now, config.tz)
+    key = digest_key(week)
     now_ts = now.timestamp()
-    if store.outbox_messages(digest_key(week)):
+    earlier = store.outbox_messages(key)
+    if earlier:
+        delivered = [m.sent_ts for m in earlier if m.sent_ts is not None]
         flush = flush_outbox(store, sender, now_ts) if sender is not None else None
-        return DigestCycle(week=week, digest=None, queued=False, flush=flush)
+        if delivered:
+            return DigestCycle(week, None, DigestOutcome.SENT_BEFORE, flush, sent_ts=min(delivered))
+        sent_now = _sent_ts(store, key)
+        outcome = DigestOutcome.WAITING if sent_now is None else DigestOutcome.SENT_QUEUED
+        return DigestCycle(week, None, outcome, flush, sent_ts=sent_now)
     digest = make_digest(config, store, now, week, api_catalog=api_catalog, gpu_catalog=gpu_catalog)
     if sender is None:
-        return DigestCycle(week=week, digest=digest, queued=False, flush=None)
+        return DigestCycle(week, digest, DigestOutcome.NO_SENDER, None)
+    if digest.unknown and not send_unknown:
+        return DigestCycle(week, digest, DigestOutcome.UNKNOWN_WEEK, None)
     store.enqueue(digest_message(config, digest, now_ts))
-    return DigestCycle(week=week, digest=digest, queued=True, flush=flush_outbox(store, sender, now_ts))
+    flush = flush_outbox(store, sender, now_ts)
+    sent_now = _sent_ts(store, key)
+    outcome = DigestOutcome.WAITING if sent_now is None else DigestOutcome.SENT
+    return DigestCycle(week, digest, outcome, flush, sent_ts=sent_now)
+
+
+def _sent_ts(store: Store, key: str) -> float | None:
+    return next((m.sent_ts for m in store.outbox_messages(key) if m.sent_ts is not None), None)
 
 
 def digest_due(config: Config, store: Store, now: datetime) -> bool:

@@ -19,10 +19,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
-from decimal import Decimal
 from enum import StrEnum
-from typing import Any
 
+from auditor.finding_json import finding_from_json, finding_to_json
 from auditor.model import Alert, AlertState, Finding, Severity
 
 SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -50,6 +49,9 @@ class AlertPolicy:
     cooldown_s: float
     notify: frozenset[Severity]
     """Severities that are sent; empty when nothing can be sent (no Slack configured)."""
+    announce_resolution: bool = True
+    """Whether the end of a notified alert is sent too (runaway spend: yes; a recommendation or an idle
+    GPU put back to work: no, the digest tracks those)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,35 +65,6 @@ def key_of(rule: str, subject: str) -> str:
 
 
 # -- payload: the finding and the notification state, as JSON in the alert row ----------------------
-
-
-def finding_to_json(finding: Finding) -> dict[str, Any]:
-    return {
-        "rule": finding.rule,
-        "subject": finding.subject,
-        "severity": finding.severity.value,
-        "title": finding.title,
-        "text": finding.text,
-        "usd_per_month": None if finding.usd_per_month is None else str(finding.usd_per_month),
-        "figures": [list(pair) for pair in finding.figures],
-        "command": finding.command,
-        "verdict": finding.verdict,
-    }
-
-
-def finding_from_json(data: dict[str, Any]) -> Finding:
-    usd = data.get("usd_per_month")
-    return Finding(
-        rule=data["rule"],
-        subject=data["subject"],
-        severity=Severity(data["severity"]),
-        title=data["title"],
-        text=data["text"],
-        usd_per_month=None if usd is None else Decimal(usd),
-        figures=tuple((str(a), str(b)) for a, b in data.get("figures", [])),
-        command=data.get("command"),
-        verdict=bool(data.get("verdict", True)),
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +104,18 @@ def last_finding(alert: Alert) -> Finding:
 
 
 def firing_keys(alerts: Sequence[Alert]) -> frozenset[tuple[str, str]]:
-    return frozenset((a.rule, a.subject) for a in alerts if a.state is AlertState.FIRING)
+    """(rule, subject) of what fires now, for the rules' hysteresis: each alert's own key, and those of
+    the rules that agreed in it and the subjects merged into it (the GPUs of one deployment)."""
+    keys: set[tuple[str, str]] = set()
+    for alert in alerts:
+        if alert.state is not AlertState.FIRING:
+            continue
+        keys.add((alert.rule, alert.subject))
+        finding = _payload(alert).finding
+        for rule in finding.rules or (alert.rule,):
+            for subject in (alert.subject, *finding.merged_subjects):
+                keys.add((rule, subject))
+    return frozenset(keys)
 
 
 # -- the lifecycle --------------------------------------------------------------------------------
@@ -168,7 +152,7 @@ def advance(
             and key not in found
             and key not in undecided
         ):
-            resolved, note = _on_resolved(alert, now_ts)
+            resolved, note = _on_resolved(alert, now_ts, policy(rule))
             changed.append(resolved)
             if note is not None:
                 notifications.append(note)
@@ -213,9 +197,9 @@ def _on_finding(
     return new, None if kind is None else Notification(kind, new, finding)
 
 
-def _on_resolved(alert: Alert, now_ts: float) -> tuple[Alert, Notification | None]:
+def _on_resolved(alert: Alert, now_ts: float, policy: AlertPolicy) -> tuple[Alert, Notification | None]:
     payload = _payload(alert)
-    announce = payload.notified
+    announce = payload.notified and policy.announce_resolution
     new = replace(
         alert,
         state=AlertState.RESOLVED,

@@ -180,6 +180,54 @@ class Severity(StrEnum):
     CRITICAL = "critical"
 
 
+class Action(StrEnum):
+    """What a finding asks for. On one deployment, findings with the same action merge into one; the
+    actions that cut what its GPUs cost exclude each other (`SAVING_ACTIONS`): one is recommended, the
+    others are shown as its alternatives."""
+
+    MOVE_TO_API = "move-to-api"
+    CONSOLIDATE = "consolidate"
+    SCALE_DOWN_OFF_HOURS = "scale-down-off-hours"
+    UNLOAD_IDLE = "unload-idle"
+    KEEP_SELF_HOSTING = "keep-self-hosting"
+    ADD_CAPACITY = "add-capacity"
+    STOP_OVERSPEND = "stop-overspend"
+
+
+SAVING_ACTIONS = frozenset(
+    {Action.MOVE_TO_API, Action.CONSOLIDATE, Action.SCALE_DOWN_OFF_HOURS, Action.UNLOAD_IDLE}
+)
+"""Actions whose dollars are a share of what the deployment's GPUs cost: each claims the same dollars,
+so a deployment counts one of them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The stretch of time a finding judged, and how much of it was observed."""
+
+    start_ts: float
+    end_ts: float
+    observed_h: float
+    """Hours (GPU-hours for a deployment) with data."""
+    expected_h: float
+    """Hours (GPU-hours) that were paid for in the window: what coverage is taken of."""
+
+    @property
+    def coverage(self) -> float | None:
+        """Observed ÷ expected (0–1); None when nothing was paid for."""
+        return None if self.expected_h <= 0 else min(1.0, self.observed_h / self.expected_h)
+
+
+@dataclass(frozen=True, slots=True)
+class Alternative:
+    """An action that excludes the one recommended, with its own figure: shown, never added up."""
+
+    rule: str
+    action: Action
+    text: str
+    usd_per_month: Decimal | None
+
+
 @dataclass(frozen=True, slots=True)
 class Finding:
     """What a rule concluded about one subject: a recommendation with the dollars at stake."""
@@ -200,3 +248,19 @@ class Finding:
     verdict: bool = True
     """False when the rule could not judge (too little data): then `text` says why, and it is never an
     alert, never counted in a total."""
+    deployment: str | None = None
+    """The deployment it is about (a GPU's deployment); None for the fleet or a GPU of none."""
+    action: Action | None = None
+    """What it asks for; the rules' registry stamps each rule's action."""
+    window: Window | None = None
+    """What was judged: the stretch of time and how much of it was observed (coverage)."""
+    basis: str | None = None
+    """How the dollars were reached, in words: the hours, the rate, the projection."""
+    monthly_cost_usd: Decimal | None = None
+    """What the deployment costs a month: no saving on it can be larger."""
+    rules: tuple[str, ...] = ()
+    """The rules that agree on it (after merging); empty before."""
+    merged_subjects: tuple[str, ...] = ()
+    """The subjects merged into it (the GPUs of one deployment), when it is about several."""
+    alternatives: tuple[Alternative, ...] = ()
+    """Actions that exclude this one, with their own figures: shown, never added to a total."""

@@ -1,5 +1,11 @@
 """The weekly digest: per deployment, the week's utilization, tokens, cost, cost per Mtok, idle cost,
-the change against the week before, the API equivalent, and the open recommendations ranked by dollars.
+the change against the week before, the API equivalent, and the open recommendations ranked by dollars,
+ending with the total at stake (one action per deployment, never more than the deployments cost).
+
+Coverage first: each deployment's observed GPU-hours ÷ billed GPU-hours. A deployment under the
+rules' `min_coverage` shows no utilization, tokens, cost per Mtok, idle cost or API figure (they would
+describe the few hours seen, not the week); a week under it as a whole is *unknown*, says so, and the
+daemon never posts it by itself.
 
 Rendered as text (the terminal) and as Block Kit (Slack), with a chart: each deployment's utilization
 by hour of the week (a heat map; grey where nothing was observed), drawn with matplotlib's Agg backend.
@@ -19,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from auditor.analysis import Bucket, cost_window, merged
+from auditor.at_stake import AtStake, at_stake, at_stake_line
 from auditor.config import Config
 from auditor.costing import DeploymentCost
 from auditor.gpu_prices import GpuPrice
@@ -26,6 +33,7 @@ from auditor.model import Finding
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd
+from reports.findings import alternative_lines
 
 WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})$")
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -73,6 +81,18 @@ class DeploymentWeek:
     previous: DeploymentCost | None
     heat: list[list[float | None]] = field(default_factory=list)
     """Utilization by [weekday][hour] (local), None where nothing was observed."""
+    min_coverage: float = 0.0
+
+    @property
+    def coverage(self) -> float | None:
+        """Observed GPU-hours ÷ billed GPU-hours over the week; None when nothing was billed."""
+        billed = self.cost.hours.billed
+        return None if billed <= 0 else min(1.0, float(self.cost.hours.observed / billed))
+
+    @property
+    def known(self) -> bool:
+        """Enough of the week was observed for its figures to describe the week."""
+        return self.coverage is not None and self.coverage >= self.min_coverage
 
     @property
     def cost_change(self) -> Decimal | None:
@@ -101,9 +121,30 @@ class Digest:
     timezone: str
     deployments: list[DeploymentWeek]
     recommendations: list[Finding]
-    """Open recommendations with a dollar figure, most dollars first."""
+    """Open recommendations with a dollar figure, most dollars first (the first ten)."""
     total_usd: Decimal
     unattributed_usd: Decimal
+    at_stake: AtStake
+    """The total of every open recommendation (not only the ten shown)."""
+    min_coverage: float = 0.0
+
+    @property
+    def observed_gpu_h(self) -> Decimal:
+        return sum((row.cost.hours.observed for row in self.deployments), Decimal(0))
+
+    @property
+    def billed_gpu_h(self) -> Decimal:
+        return sum((row.cost.hours.billed for row in self.deployments), Decimal(0))
+
+    @property
+    def coverage(self) -> float | None:
+        billed = self.billed_gpu_h
+        return None if billed <= 0 else min(1.0, float(self.observed_gpu_h / billed))
+
+    @property
+    def unknown(self) -> bool:
+        """Too little of the week was observed to say anything about it (or nothing was billed)."""
+        return self.coverage is None or self.coverage < self.min_coverage
 
 
 def _heat(buckets: Mapping[int, Bucket], dc: DeploymentCost, tz: ZoneInfo) -> list[list[float | None]]:
@@ -138,10 +179,12 @@ def build_digest(
             cost=dc,
             previous=previous.get(dc.deployment),
             heat=_heat(this.buckets[dc.deployment], dc, tz),
+            min_coverage=config.rules.min_coverage,
         )
         for dc in this.window.deployments
     ]
-    recommendations = [f for f in findings if f.usd_per_month is not None]
+    verdicts = [f for f in findings if f.verdict]
+    recommendations = [f for f in verdicts if f.usd_per_month is not None]
     recommendations.sort(key=lambda f: f.usd_per_month or 0, reverse=True)
     return Digest(
         week=week,
@@ -152,6 +195,8 @@ def build_digest(
         recommendations=recommendations[:MAX_RECOMMENDATIONS],
         total_usd=this.window.total_usd,
         unattributed_usd=this.window.unattributed_usd,
+        at_stake=at_stake(verdicts),
+        min_coverage=config.rules.min_coverage,
     )
 
 
@@ -165,11 +210,23 @@ def _change(value: float | Decimal | None, *, points: bool = False) -> str:
     return f"{number:+.1f} pts" if points else f"{number:+.1f}%"
 
 
+def coverage_text(observed: Decimal, billed: Decimal, share: float | None) -> str:
+    return f"{observed:,.1f} of {billed:,.1f} GPU-hours ({format_share(share)})"
+
+
 def deployment_lines(row: DeploymentWeek) -> list[tuple[str, str]]:
     dc = row.cost
+    observed = ("observed", coverage_text(dc.hours.observed, dc.hours.billed, row.coverage))
+    if not row.known:
+        return [
+            observed,
+            ("figures", f"unknown: under {format_share(row.min_coverage)} of the week observed"),
+            ("cost", f"{format_usd(dc.cost_usd)} ({_change(row.cost_change)})"),
+        ]
     cheapest = dc.cheapest_api
     api = "—" if cheapest is None else f"{format_usd(cheapest.usd)} on {cheapest.price.ref}"
     return [
+        observed,
         (
             f"utilization ({dc.utilization_metric.value})",
             f"{format_share(dc.utilization)} ({_change(row.utilization_change, points=True)})",
@@ -187,19 +244,39 @@ def _title(digest: Digest) -> str:
     return f"GPU cost digest {digest.week} ({digest.start.date()} – {last_day}, {digest.timezone})"
 
 
+def coverage_line(digest: Digest) -> str:
+    observed = coverage_text(digest.observed_gpu_h, digest.billed_gpu_h, digest.coverage)
+    line = f"Observed: {observed}"
+    if digest.unknown:
+        line += (
+            f". This week is unknown: under {format_share(digest.min_coverage)} of its GPU time was seen, "
+            "so it gives no utilization, tokens, cost per Mtok, idle cost or API figure"
+        )
+    return line
+
+
+def recommendation_line(finding: Finding) -> str:
+    share = None if finding.window is None else finding.window.coverage
+    observed = "" if share is None else f" (observed {format_share(share)})"
+    return f"{format_usd(finding.usd_per_month)}/month  [{', '.join(finding.rules)}] {finding.text}{observed}"
+
+
 def digest_text(digest: Digest) -> str:
     lines = [_title(digest), ""]
+    lines.append(coverage_line(digest))
     lines.append(f"Total billed: {format_usd(digest.total_usd)}")
     if digest.unattributed_usd:
         lines.append(f"Unattributed: {format_usd(digest.unattributed_usd)}")
     for row in digest.deployments:
         lines += ["", row.name]
         lines += [f"  {label:<28} {value}" for label, value in deployment_lines(row)]
-    lines += ["", "Open recommendations (most dollars first):"]
+    lines += ["", "Open recommendations (most dollars first, one action per deployment):"]
     if not digest.recommendations:
         lines.append("  none")
     for finding in digest.recommendations:
-        lines.append(f"  {format_usd(finding.usd_per_month)}/month  [{finding.rule}] {finding.text}")
+        lines.append(f"  {recommendation_line(finding)}")
+        lines += [f"      {line}" for line in alternative_lines(finding)]
+    lines += ["", at_stake_line(digest.at_stake)]
     lines += ["", "Changes are against the week before. More: auditor rules check; auditor report"]
     return "\n".join(lines)
 
@@ -209,7 +286,10 @@ def digest_blocks(digest: Digest) -> list[dict[str, Any]]:
         {"type": "header", "text": {"type": "plain_text", "text": _title(digest)[:150]}},
         {
             "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*Total billed:* {format_usd(digest.total_usd)}"},
+            "text": {
+                "type": "mrkdwn",
+                "text": f"*{coverage_line(digest)}*\n*Total billed:* {format_usd(digest.total_usd)}"[:3000],
+            },
         },
     ]
     for row in digest.deployments[:20]:
@@ -219,9 +299,13 @@ def digest_blocks(digest: Digest) -> list[dict[str, Any]]:
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*{row.name}*"}, "fields": fields}
         )
     text = (
-        "\n".join(f"• {format_usd(f.usd_per_month)}/month: {f.text}" for f in digest.recommendations)
+        "\n".join(
+            f"• {recommendation_line(f)}" + "".join(f"\n    _{line}_" for line in alternative_lines(f))
+            for f in digest.recommendations
+        )
         or "No open recommendation."
     )
+    text += f"\n{at_stake_line(digest.at_stake)}"
     blocks.append({"type": "divider"})
     blocks.append(
         {"type": "section", "text": {"type": "mrkdwn", "text": f"*Open recommendations*\n{text}"[:3000]}}

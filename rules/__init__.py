@@ -1,8 +1,9 @@
 """Rules: one module per rule, thresholds from config.
 
 `rules.contract` is what a rule is given and returns; `rules.registry` is the one explicit list of
-rules (nothing registers itself at import time). `evaluate` runs the enabled ones (or those named) and
-returns their findings ranked by dollars.
+rules (nothing registers itself at import time); `rules.merge` makes their findings one action per
+deployment and adds them up. `run` evaluates the enabled rules (or those named) and merges them;
+`evaluate` is its list of findings.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import Sequence
 
 from auditor.model import Finding
 from rules.common import no_verdict
-from rules.contract import Rule, RuleContext, rank
+from rules.contract import Rule, RuleContext
+from rules.merge import AtStake, Evaluation, at_stake, at_stake_line, merge, rank
 from rules.registry import RULES, enabled_names, rule_named, rule_names, select
 
 # Read (not imported) at start-up by auditor.installation: this package is gpu-auditor's.
@@ -19,23 +21,39 @@ __distribution__ = "gpu-auditor"
 
 __all__ = [
     "RULES",
+    "AtStake",
+    "Evaluation",
     "Rule",
     "RuleContext",
+    "at_stake",
+    "at_stake_line",
     "enabled_names",
     "evaluate",
     "no_verdict",
     "rank",
     "rule_named",
     "rule_names",
+    "run",
     "select",
 ]
 
 
-def evaluate(context: RuleContext, names: Sequence[str] | None = None) -> list[Finding]:
-    """Run the enabled rules (only those in `names`, when given) and rank their findings by dollars.
-
-    Findings that are no verdict (too little data) are included, with `verdict` False."""
+def run(context: RuleContext, names: Sequence[str] | None = None) -> Evaluation:
+    """Run the enabled rules (only those in `names`, when given) and merge their findings: one action
+    per deployment, the agreeing rules cited, exclusive actions ranked, most dollars first."""
+    selected = select(names, context.config.rules)
     findings: list[Finding] = []
-    for rule in select(names, context.config.rules):
+    for rule in selected:
         findings.extend(rule().evaluate(context))
-    return rank(findings)
+    return merge(
+        findings,
+        {rule.name: rule.action for rule in RULES},
+        {rule.name for rule in selected},
+        {d.name for d in context.config.deployments},
+    )
+
+
+def evaluate(context: RuleContext, names: Sequence[str] | None = None) -> list[Finding]:
+    """The merged findings of `run`, ranked; those that are no verdict (too little data) come last,
+    with `verdict` False."""
+    return run(context, names).findings

@@ -1,4 +1,5 @@
-"""What several rules share: costed windows, coverage checks, "no verdict", GPU rates, monthly figures."""
+"""What several rules share: costed windows, coverage checks, "no verdict", GPU rates, monthly figures,
+and the thresholds' two directions (strictly above / below, with hysteresis)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from auditor.analysis import AggregatedWindow, cost_window
 from auditor.config import AwsPrice, DeploymentConfig, GcpPrice, OnPremPrice, StaticPrice
 from auditor.costing import HOURS_PER_MONTH, DeploymentCost
 from auditor.gpu_prices import GpuPrice, find_gpu_price
-from auditor.model import Finding, Severity
+from auditor.model import Finding, Severity, Window
 from auditor.rates import RateError, gpu_hourly_usd
 from auditor.units import format_share, format_usd
 from rules.contract import RuleContext
@@ -23,11 +24,21 @@ _NO_BILL_FIX = (
 )
 
 
-def no_verdict(rule: str, subject: str, reason: str, figures: Sequence[tuple[str, str]] = ()) -> Finding:
+def no_verdict(
+    rule: str,
+    subject: str,
+    reason: str,
+    figures: Sequence[tuple[str, str]] = (),
+    *,
+    deployment: str | None = None,
+    window: Window | None = None,
+) -> Finding:
     """A finding that says the rule could not judge, and why: never a verdict, never an alert."""
     return Finding(
         rule=rule,
         subject=subject,
+        deployment=deployment,
+        window=window,
         severity=Severity.INFO,
         title=f"{rule}: no verdict for {subject}",
         text=reason,
@@ -54,10 +65,49 @@ def costed(context: RuleContext, days: float) -> list[DeploymentCost]:
     return aggregated(context, days).window.deployments
 
 
-def per_month(usd: Decimal, dc: DeploymentCost) -> Decimal:
-    """An amount over the deployment's window, as USD a month (730 hours)."""
+def per_month(usd: Decimal, dc: DeploymentCost, month_h: Decimal = HOURS_PER_MONTH) -> Decimal:
+    """An amount over the deployment's window, projected over a `month_h`-hour month at the window's rate."""
     hours = dc.window_hours
-    return usd * HOURS_PER_MONTH / hours if hours > 0 else Decimal(0)
+    return usd * month_h / hours if hours > 0 else Decimal(0)
+
+
+def api_saving_per_month(dc: DeploymentCost, month_h: Decimal) -> Decimal | None:
+    """THE saving of moving a deployment to its cheapest comparable API: TCO over the window − the API's
+    cost of the window's tokens, projected over the month. The one place rules take it from (issue 9
+    defines it in the costing core: swap this body for that function when it lands)."""
+    cheapest = dc.cheapest_api
+    if cheapest is None:
+        return None
+    return per_month(cheapest.savings_usd, dc, month_h)
+
+
+def savings_basis(dc: DeploymentCost, api_ref: str, month_h: Decimal) -> str:
+    """How the API saving was reached, in words."""
+    days = (dc.end - dc.start).total_seconds() / 86400
+    return (
+        f"TCO − {api_ref}'s price of the same tokens over the {days:g} days to {dc.end:%Y-%m-%d %H:%M}, "
+        f"projected over a {month_h:.0f}-hour month at that rate"
+    )
+
+
+def deployment_window(dc: DeploymentCost) -> Window:
+    """The window a deployment was judged on, with its observed and billed GPU-hours."""
+    return Window(
+        start_ts=dc.start.timestamp(),
+        end_ts=dc.end.timestamp(),
+        observed_h=float(dc.hours.observed),
+        expected_h=float(dc.hours.billed),
+    )
+
+
+def fires_below(value: float, enter: float, leave: float, *, firing: bool) -> bool:
+    """Fires when `value` is strictly below `enter`; once firing, it holds until strictly above `leave`."""
+    return value <= leave if firing else value < enter
+
+
+def fires_above(value: float, enter: float, leave: float, *, firing: bool) -> bool:
+    """Fires when `value` is strictly above `enter`; once firing, it holds until strictly below `leave`."""
+    return value >= leave if firing else value > enter
 
 
 def coverage(dc: DeploymentCost) -> float | None:
@@ -86,14 +136,14 @@ def judgement_problem(dc: DeploymentCost, min_coverage: float, *, needs_tokens: 
     return None
 
 
-def window_figures(dc: DeploymentCost) -> tuple[tuple[str, str], ...]:
+def window_figures(dc: DeploymentCost, month_h: Decimal = HOURS_PER_MONTH) -> tuple[tuple[str, str], ...]:
     share = coverage(dc)
     days = (dc.end - dc.start).total_seconds() / 86400
     return (
         (f"utilization ({dc.utilization_metric.value})", format_share(dc.utilization)),
         ("window", f"{days:g} days to {dc.end:%Y-%m-%d %H:%M}"),
         ("observed", f"{dc.hours.observed:.1f} of {dc.hours.billed:.1f} GPU-hours ({format_share(share)})"),
-        ("cost (TCO) a month", format_usd(per_month(dc.tco_usd, dc))),
+        ("cost (TCO) a month", format_usd(per_month(dc.tco_usd, dc, month_h))),
     )
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, ClassVar, Protocol
 
 from auditor.config import Config
+from auditor.costing import hours_from_seconds
 from auditor.gpu_prices import GpuPrice
-from auditor.model import Finding
+from auditor.model import Action, Finding
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 
@@ -37,25 +39,21 @@ class RuleContext:
     def is_firing(self, rule: str, subject: str) -> bool:
         return (rule, subject) in self.firing
 
+    def month_hours(self) -> Decimal:
+        """The real hours of the calendar month `now` falls in (config zone): what projections use."""
+        local = self.now.astimezone(self.config.tz)
+        start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + timedelta(days=32)).replace(day=1)
+        return hours_from_seconds(end.timestamp() - start.timestamp())
+
 
 class Rule(Protocol):
     name: ClassVar[str]
     config_key: ClassVar[str]
     """The rule's section of `[rules]` in the config (`move_to_api`)."""
+    action: ClassVar[Action]
+    """What its findings ask for: findings of one action on one deployment merge into one."""
+    announces_resolution: ClassVar[bool]
+    """Whether its alert's end is worth a message (runaway spend: yes; an idle GPU put to work: no)."""
 
     def evaluate(self, context: RuleContext) -> list[Finding]: ...
-
-
-def rank(findings: Sequence[Finding]) -> list[Finding]:
-    """Most dollars first; findings without a dollar figure after, most severe first."""
-    severity_order = {"critical": 0, "warning": 1, "info": 2}
-    return sorted(
-        findings,
-        key=lambda f: (
-            f.usd_per_month is None,
-            -(f.usd_per_month or 0),
-            severity_order.get(f.severity.value, 3),
-            f.rule,
-            f.subject,
-        ),
-    )

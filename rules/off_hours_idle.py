@@ -6,7 +6,9 @@ metrics, where known) or activity stayed under `below`. An hour idle in every on
 schedule; runs shorter than `min_block_h` are dropped. An hour unobserved in any week is unknown: never
 idle. Fewer than `weeks` weeks of history give no verdict.
 
-Saving = scheduled hours a week × billed GPUs × what a GPU-hour cost over the window × 730 / 168.
+Saving = scheduled hours a week × billed GPUs × what a GPU-hour cost over the window × the calendar
+month's hours / 168: the idle hours seen, projected over the month at the rate they recur. While it
+fires, idle-loaded says nothing about the same idleness (it repeats: a schedule, not a page).
 
 Config (defaults shown)::
 
@@ -29,10 +31,16 @@ from typing import ClassVar
 
 from auditor.analysis import Bucket, merged
 from auditor.config import OffHoursIdleRule
-from auditor.costing import HOURS_PER_MONTH
-from auditor.model import Finding, Severity
+from auditor.model import Action, Finding, Severity
 from auditor.units import format_usd
-from rules.common import aggregated, gpu_rate_in_window, no_verdict, report_command
+from rules.common import (
+    aggregated,
+    deployment_window,
+    gpu_rate_in_window,
+    no_verdict,
+    per_month,
+    report_command,
+)
 from rules.contract import RuleContext
 
 WEEK_S = 7 * 86400
@@ -69,11 +77,14 @@ def runs(hours: set[int]) -> list[tuple[int, int]]:
 class OffHoursIdle:
     name: ClassVar[str] = "off-hours-idle"
     config_key: ClassVar[str] = "off_hours_idle"
+    action: ClassVar[Action] = Action.SCALE_DOWN_OFF_HOURS
+    announces_resolution: ClassVar[bool] = False
 
     def evaluate(self, context: RuleContext) -> list[Finding]:
         params = context.config.rules.off_hours_idle
         window = aggregated(context, params.weeks * 7)
         findings: list[Finding] = []
+        month_h = context.month_hours()
         for dc in window.window.deployments:
             gpus = context.config.deployment(dc.deployment).billed_gpus
             idle, weeks_seen = self._idle_hours(context, params, window.buckets[dc.deployment], gpus)
@@ -84,6 +95,7 @@ class OffHoursIdle:
                         dc.deployment,
                         f"only {weeks_seen} of the last {params.weeks} weeks have enough observed time "
                         "(unobserved hours are unknown, not idle)",
+                        window=deployment_window(dc),
                     )
                 )
                 continue
@@ -92,7 +104,7 @@ class OffHoursIdle:
             if not kept or rate is None:
                 continue
             hours = sum(n for _, n in kept)
-            saving = Decimal(hours) * gpus * rate * HOURS_PER_MONTH / HOURS_PER_WEEK
+            saving = Decimal(hours) * gpus * rate * month_h / HOURS_PER_WEEK
             schedule = ", ".join(describe(s, n) for s, n in kept)
             findings.append(
                 Finding(
@@ -111,6 +123,12 @@ class OffHoursIdle:
                         ("GPU-hour cost", format_usd(rate)),
                     ),
                     command=report_command(context),
+                    deployment=dc.deployment,
+                    window=deployment_window(dc),
+                    basis=f"{hours} idle hours a week in each of the last {params.weeks} weeks × {gpus} GPUs "
+                    f"× {format_usd(rate)} a GPU-hour, projected over the month's {month_h:.0f} hours "
+                    f"({month_h / HOURS_PER_WEEK:.2f} weeks)",
+                    monthly_cost_usd=per_month(dc.tco_usd, dc, month_h),
                 )
             )
         return findings

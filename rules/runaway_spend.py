@@ -1,6 +1,7 @@
 """runaway-spend: GPUs burning money far faster than usual, before the bill shows it. Critical.
 
-Three checks, each its own subject:
+Its dollars are money *above* the usual cost, if the burn continues: shown beside a list's total at
+stake, never in it. Three checks, each its own subject:
 - `DEPLOYMENT`: the live burn rate (GPUs seen in the last `live_minutes` × USD per GPU-hour from the
   price config and the GPU catalog) above `factor` × the trailing baseline (the mean GPUs running over
   the observed minutes of the last `baseline_days`, at the same rate). Live GPU counts come from raw
@@ -13,8 +14,8 @@ Three checks, each its own subject:
 Config (defaults shown)::
 
     [rules.runaway_spend]
-    factor = 2.0             # fires above 2× the baseline…
-    leave_factor = 1.8       # …and clears under 1.8× it
+    factor = 2.0             # fires strictly above 2× the baseline…
+    leave_factor = 1.8       # …and clears only strictly under 1.8× it
     baseline_days = 7
     min_baseline_h = 24      # no verdict before a day of history
     live_minutes = 10
@@ -32,10 +33,10 @@ from typing import ClassVar
 
 from auditor.analysis import cost_window
 from auditor.config import DeploymentConfig, RunawaySpendRule
-from auditor.costing import HOURS_PER_MONTH, SECONDS_PER_HOUR
-from auditor.model import Finding, Severity
+from auditor.costing import SECONDS_PER_HOUR
+from auditor.model import Action, Finding, Severity, Window
 from auditor.units import format_usd
-from rules.common import costed, gpu_rate_in_window, live_gpu_hourly_usd, no_verdict
+from rules.common import costed, fires_above, gpu_rate_in_window, live_gpu_hourly_usd, no_verdict
 from rules.contract import RuleContext
 
 HOURS_PER_DAY = Decimal(24)
@@ -44,6 +45,8 @@ HOURS_PER_DAY = Decimal(24)
 class RunawaySpend:
     name: ClassVar[str] = "runaway-spend"
     config_key: ClassVar[str] = "runaway_spend"
+    action: ClassVar[Action] = Action.STOP_OVERSPEND
+    announces_resolution: ClassVar[bool] = True
 
     def evaluate(self, context: RuleContext) -> list[Finding]:
         params = context.config.rules.runaway_spend
@@ -89,7 +92,12 @@ class RunawaySpend:
         name = deployment.name
         if rate is None or burn is None:
             return [
-                no_verdict(self.name, name, "no GPU-hour rate: give the price an instance_type or a rate")
+                no_verdict(
+                    self.name,
+                    name,
+                    "no GPU-hour rate: give the price an instance_type or a rate",
+                    deployment=name,
+                )
             ]
         observed_h = len(counts) / 60
         if observed_h < params.min_baseline_h:
@@ -99,15 +107,21 @@ class RunawaySpend:
                     name,
                     f"only {observed_h:.1f} h of GPU history in the last {params.baseline_days} days "
                     f"(the baseline needs {params.min_baseline_h:g} h)",
+                    deployment=name,
                 )
             ]
         mean_gpus = Decimal(sum(counts)) / len(counts)
         baseline = mean_gpus * rate
-        factor = params.leave_factor if context.is_firing(self.name, name) else params.factor
-        if burn <= baseline * Decimal(repr(factor)):
+        firing = context.is_firing(self.name, name)
+        factor = params.leave_factor if firing else params.factor
+        if burn <= 0:
+            return []
+        ratio = float(burn / baseline) if baseline > 0 else float("inf")
+        if not fires_above(ratio, params.factor, params.leave_factor, firing=firing):
             return []
         gpus = burn / rate
-        excess = (burn - baseline) * HOURS_PER_MONTH
+        month_h = context.month_hours()
+        excess = (burn - baseline) * month_h
         return [
             Finding(
                 rule=self.name,
@@ -124,9 +138,17 @@ class RunawaySpend:
                     ("USD per GPU-hour", format_usd(rate)),
                     ("burn rate", f"{format_usd(burn)}/h"),
                     ("baseline burn", f"{format_usd(baseline)}/h"),
-                    ("fires above", f"{factor:g}× baseline"),
+                    ("fires above" if not firing else "holds down to", f"{factor:g}× baseline"),
                 ),
                 command="auditor status",
+                deployment=name,
+                window=Window(
+                    start_ts=context.now.timestamp() - params.baseline_days * 86400,
+                    end_ts=context.now.timestamp(),
+                    observed_h=observed_h,
+                    expected_h=params.baseline_days * 24.0,
+                ),
+                basis=f"(burn rate − baseline burn) × {month_h:.0f} hours in the month, if it stays so",
             )
         ]
 
@@ -178,6 +200,8 @@ class RunawaySpend:
                     ("budget", format_usd(budget)),
                 ),
                 command=f"auditor report --month {start:%Y-%m}",
+                deployment=deployment.name,
+                basis="spent this month + burn rate × hours left − budget",
             )
         ]
 
@@ -196,7 +220,7 @@ class RunawaySpend:
             factor = Decimal(repr(params.day_over_day_factor))
             if days[last] <= days[before] * factor or jump < params.min_jump_usd:
                 continue
-            monthly = jump * HOURS_PER_MONTH / HOURS_PER_DAY
+            monthly = jump * context.month_hours() / HOURS_PER_DAY
             findings.append(
                 Finding(
                     rule=self.name,
@@ -213,6 +237,9 @@ class RunawaySpend:
                         ("fires above", f"{params.day_over_day_factor:g}× the day before"),
                     ),
                     command=f"auditor report --month {last:%Y-%m}",
+                    deployment=None if owner == "unattributed" else owner,
+                    basis=f"the day's jump × {context.month_hours() / HOURS_PER_DAY:.2f} days in the month, "
+                    "if it stays",
                 )
             )
         return findings

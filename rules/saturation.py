@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import ClassVar
 
-from auditor.model import DeploymentMinute, Finding, Severity
+from auditor.model import Action, DeploymentMinute, Finding, Severity, Window
 from auditor.units import format_share
 from rules.common import no_verdict
 from rules.contract import RuleContext
@@ -31,6 +31,8 @@ ENTER_SHARE = 0.9
 class Saturation:
     name: ClassVar[str] = "saturation"
     config_key: ClassVar[str] = "saturation"
+    action: ClassVar[Action] = Action.ADD_CAPACITY
+    announces_resolution: ClassVar[bool] = True
 
     def evaluate(self, context: RuleContext) -> list[Finding]:
         params = context.config.rules.saturation
@@ -50,6 +52,7 @@ class Saturation:
                         self.name,
                         deployment.name,
                         f"only {len(minutes)} of the last {params.minutes} minutes have server metrics",
+                        deployment=deployment.name,
                     )
                 )
                 continue
@@ -80,6 +83,13 @@ class Saturation:
                         ("threshold", f"KV cache over {format_share(params.kv_cache_above)}"),
                     ),
                     command="auditor status",
+                    deployment=deployment.name,
+                    window=Window(
+                        start_ts=end_ts - params.minutes * 60,
+                        end_ts=end_ts,
+                        observed_h=len(minutes) / 60,
+                        expected_h=params.minutes / 60,
+                    ),
                 )
             )
         return findings

@@ -3,12 +3,13 @@
 Config (defaults shown)::
 
     [rules.self_host_pays]
-    above = 0.65         # anywhere in the 60–70% band where self-hosting starts to pay
-    leave_below = 0.60   # once firing, it clears only under this
+    above = 0.65         # fires strictly above this (anywhere in the 60–70% band where self-hosting pays)
+    leave_below = 0.60   # once firing, it clears only strictly under this
     window_days = 7
     cooldown_h = 24
 
-Says: "Keep self-hosting llama: $X/month cheaper than openai:gpt-4o." Informational. When even the
+Says: "Keep self-hosting llama: $X/month cheaper than openai:gpt-4o." Informational: the margin is a
+figure, not money at stake, so it is never added to a total. When even the
 cheapest API costs less than the deployment's TCO at this utilization, it says nothing (the other
 rules speak); with no API to compare, it says so and gives no dollar figure.
 """
@@ -17,30 +18,48 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from auditor.model import Finding, Severity
+from auditor.model import Action, Finding, Severity
 from auditor.units import format_share, format_usd
-from rules.common import costed, judgement_problem, no_verdict, per_month, report_command, window_figures
+from rules.common import (
+    costed,
+    deployment_window,
+    fires_above,
+    judgement_problem,
+    no_verdict,
+    per_month,
+    report_command,
+    window_figures,
+)
 from rules.contract import RuleContext
 
 
 class SelfHostPays:
     name: ClassVar[str] = "self-host-pays"
     config_key: ClassVar[str] = "self_host_pays"
+    action: ClassVar[Action] = Action.KEEP_SELF_HOSTING
+    announces_resolution: ClassVar[bool] = False
 
     def evaluate(self, context: RuleContext) -> list[Finding]:
         params = context.config.rules.self_host_pays
         findings: list[Finding] = []
+        month_h = context.month_hours()
         for dc in costed(context, params.window_days):
             problem = judgement_problem(dc, context.config.rules.min_coverage, needs_tokens=bool(dc.apis))
             if problem is not None:
-                findings.append(no_verdict(self.name, dc.deployment, problem))
+                findings.append(no_verdict(self.name, dc.deployment, problem, window=deployment_window(dc)))
                 continue
             assert dc.utilization is not None  # noqa: S101  (judgement_problem checked it)
-            threshold = params.leave_below if context.is_firing(self.name, dc.deployment) else params.above
-            if dc.utilization <= threshold:
+            firing = context.is_firing(self.name, dc.deployment)
+            if not fires_above(dc.utilization, params.above, params.leave_below, firing=firing):
                 continue
+            threshold = params.leave_below if firing else params.above
             cheapest = dc.cheapest_api
-            figures = (*window_figures(dc), ("threshold", f"over {format_share(threshold)}"))
+            figures = (
+                *window_figures(dc, month_h),
+                ("threshold", f"{'at least' if firing else 'over'} {format_share(threshold)}"),
+            )
+            window = deployment_window(dc)
+            monthly_cost = per_month(dc.tco_usd, dc, month_h)
             if cheapest is None:
                 findings.append(
                     Finding(
@@ -53,10 +72,13 @@ class SelfHostPays:
                         usd_per_month=None,
                         figures=figures,
                         command=report_command(context),
+                        deployment=dc.deployment,
+                        window=window,
+                        monthly_cost_usd=monthly_cost,
                     )
                 )
                 continue
-            margin = per_month(-cheapest.savings_usd, dc)
+            margin = per_month(-cheapest.savings_usd, dc, month_h)
             if margin <= 0:
                 continue
             findings.append(
@@ -67,12 +89,18 @@ class SelfHostPays:
                     title=f"{dc.deployment}: {format_share(dc.utilization)} utilized; self-hosting pays",
                     text=f"Keep self-hosting {dc.deployment}: {format_usd(margin)}/month cheaper than "
                     f"{cheapest.price.ref}.",
-                    usd_per_month=margin,
+                    usd_per_month=None,
                     figures=(
                         *figures,
-                        (f"{cheapest.price.ref} a month", format_usd(per_month(cheapest.usd, dc))),
+                        ("margin a month", format_usd(margin)),
+                        (f"{cheapest.price.ref} a month", format_usd(per_month(cheapest.usd, dc, month_h))),
                     ),
                     command=report_command(context),
+                    basis=f"{cheapest.price.ref}'s price of the same tokens − TCO, projected over a "
+                    f"{month_h:.0f}-hour month",
+                    deployment=dc.deployment,
+                    window=window,
+                    monthly_cost_usd=monthly_cost,
                 )
             )
         return findings

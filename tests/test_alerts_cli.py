@@ -88,7 +88,8 @@ def test_digest_prints_and_sends_once(config: Path, slack: SlackServer) -> None:
     assert sent.stdout.strip() == f"digest {name} sent"
     assert len(slack.posted("/webhook")) == 1
     again = run("digest", "--config", str(config), "--send", env=env)
-    assert "was sent before" in again.stdout and len(slack.posted("/webhook")) == 1
+    assert f"digest {name} was sent on " in again.stdout and "not sent again" in again.stdout
+    assert len(slack.posted("/webhook")) == 1
     bad = run("digest", "--config", str(config), "--week", "W47")
     assert bad.returncode == 2 and "--week: 'W47' is not an ISO week" in bad.stderr
     unset = run("digest", "--config", str(config), "--send")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -12,7 +13,14 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 import rules
-from auditor.alert_jobs import digest_cycle, make_digest, rule_context
+from auditor.alert_jobs import (
+    DigestCycle,
+    DigestOutcome,
+    digest_cycle,
+    digest_key,
+    make_digest,
+    rule_context,
+)
 from auditor.cli.common import (
     EXIT_FINDING,
     ConfigOption,
@@ -26,9 +34,11 @@ from auditor.cli.common import (
     require_config,
 )
 from auditor.config import Config
+from auditor.finding_json import finding_to_json
 from auditor.model import Finding, Severity
-from auditor.units import format_usd
+from auditor.units import format_share, format_usd
 from reports.digest import digest_text, parse_week
+from reports.findings import finding_detail_lines
 from reports.slack import SlackConfigError, slack_sender
 
 rules_app = typer.Typer(
@@ -37,17 +47,24 @@ rules_app = typer.Typer(
 app.add_typer(rules_app, name="rules")
 
 
+def _money(value: Decimal) -> float:
+    return float(round(value, 2))
+
+
 def _finding_json(finding: Finding) -> dict[str, Any]:
+    data = finding_to_json(finding, money=_money)
+    data["figures"] = dict(finding.figures)
+    return data
+
+
+def _at_stake_json(stake: rules.AtStake) -> dict[str, Any]:
     return {
-        "rule": finding.rule,
-        "subject": finding.subject,
-        "severity": finding.severity.value,
-        "verdict": finding.verdict,
-        "title": finding.title,
-        "text": finding.text,
-        "usd_per_month": None if finding.usd_per_month is None else float(round(finding.usd_per_month, 2)),
-        "figures": dict(finding.figures),
-        "command": finding.command,
+        "usd_per_month": _money(stake.usd_per_month),
+        "cost_usd_per_month": _money(stake.cost_usd_per_month),
+        "deployments": stake.deployments,
+        "capped": list(stake.capped),
+        "overspend_usd_per_month": _money(stake.overspend_usd_per_month),
+        "text": rules.at_stake_line(stake),
     }
 
 
@@ -75,9 +92,12 @@ def rules_check(
     finally:
         store.close()
     if as_json:
-        print(
-            json.dumps({"now": now.isoformat(), "findings": [_finding_json(f) for f in findings]}, indent=2)
-        )
+        document = {
+            "now": now.isoformat(),
+            "findings": [_finding_json(f) for f in findings],
+            "total_at_stake": _at_stake_json(rules.at_stake(findings)),
+        }
+        print(json.dumps(document, indent=2))
     else:
         _print_findings(findings, _nothing_found(config, now, newest))
     verdicts = [f for f in findings if f.verdict]
@@ -108,18 +128,20 @@ def _print_findings(findings: list[Finding], nothing_found: str) -> None:
     if not verdicts:
         out.print(nothing_found, highlight=False, soft_wrap=True)
     else:
-        table = Table(title="Findings, most dollars first", title_justify="left")
+        table = Table(title="Findings, most dollars first (one action per deployment)", title_justify="left")
         for column in ("$/month", "severity", "rule", "subject", "recommendation"):
             table.add_column(column, justify="right" if column == "$/month" else "left")
         for f in verdicts:
-            table.add_row(format_usd(f.usd_per_month), f.severity.value, f.rule, f.subject, f.text)
+            table.add_row(
+                format_usd(f.usd_per_month), f.severity.value, ", ".join(f.rules), f.subject, f.text
+            )
         out.print(table)
         for f in verdicts:
-            figures = "; ".join(f"{label}: {value}" for label, value in f.figures)
-            more = f" (more: {f.command})" if f.command else ""
-            out.print(f"[{f.rule} {f.subject}] {figures}{more}", highlight=False)
+            for line in finding_detail_lines(f):
+                out.print(line, highlight=False, markup=False)
     for f in undecided:
-        out.print(f"no verdict: {f.rule} {f.subject}: {f.text}", highlight=False)
+        out.print(f"no verdict: {f.rule} {f.subject}: {f.text}", highlight=False, markup=False)
+    out.print(rules.at_stake_line(rules.at_stake(findings)), highlight=False, markup=False)
 
 
 @app.command()
@@ -156,18 +178,46 @@ def digest(
                 "or slack.webhook_url_env"
             )
         cycle = digest_cycle(
-            config, store, now, sender, week, api_catalog=api_catalog(config), gpu_catalog=gpu_catalog()
+            config,
+            store,
+            now,
+            sender,
+            week,
+            send_unknown=True,
+            api_catalog=api_catalog(config),
+            gpu_catalog=gpu_catalog(),
         )
+        last_error = next((m.last_error for m in store.outbox_messages(digest_key(cycle.week))), None)
     finally:
         store.close()
-    flush = cycle.flush
-    if flush is not None and flush.pending:
-        fatal(
-            f"Slack did not accept every message: {flush.pending} wait in the store and go out later",
-            code=EXIT_FINDING,
-        )
-    print(
-        f"digest {cycle.week} sent"
-        if cycle.queued
-        else f"digest {cycle.week} was sent before: not sent again"
+    print(digest_send_message(cycle, last_error))
+    if cycle.outcome is DigestOutcome.WAITING:
+        raise typer.Exit(EXIT_FINDING)
+
+
+def digest_send_message(cycle: DigestCycle, last_error: str | None = None) -> str:
+    """What `digest --send` did on this run, in one line."""
+    week = f"digest {cycle.week}"
+    unknown = ""
+    if cycle.digest is not None and cycle.digest.unknown:
+        unknown = f" (the week is unknown: {format_share(cycle.digest.coverage)} of it observed; it says so)"
+    when = (
+        ""
+        if cycle.sent_ts is None
+        else datetime.fromtimestamp(cycle.sent_ts, UTC).strftime("%Y-%m-%d %H:%M UTC")
     )
+    match cycle.outcome:
+        case DigestOutcome.SENT:
+            return f"{week} sent{unknown}"
+        case DigestOutcome.SENT_QUEUED:
+            return f"{week} sent: it was queued by an earlier run and had not gone out until now"
+        case DigestOutcome.SENT_BEFORE:
+            return f"{week} was sent on {when}: not sent again"
+        case DigestOutcome.WAITING:
+            reason = f" ({last_error})" if last_error else ""
+            return (
+                f"{week} queued, not delivered{reason}: the daemon's next flush or the next "
+                "`auditor digest --send` retries it"
+            )
+        case _:
+            return f"{week} not sent ({cycle.outcome.value})"
