@@ -442,6 +442,9 @@ class SlackConfig(_Strict):
     channel_warning: str | None = None
     channel_critical: str | None = None
     digest_channel: str | None = None
+    api_base_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?/$")
+    """The Slack Web API's address for the bot token, ending in `/` (GovSlack:
+    `https://slack-gov.com/api/`, or a proxy); default Slack's own."""
     min_severity: Literal["info", "warning", "critical"] = "warning"
     """Findings below this severity are kept as alerts but not sent."""
     digest_cron: str = "0 9 * * mon"

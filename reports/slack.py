@@ -2,16 +2,26 @@
 
 A bot token (`chat_postMessage`, a channel per severity, `files_upload_v2` for the digest's chart) or an
 incoming webhook (one channel, no files). The token is read from the environment variable named by
-`slack.token_env` or from `slack.token_file`, and never logged. Retries: the SDK's rate-limit handler
-(waits Retry-After), plus connection errors and 5xx answers with capped, jittered exponential backoff.
-What still fails becomes a `DeliveryError`; the message waits in the outbox for the next flush.
+`slack.token_env` or from `slack.token_file`, and never logged; `slack.api_base_url` points the bot's
+client elsewhere (GovSlack, a proxy). Retries: the SDK's rate-limit handler (waits Retry-After), plus
+connection errors and 5xx answers with capped, jittered exponential backoff. What still fails becomes a
+`DeliveryError`; the message waits in the outbox for the next flush.
+
+Exactly once, with a bot token: every post carries Slack message `metadata` naming its outbox message.
+A post whose answer never came (a timeout, a 5xx, a dropped connection) may have arrived all the same,
+so the SDK does not retry it; before the outbox's next attempt, the sender reads the channel's history
+(`conversations.history`, `channels:history` scope) for a message with that metadata, and takes it for
+delivered if it is there. An incoming webhook cannot be asked: webhook delivery is *at-least-once* (a
+timed-out post that did arrive is posted again).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.error import URLError
@@ -36,6 +46,20 @@ from auditor.outbox import DeliveryError
 from auditor.store import OutboxMessage
 from auditor.units import format_usd
 
+log = logging.getLogger(__name__)
+
+METADATA_EVENT = "gpu_auditor_outbox"
+"""The `event_type` of the metadata every bot post carries: how a post is found again."""
+HISTORY_PAGES = 10
+"""Pages of 200 messages read back at most when looking for an earlier attempt."""
+HISTORY_SLACK_S = 300.0
+"""Looked for from this long before the message was queued (clocks differ)."""
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+_POST_METHOD = "chat.postMessage"
+WEBHOOK_AT_LEAST_ONCE = (
+    "an incoming webhook cannot be asked whether a post that timed out arrived: delivery is "
+    "at-least-once (a bot token, slack.token_env, delivers exactly once)"
+)
 MAX_FIELDS = 10
 """Block Kit allows ten fields in a section."""
 MAX_HEADER = 150
@@ -149,8 +173,19 @@ class CappedBackoff(RetryIntervalCalculator):
         return interval / 2 + self.rng.random() * interval / 2
 
 
+def _is_post(request: HttpRequest) -> bool:
+    return request.url.rstrip("/").endswith(_POST_METHOD)
+
+
+def _refused(error: Exception | None) -> bool:
+    """The connection was never made: nothing can have been delivered."""
+    reason = getattr(error, "reason", error)
+    return isinstance(reason, ConnectionRefusedError)
+
+
 class ServerErrorRetryHandler(RetryHandler):
-    """Retries a 5xx answer (Slack having a bad minute)."""
+    """Retries a 5xx answer (Slack having a bad minute) — except a post's: that one may have arrived, and
+    is left to the outbox, which looks for it before posting again."""
 
     def _can_retry(
         self,
@@ -160,14 +195,30 @@ class ServerErrorRetryHandler(RetryHandler):
         response: HttpResponse | None = None,
         error: Exception | None = None,
     ) -> bool:
-        return response is not None and 500 <= response.status_code < 600
+        return response is not None and 500 <= response.status_code < 600 and not _is_post(request)
+
+
+class SafeConnectionErrorRetryHandler(ConnectionErrorRetryHandler):
+    """Retries connection errors, a post's only when the connection was refused (never delivered)."""
+
+    def _can_retry(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if _is_post(request) and not _refused(error):
+            return False
+        return super()._can_retry(state=state, request=request, response=response, error=error)
 
 
 def retry_handlers(max_retries: int, base_s: float, cap_s: float) -> list[RetryHandler]:
     backoff = CappedBackoff(base_s, cap_s)
     return [
         RateLimitErrorRetryHandler(max_retry_count=max_retries),
-        ConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
+        SafeConnectionErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
         ServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=backoff),
     ]
 
@@ -199,6 +250,7 @@ class SlackSender:
             raise ValueError("give a WebClient or a WebhookClient")
         self.client = client
         self.webhook = webhook
+        self._channel_ids: dict[str, str] = {}
 
     def send(self, message: OutboxMessage) -> str | None:
         blocks = json.loads(message.blocks)
@@ -212,9 +264,11 @@ class SlackSender:
             )
         posted = message.posted_ref
         try:
+            if posted is None and message.attempts > 0:
+                posted = self._find_earlier_post(message)  # an attempt whose answer never came may be there
             if posted is None:
                 response = self.client.chat_postMessage(
-                    channel=message.channel, text=message.text, blocks=blocks
+                    channel=message.channel, text=message.text, blocks=blocks, metadata=_metadata(message)
                 )
                 posted = f"{response['channel']}:{response['ts']}"
             if message.attachment is not None:
@@ -232,12 +286,70 @@ class SlackSender:
             raise DeliveryError(f"Slack is unreachable: {exc}", transport=True, posted_ref=posted) from None
         return posted
 
+    def _find_earlier_post(self, message: OutboxMessage) -> str | None:
+        """`channel:ts` of a post of this outbox message that arrived although its answer never came,
+        found by its metadata in the channel's history; None when it is not there (post it now).
+
+        A history that cannot be read (a missing `channels:history` scope) is logged and taken as
+        "not there": a possible duplicate is better than a lost alert."""
+        assert self.client is not None and message.channel is not None  # noqa: S101
+        try:
+            channel = self._channel_id(message.channel)
+            if channel is None:
+                log.warning("slack: channel %s not found; cannot check for an earlier post", message.channel)
+                return None
+            cursor: str | None = None
+            for _ in range(HISTORY_PAGES):
+                page = self.client.conversations_history(
+                    channel=channel,
+                    oldest=f"{message.created_ts - HISTORY_SLACK_S:.6f}",
+                    include_all_metadata=True,
+                    limit=200,
+                    cursor=cursor,
+                )
+                for item in page.get("messages") or []:
+                    if _is_ours(item, message):
+                        return f"{channel}:{item['ts']}"
+                cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+                if not page.get("has_more") or cursor is None:
+                    break
+        except SlackApiError as exc:
+            log.warning(
+                "slack: cannot read back %s to check for an earlier post (%s); posting again: add the "
+                "channels:history scope for exactly-once delivery",
+                message.channel,
+                _api_error(exc),
+            )
+        return None
+
+    def _channel_id(self, channel: str) -> str | None:
+        """A channel's ID: as configured, or looked up by name (`#gpu-cost`) once."""
+        if _CHANNEL_ID.match(channel):
+            return channel
+        name = channel.lstrip("#")
+        if name in self._channel_ids:
+            return self._channel_ids[name]
+        assert self.client is not None  # noqa: S101
+        cursor: str | None = None
+        for _ in range(HISTORY_PAGES):
+            page = self.client.conversations_list(
+                types="public_channel,private_channel", exclude_archived=True, limit=1000, cursor=cursor
+            )
+            for item in page.get("channels") or []:
+                self._channel_ids[str(item.get("name"))] = str(item.get("id"))
+            cursor = (page.get("response_metadata") or {}).get("next_cursor") or None
+            if name in self._channel_ids or cursor is None:
+                break
+        return self._channel_ids.get(name)
+
     def _send_webhook(self, message: OutboxMessage, blocks: list[dict[str, Any]]) -> str | None:
         assert self.webhook is not None  # noqa: S101
         try:
             response = self.webhook.send(text=message.text, blocks=blocks)
         except (URLError, OSError, SlackClientError) as exc:
-            raise DeliveryError(f"the Slack webhook is unreachable: {exc}", transport=True) from None
+            raise DeliveryError(
+                f"the Slack webhook is unreachable: {exc} ({WEBHOOK_AT_LEAST_ONCE})", transport=True
+            ) from None
         if response.status_code != 200:
             transport = response.status_code == 429 or response.status_code >= 500
             raise DeliveryError(
@@ -245,6 +357,24 @@ class SlackSender:
                 transport=transport,
             )
         return "webhook"  # a webhook cannot upload files: the digest's chart stays in `auditor digest`
+
+
+def _metadata(message: OutboxMessage) -> dict[str, Any]:
+    return {
+        "event_type": METADATA_EVENT,
+        "event_payload": {"outbox_id": message.id, "key": message.key, "created_ts": message.created_ts},
+    }
+
+
+def _is_ours(item: Mapping[str, Any], message: OutboxMessage) -> bool:
+    metadata = item.get("metadata") or {}
+    payload = metadata.get("event_payload") or {}
+    return (
+        metadata.get("event_type") == METADATA_EVENT
+        and payload.get("outbox_id") == message.id
+        and payload.get("key") == message.key
+        and payload.get("created_ts") == message.created_ts
+    )
 
 
 def read_token(slack: SlackConfig, env: Mapping[str, str]) -> str | None:
@@ -273,7 +403,8 @@ def slack_sender(
     backoff_cap_s: float = 30.0,
     timeout_s: int = 30,
 ) -> SlackSender | None:
-    """The sender the config asks for, or None when no token and no webhook URL is configured."""
+    """The sender the config asks for, or None when no token and no webhook URL is configured.
+    `base_url` overrides `slack.api_base_url` (the Web API's address, for GovSlack or a proxy)."""
     env = os.environ if env is None else env
     handlers = retry_handlers(max_retries, backoff_s, backoff_cap_s)
     if slack.webhook_url_env is not None:
@@ -283,11 +414,13 @@ def slack_sender(
                 f"slack.webhook_url_env names {slack.webhook_url_env}, which is not set; "
                 "export the webhook URL"
             )
+        log.info("slack: incoming webhook: %s", WEBHOOK_AT_LEAST_ONCE)
         return SlackSender(webhook=WebhookClient(url, timeout=timeout_s, retry_handlers=handlers))
     token = read_token(slack, env)
     if token is None:
         return None
     kwargs: dict[str, Any] = {"token": token, "timeout": timeout_s, "retry_handlers": handlers}
+    base_url = base_url or slack.api_base_url
     if base_url is not None:
         kwargs["base_url"] = base_url
     return SlackSender(client=WebClient(**kwargs))
