@@ -105,4 +105,10 @@ def report_object(report: MonthReport) -> dict[str, Any]:
         "estimated": report.estimated,
         "deployments": [deployment_object(d.cost, d.findings) for d in report.deployments],
         "other_recommendations": [{**recommendation(f), "subject": f.subject} for f in report.other_findings],
+        "total_at_stake": {
+            "usd_per_month": usd(report.at_stake.usd_per_month),
+            "cost_usd_per_month": usd(report.at_stake.cost_usd_per_month),
+            "overspend_usd_per_month": usd(report.at_stake.overspend_usd_per_month),
+            "text": report.at_stake_text,
+        },
     }

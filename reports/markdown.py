@@ -49,6 +49,10 @@ def _deployment(d: DeploymentMonth) -> list[str]:
         for f in d.findings:
             money = f" ({format_usd(f.usd_per_month)}/month)" if f.usd_per_month is not None else ""
             lines.append(f"- **{f.severity.value}** `{f.rule}`: {f.text}{money}")
+            lines += [
+                f"  - instead: {a.text} ({format_usd(a.usd_per_month)}/month; excludes the above, not added)"
+                for a in f.alternatives
+            ]
     return [*lines, ""]
 
 
@@ -79,4 +83,5 @@ def render_markdown(report: MonthReport) -> str:
         lines += [
             f"- **{f.severity.value}** `{f.rule}` ({f.subject}): {f.text}" for f in report.other_findings
         ]
+    lines += ["", f"**{report.at_stake_text}**"]
     return "\n".join(lines).rstrip() + "\n"

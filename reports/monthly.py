@@ -17,6 +17,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from auditor.analysis import Bucket, billed_gpu_hours, cost_window, local_days, merged
+from auditor.at_stake import AtStake, at_stake, at_stake_line
 from auditor.config import Config, DeploymentConfig
 from auditor.costing import (
     DeploymentCost,
@@ -170,6 +171,16 @@ class MonthReport:
         return any(d.cost.estimated for d in self.deployments) or any(
             line.estimated for line in self.cost_lines
         )
+
+    @property
+    def at_stake(self) -> AtStake:
+        """The total at stake of the report's findings: one action per deployment, capped at its cost."""
+        return at_stake([*(f for d in self.deployments for f in d.findings), *self.other_findings])
+
+    @property
+    def at_stake_text(self) -> str:
+        """The line the report's findings end with (issue 12)."""
+        return at_stake_line(self.at_stake)
 
 
 def build_month_report(

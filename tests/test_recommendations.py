@@ -16,6 +16,9 @@ from auditor.gpu_prices import load_gpu_prices
 from auditor.model import Action, Finding
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
+from reports.json_form import report_object
+from reports.markdown import render_markdown
+from reports.monthly import build_month_report
 from rules.common import costed, fires_above, fires_below
 from tests.scenarios import Fleet, constant, ts, weekday_weekend
 from tests.test_rules import RAG
@@ -196,3 +199,36 @@ def test_runaway_spend_fires_strictly_above_its_factor(store: Store) -> None:
     assert not _fires(config, store, now, "runaway-spend", firing=False)  # exactly 2× is not above 2×
     Fleet().add("rag", end - 600, end, gpus=[f"GPU-{i}" for i in range(17)], util=constant(0.5)).write(store)
     assert _fires(config, store, now, "runaway-spend", firing=False)
+
+
+def test_the_monthly_report_ends_with_the_same_total(store: Store) -> None:
+    config = parse_config(H100_FLEET)
+    now = datetime(2026, 11, 28, 6, tzinfo=UTC)
+    start = int(now.timestamp()) - 3 * WEEK_S
+    busy = weekday_weekend(1, 0)
+    Fleet().add(
+        "llama",
+        start,
+        int(now.timestamp()),
+        gpus=[f"GPU-{i}" for i in range(8)],
+        util=weekday_weekend(0.18, 0.005),
+        tokens_per_min=lambda m: (40_000, 10_000) if busy(m) else (0, 0),
+        busy=weekday_weekend(0.30, 0.0),
+    ).write(store)
+    ctx = context(config, store, now)
+    findings = rules.evaluate(ctx)
+    report = build_month_report(
+        store=store,
+        config=config,
+        month="2026-11",
+        now=now,
+        api_catalog=ctx.api_catalog,
+        gpu_catalog=ctx.gpu_catalog,
+        findings=findings,
+    )
+    line = rules.at_stake_line(rules.at_stake(findings))
+    markdown = render_markdown(report)
+    assert markdown.rstrip().endswith(f"**{line}**")
+    assert "  - instead: Scale llama to zero" in markdown
+    total = report_object(report)["total_at_stake"]
+    assert total["text"] == line
