@@ -190,6 +190,7 @@ def digest_cycle(
     week: str | None = None,
     *,
     send_unknown: bool = False,
+    retry_now: bool = False,
     api_catalog: ApiPriceCatalog | None = None,
     gpu_catalog: Sequence[GpuPrice] | None = None,
 ) -> DigestCycle:
@@ -197,14 +198,19 @@ def digest_cycle(
 
     Idempotent: a week already queued (sent or waiting) is not built or queued again, so the daemon may
     call this at start-up and on its cron without ever sending a week twice. A week observed under the
-    rules' `min_coverage` is not queued unless `send_unknown` (a person asked for it: `digest --send`)."""
+    rules' `min_coverage` is not queued unless `send_unknown` (a person asked for it: `digest --send`);
+    `retry_now` sends a digest queued earlier without waiting for its backoff (the outbox is flushed as
+    of its next attempt)."""
     week = week or last_complete_week(now, config.tz)
     key = digest_key(week)
     now_ts = now.timestamp()
     earlier = store.outbox_messages(key)
     if earlier:
         delivered = [m.sent_ts for m in earlier if m.sent_ts is not None]
-        flush = flush_outbox(store, sender, now_ts) if sender is not None else None
+        due_ts = (
+            max([now_ts, *(m.next_attempt_ts for m in earlier if m.sent_ts is None)]) if retry_now else now_ts
+        )
+        flush = flush_outbox(store, sender, now_ts, due_ts=due_ts) if sender is not None else None
         if delivered:
             return DigestCycle(week, None, DigestOutcome.SENT_BEFORE, flush, sent_ts=min(delivered))
         sent_now = _sent_ts(store, key)

@@ -50,14 +50,17 @@ def retry_delay_s(attempts: int, rng: random.Random | None = None) -> float:
     return base * (0.8 + 0.4 * jitter)
 
 
-def flush_outbox(store: Store, sender: Sender, now_ts: float, *, limit: int = 100) -> Flush:
+def flush_outbox(
+    store: Store, sender: Sender, now_ts: float, *, limit: int = 100, due_ts: float | None = None
+) -> Flush:
     """Send what is due, oldest first; a message is marked sent only once the sender accepted it.
 
     A transport failure stops the flush (the rest waits for the next one); any other failure holds
-    that message back with a backoff, and the later messages about the same key wait behind it."""
+    that message back with a backoff, and the later messages about the same key wait behind it.
+    `due_ts` (default now) sends what is due by then: a person asking to send now skips the backoff."""
     sent = failed = 0
     blocked: set[str] = set()
-    for message in store.outbox_pending(now_ts, limit):
+    for message in store.outbox_pending(now_ts if due_ts is None else due_ts, limit):
         assert message.id is not None  # noqa: S101  (read from the store)
         if message.key in blocked:
             continue

@@ -94,3 +94,28 @@ def test_digest_prints_and_sends_once(config: Path, slack: SlackServer) -> None:
     assert bad.returncode == 2 and "--week: 'W47' is not an ISO week" in bad.stderr
     unset = run("digest", "--config", str(config), "--send")
     assert unset.returncode == 2 and "AUDITOR_TEST_HOOK, which is not set" in unset.stderr
+
+
+def test_digest_send_with_a_bot_token_says_what_this_run_did(tmp_path: Path, slack: SlackServer) -> None:
+    # The bot's Web API at slack.api_base_url (GovSlack, a proxy): here the local fake Slack.
+    path = _config(tmp_path, f'\napi_base_url = "{slack.base_url}"')
+    store = Store.open(f"sqlite:///{tmp_path / 'auditor.db'}")
+    end = int(datetime.now(tz=UTC).timestamp()) // MINUTE_S * MINUTE_S
+    Fleet().add("rag", end - 14 * 86400, end, gpus=["GPU-a", "GPU-b"], util=constant(0.3)).write(store)
+    store.close()
+    env = {"SLACK_BOT_TOKEN": "xoxb-test"}
+    slack.answer("/api/chat.postMessage", 200, {"ok": False, "error": "not_in_channel"})
+    refused = run("digest", "--config", str(path), "--send", env=env)
+    assert refused.returncode == 1
+    week = refused.stdout.split()[1]
+    assert f"digest {week} queued, not delivered (Slack refused the message" in refused.stdout
+    assert "invite the bot" in refused.stdout
+    retried = run("digest", "--config", str(path), "--send", env=env)
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == (
+        f"digest {week} sent: it was queued by an earlier run and had not gone out until now"
+    )
+    again = run("digest", "--config", str(path), "--send", env=env)
+    assert again.stdout.startswith(f"digest {week} was sent on ") and "not sent again" in again.stdout
+    assert len(slack.history) == 1  # one digest in the channel
+    assert slack.posted()[0].headers["Authorization"] == "Bearer xoxb-test"

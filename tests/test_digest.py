@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from slack_sdk import WebClient
 
-from auditor.alert_jobs import digest_cron_kwargs, digest_cycle, digest_due, make_digest
+from auditor.alert_jobs import DigestOutcome, digest_cron_kwargs, digest_cycle, digest_due, make_digest
 from auditor.config import parse_config
 from auditor.store import Store
 from reports.digest import digest_text, heatmap_png, last_complete_week, parse_week, week_bounds
@@ -109,3 +109,42 @@ def test_digest_goes_to_slack_once_with_its_chart(store: Store) -> None:
         "day_of_week": "mon",
         "timezone": "UTC",
     }
+
+
+def test_a_mostly_unobserved_week_says_so_and_is_never_auto_posted(store_url: str) -> None:
+    # Issue 12: a week with 0.3% of its time observed was posted at start-up as "utilization 60.0%".
+    config = parse_config(RAG)
+    store = Store.open(store_url)
+    try:
+        monday = ts(2026, 11, 16)
+        Fleet().add(
+            "rag",
+            monday,
+            monday + 30 * 60,  # half an hour of a week
+            gpus=["GPU-a", "GPU-b"],
+            util=constant(0.60),
+            tokens_per_min=lambda _m: (1000, 1000),
+            busy=constant(0.9),
+        ).write(store)
+        Fleet().add(
+            "rag", monday + 7 * 86400 - 1800, monday + 7 * 86400, gpus=["GPU-a", "GPU-b"], util=constant(0.6)
+        ).write(store)  # active to the week's end: the rest of the week was paid for and not seen
+        digest = make_digest(config, store, NOW)
+        assert digest.unknown and digest.coverage is not None and digest.coverage < 0.01
+        text = digest_text(digest)
+        assert "This week is unknown" in text
+        assert "Observed: 2.0 of 336.0 GPU-hours (0.60%)" in text
+        assert "  utilization (" not in text and "  cost per Mtok" not in text and "  idle cost" not in text
+        slack = start_slack_server()
+        try:
+            sender = SlackSender(client=WebClient(token="xoxb-test", base_url=slack.base_url))  # noqa: S106
+            skipped = digest_cycle(config, store, NOW, sender)  # the daemon: start-up or cron
+            assert skipped.outcome is DigestOutcome.UNKNOWN_WEEK and not slack.posted()
+            assert not store.outbox_messages()
+            asked = digest_cycle(config, store, NOW, sender, send_unknown=True)  # a person: digest --send
+            assert asked.outcome is DigestOutcome.SENT and len(slack.posted()) == 1
+            assert "This week is unknown" in json.dumps(slack.posted()[0].json())
+        finally:
+            slack.close()
+    finally:
+        store.close()

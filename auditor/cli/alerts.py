@@ -184,6 +184,7 @@ def digest(
             sender,
             week,
             send_unknown=True,
+            retry_now=True,
             api_catalog=api_catalog(config),
             gpu_catalog=gpu_catalog(),
         )
