@@ -45,6 +45,7 @@ from auditor.model import Finding, Severity
 from auditor.outbox import DeliveryError
 from auditor.store import OutboxMessage
 from auditor.units import format_usd
+from reports.findings import alternative_lines, window_text
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,16 @@ def finding_blocks(finding: Finding, kind: NotificationKind) -> tuple[str, list[
     ]
     if kind is not NotificationKind.RESOLVED:
         blocks.extend(figure_sections(finding.figures))
-    context = [f"rule `{finding.rule}`", f"subject `{finding.subject}`", f"severity {finding.severity.value}"]
+        about = []
+        if finding.window is not None:
+            about.append(f"*window* {window_text(finding.window)}")
+        if finding.basis:
+            about.append(f"*basis* {finding.basis}")
+        about += [f"_{line}_" for line in alternative_lines(finding)]
+        if about:
+            blocks.append({"type": "section", "text": _mrkdwn("\n".join(about))})
+    rules = ", ".join(finding.rules) or finding.rule
+    context = [f"rule `{rules}`", f"subject `{finding.subject}`", f"severity {finding.severity.value}"]
     if finding.usd_per_month is not None:
         context.append(f"{format_usd(finding.usd_per_month)}/month at stake")
     if finding.command:
