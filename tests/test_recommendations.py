@@ -57,22 +57,27 @@ def context(
     )
 
 
-def test_the_18_percent_weekday_h100_case_claims_each_dollar_once(store: Store) -> None:
-    # Issue 12: an 8×H100 deployment (~$40k/month) at 18% on weekdays, idle at weekends. Before, the list
-    # claimed ~$124k "at stake": below-breakeven and move-to-api each, every idle GPU its whole month.
-    config = parse_config(H100_FLEET)
-    now = datetime(2026, 11, 28, 6, tzinfo=UTC)  # a Saturday morning: every GPU idle for 6 h
-    start = int(now.timestamp()) - 3 * WEEK_S
+def h100_weekdays(store: Store) -> datetime:
+    """Three weeks of 8 H100s at 18% on weekdays, idle at weekends, to a Saturday 06:00 (returned)."""
+    now = datetime(2026, 11, 28, 6, tzinfo=UTC)  # every GPU idle for the last 6 h
     busy = weekday_weekend(1, 0)
     Fleet().add(
         "llama",
-        start,
+        int(now.timestamp()) - 3 * WEEK_S,
         int(now.timestamp()),
         gpus=[f"GPU-{i}" for i in range(8)],
         util=weekday_weekend(0.18, 0.005),
         tokens_per_min=lambda m: (40_000, 10_000) if busy(m) else (0, 0),
         busy=weekday_weekend(0.30, 0.0),
     ).write(store)
+    return now
+
+
+def test_the_18_percent_weekday_h100_case_claims_each_dollar_once(store: Store) -> None:
+    # Issue 12: an 8×H100 deployment (~$40k/month) at 18% on weekdays, idle at weekends. Before, the list
+    # claimed ~$124k "at stake": below-breakeven and move-to-api each, every idle GPU its whole month.
+    config = parse_config(H100_FLEET)
+    now = h100_weekdays(store)
     findings = rules.evaluate(context(config, store, now))
     verdicts = [f for f in findings if f.verdict]
     (move,) = verdicts  # one action for the one deployment
@@ -203,18 +208,7 @@ def test_runaway_spend_fires_strictly_above_its_factor(store: Store) -> None:
 
 def test_the_monthly_report_ends_with_the_same_total(store: Store) -> None:
     config = parse_config(H100_FLEET)
-    now = datetime(2026, 11, 28, 6, tzinfo=UTC)
-    start = int(now.timestamp()) - 3 * WEEK_S
-    busy = weekday_weekend(1, 0)
-    Fleet().add(
-        "llama",
-        start,
-        int(now.timestamp()),
-        gpus=[f"GPU-{i}" for i in range(8)],
-        util=weekday_weekend(0.18, 0.005),
-        tokens_per_min=lambda m: (40_000, 10_000) if busy(m) else (0, 0),
-        busy=weekday_weekend(0.30, 0.0),
-    ).write(store)
+    now = h100_weekdays(store)
     ctx = context(config, store, now)
     findings = rules.evaluate(ctx)
     report = build_month_report(
