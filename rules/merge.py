@@ -23,8 +23,11 @@ from auditor.units import format_usd
 
 MERGED_BY_DEPLOYMENT = SAVING_ACTIONS | {Action.KEEP_SELF_HOSTING}
 """Actions judged per deployment: their findings merge into one per deployment."""
-EXCLUSIVE = MERGED_BY_DEPLOYMENT
-"""Actions that exclude each other on one deployment: one is recommended, the rest are alternatives."""
+EXCLUSIVE = SAVING_ACTIONS
+"""Actions that exclude each other on one deployment (each claims the dollars its GPUs cost): one is
+recommended, the rest are alternatives. Keeping self-hosting goes with scaling down or consolidating;
+it only excludes moving to the API, and the two never both hold (one needs the API cheaper, the other
+dearer)."""
 _SEVERITY_ORDER = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
 
 
