@@ -22,6 +22,7 @@ def window_to_json(window: Window) -> dict[str, Any]:
         "end_ts": window.end_ts,
         "observed_h": window.observed_h,
         "expected_h": window.expected_h,
+        "unit": window.unit,
         "coverage": window.coverage,
     }
 
@@ -78,6 +79,7 @@ def finding_from_json(data: dict[str, Any]) -> Finding:
             end_ts=float(window["end_ts"]),
             observed_h=float(window["observed_h"]),
             expected_h=float(window["expected_h"]),
+            unit=str(window.get("unit", "GPU-h")),
         ),
         basis=data.get("basis"),
         monthly_cost_usd=_decimal(data.get("monthly_cost_usd")),

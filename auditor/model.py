@@ -211,6 +211,8 @@ class Window:
     """Hours (GPU-hours for a deployment) with data."""
     expected_h: float
     """Hours (GPU-hours) that were paid for in the window: what coverage is taken of."""
+    unit: str = "GPU-h"
+    """What the hours count: `GPU-h` (a deployment's or a GPU's), or `h` (wall-clock hours)."""
 
     @property
     def coverage(self) -> float | None:

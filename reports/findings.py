@@ -6,24 +6,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from auditor.model import Finding, Window
-from auditor.units import format_share, format_usd
+from auditor.units import format_share
 
 
 def window_text(window: Window) -> str:
-    """`2026-11-16 00:00 – 2026-11-23 00:00 UTC, observed 336.0 of 336.0 h (100.0%)`."""
+    """`2026-11-16 00:00 – 2026-11-23 00:00 UTC, observed 336.0 of 336.0 GPU-h (100.0%)`."""
     start = datetime.fromtimestamp(window.start_ts, UTC)
     end = datetime.fromtimestamp(window.end_ts, UTC)
     return (
         f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} UTC, observed {window.observed_h:,.1f} of "
-        f"{window.expected_h:,.1f} h ({format_share(window.coverage)})"
+        f"{window.expected_h:,.1f} {window.unit} ({format_share(window.coverage)})"
     )
 
 
 def alternative_lines(finding: Finding) -> list[str]:
-    return [
-        f"instead: {a.text} ({format_usd(a.usd_per_month)}/month; excludes the above, not added) [{a.rule}]"
-        for a in finding.alternatives
-    ]
+    return [f"instead: {a.text} (excludes the above, not added) [{a.rule}]" for a in finding.alternatives]
 
 
 def finding_detail_lines(finding: Finding) -> list[str]:

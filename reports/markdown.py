@@ -49,10 +49,7 @@ def _deployment(d: DeploymentMonth) -> list[str]:
         for f in d.findings:
             money = f" ({format_usd(f.usd_per_month)}/month)" if f.usd_per_month is not None else ""
             lines.append(f"- **{f.severity.value}** `{f.rule}`: {f.text}{money}")
-            lines += [
-                f"  - instead: {a.text} ({format_usd(a.usd_per_month)}/month; excludes the above, not added)"
-                for a in f.alternatives
-            ]
+            lines += [f"  - instead: {a.text} (excludes the above, not added)" for a in f.alternatives]
     return [*lines, ""]
 
 

@@ -147,6 +147,7 @@ class RunawaySpend:
                     end_ts=context.now.timestamp(),
                     observed_h=observed_h,
                     expected_h=params.baseline_days * 24.0,
+                    unit="h",
                 ),
                 basis=f"(burn rate − baseline burn) × {month_h:.0f} hours in the month, if it stays so",
             )

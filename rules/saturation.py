@@ -89,6 +89,7 @@ class Saturation:
                         end_ts=end_ts,
                         observed_h=len(minutes) / 60,
                         expected_h=params.minutes / 60,
+                        unit="h",
                     ),
                 )
             )
