@@ -5,6 +5,15 @@ from __future__ import annotations
 from auditor.units import format_share, format_tokens, format_usd
 from reports.monthly import DeploymentMonth, MonthReport
 
+_MARKDOWN_SPECIAL = str.maketrans(
+    {c: f"\\{c}" for c in "\\`*_[]|#"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+)
+
+
+def md(text: str) -> str:
+    """A name as literal text: no raw HTML, link, emphasis or table cell break can come from it."""
+    return text.translate(_MARKDOWN_SPECIAL)
+
 
 def _status(report: MonthReport) -> str:
     if report.partial:
@@ -15,7 +24,7 @@ def _status(report: MonthReport) -> str:
 def _deployment(d: DeploymentMonth) -> list[str]:
     c = d.cost
     lines = [
-        f"### {d.name} — {d.config.model} on {d.config.billed_gpus}× {d.config.gpu_type}",
+        f"### {md(d.name)} — {md(d.config.model)} on {d.config.billed_gpus}× {md(d.config.gpu_type)}",
         "",
         "| figure | value |",
         "|---|---:|",
@@ -39,17 +48,18 @@ def _deployment(d: DeploymentMonth) -> list[str]:
         for a in c.apis:
             verdict = ("save " if a.savings_usd > 0 else "cost ") + format_usd(abs(a.savings_usd))
             lines.append(
-                f"| {a.price.ref} | {format_usd(a.usd)} | {verdict} | {format_share(a.breakeven_utilization)}"
+                f"| {md(a.price.ref)} | {format_usd(a.usd)} | {verdict}"
+                f" | {format_share(a.breakeven_utilization)}"
                 f" | {format_tokens(a.breakeven_tokens_per_month)} |"
             )
     if d.disagreement:
-        lines += ["", f"> {d.disagreement}"]
+        lines += ["", f"> {md(d.disagreement)}"]
     if d.findings:
         lines += ["", "**Recommendations**", ""]
         for f in d.findings:
             money = f" ({format_usd(f.usd_per_month)}/month)" if f.usd_per_month is not None else ""
-            lines.append(f"- **{f.severity.value}** `{f.rule}`: {f.text}{money}")
-            lines += [f"  - instead: {a.text} (excludes the above, not added)" for a in f.alternatives]
+            lines.append(f"- **{f.severity.value}** `{f.rule}`: {md(f.text)}{money}")
+            lines += [f"  - instead: {md(a.text)} (excludes the above, not added)" for a in f.alternatives]
     return [*lines, ""]
 
 
@@ -68,9 +78,10 @@ def render_markdown(report: MonthReport) -> str:
         c = d.cost
         cheapest = c.cheapest_api
         lines.append(
-            f"| {d.name} | {format_usd(c.cost_usd)} | {format_usd(c.tco_usd)} | {format_share(c.utilization)}"
+            f"| {md(d.name)} | {format_usd(c.cost_usd)} | {format_usd(c.tco_usd)}"
+            f" | {format_share(c.utilization)}"
             f" ({c.utilization_metric.value}) | {format_usd(c.cost_per_mtok_usd)}"
-            f" | {format_usd(cheapest.usd) + ' ' + cheapest.price.ref if cheapest else '—'}"
+            f" | {format_usd(cheapest.usd) + ' ' + md(cheapest.price.ref) if cheapest else '—'}"
             f" | {format_usd(c.idle_cost_usd)} |"
         )
     lines.append(f"| (unattributed) | {format_usd(report.unattributed_cost_usd)} | | | | | |")
@@ -78,7 +89,8 @@ def render_markdown(report: MonthReport) -> str:
     if report.other_findings:
         lines += ["### Other findings", ""]
         lines += [
-            f"- **{f.severity.value}** `{f.rule}` ({f.subject}): {f.text}" for f in report.other_findings
+            f"- **{f.severity.value}** `{f.rule}` ({md(f.subject)}): {md(f.text)}"
+            for f in report.other_findings
         ]
     lines += ["", f"**{report.at_stake_text}**"]
     return "\n".join(lines).rstrip() + "\n"

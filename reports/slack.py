@@ -90,8 +90,14 @@ def _plain(text: str, limit: int = MAX_HEADER) -> dict[str, Any]:
     }
 
 
+def escape_mrkdwn(text: str) -> str:
+    """Slack's control characters escaped: a deployment or model name cannot make a link, a mention
+    (`<!channel>`) or a quote."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _mrkdwn(text: str) -> dict[str, Any]:
-    return {"type": "mrkdwn", "text": text[:3000]}
+    return {"type": "mrkdwn", "text": escape_mrkdwn(text)[:3000]}
 
 
 def figure_sections(figures: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -133,7 +139,7 @@ def finding_blocks(finding: Finding, kind: NotificationKind) -> tuple[str, list[
         context.append(f"more: `{finding.command}`")
     blocks.append({"type": "context", "elements": [_mrkdwn(" · ".join(context))]})
     text = f"{title}: {finding.text}" if kind is not NotificationKind.RESOLVED else title
-    return text, blocks
+    return escape_mrkdwn(text), blocks
 
 
 def channel_for(slack: SlackConfig, severity: Severity) -> str | None:

@@ -40,7 +40,7 @@ from auditor.model import GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
 from auditor.redact import register_secret
 from auditor.store import Store
-from collectors.inference import Endpoint, InferenceCollector, fetch_metrics
+from collectors.inference import Endpoint, InferenceCollector, fetch_metrics, shown_url
 from collectors.nvml import GpuDeploymentMap, NvmlCollector, load_pynvml
 from reports.slack import SlackConfigError, slack_sender
 
@@ -348,6 +348,42 @@ def _deployment_json(f: DeploymentFigures, servers: Sequence[ServerSample]) -> d
     }
 
 
+def source_states(config: Config, store: Store, now: float) -> list[dict[str, Any]]:
+    """Every source the daemon samples, from the store: up (a sample within three intervals), or down
+    since its last sample (never sampled: `down_since_ts` is None). GPUs are those ever seen."""
+    stale_s = 3 * config.daemon.sample_interval_s
+    states: list[dict[str, Any]] = []
+    last_server = {(s.deployment, s.instance): s.ts for s in store.last_server_samples_before(now + 1)}
+    for d in config.deployments:
+        for server in d.servers:
+            shown = shown_url(server.url)
+            last = last_server.get((d.name, shown))
+            up = last is not None and now - last <= stale_s
+            states.append(
+                {
+                    "kind": "inference",
+                    "deployment": d.name,
+                    "source": shown,
+                    "state": "up" if up else "down",
+                    "last_sample_ts": last,
+                    "down_since_ts": None if up else last,
+                }
+            )
+    for gpu in sorted(store.last_gpu_samples_before(now + 1), key=lambda g: (g.host, g.gpu_index)):
+        up = now - gpu.ts <= stale_s
+        states.append(
+            {
+                "kind": "gpu",
+                "deployment": gpu.deployment,
+                "source": f"{gpu.host} GPU {gpu.gpu_index} {gpu.gpu_uuid}",
+                "state": "up" if up else "down",
+                "last_sample_ts": gpu.ts,
+                "down_since_ts": None if up else gpu.ts,
+            }
+        )
+    return states
+
+
 def _cell(value: Any, fmt: str, suffix: str = "") -> str:
     return "—" if value is None else f"{value:{fmt}}{suffix}"
 
@@ -370,6 +406,7 @@ def status(
         figures = deployment_figures(
             store, config, datetime.fromtimestamp(now, UTC), api_catalog(config), gpu_catalog()
         )
+        sources = source_states(config, store, now)
     finally:
         store.close()
     gpu_rows = [_gpu_json(s, now) for s in gpus]
@@ -377,11 +414,27 @@ def status(
     if as_json:
         print(
             json.dumps(
-                {"window_minutes": minutes, "gpus": gpu_rows, "deployments": deployment_rows}, indent=2
+                {
+                    "window_minutes": minutes,
+                    "gpus": gpu_rows,
+                    "deployments": deployment_rows,
+                    "sources": sources,
+                },
+                indent=2,
             )
         )
         return
     out = console()
+    down = [s for s in sources if s["state"] != "up"]
+    for source in down:
+        since = source["down_since_ts"]
+        when = (
+            "never sampled"
+            if since is None
+            else f"no sample since {datetime.fromtimestamp(since, config.tz):%Y-%m-%d %H:%M:%S %Z}"
+            f" ({(now - since) / 60:,.0f} min ago)"
+        )
+        out.print(f"DOWN  {source['kind']} {source['source']}: {when}", highlight=False, markup=False)
     if not gpu_rows:
         out.print(
             f"No GPU samples in the last {minutes} minutes: is `auditor daemon` running?", highlight=False
