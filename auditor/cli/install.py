@@ -1,14 +1,25 @@
-"""`auditor init`: set up a host with the files this installation ships."""
+"""Setting up a host: `init` (the files this installation ships) and `config check`."""
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Annotated
 
 import typer
 
-from auditor.cli.common import EXIT_FINDING, ConfigOption, app, fatal, warn
-from auditor.config import resolve_config_path
+from auditor.cli.common import (
+    EXIT_FINDING,
+    ConfigOption,
+    JsonOption,
+    app,
+    config_app,
+    console,
+    fatal,
+    require_config,
+    warn,
+)
+from auditor.config import redacted, resolve_config_path
 from auditor.installation import entry_point, hidden_from_units, host_file, unit_for
 from reports.files import write_atomic
 
@@ -56,3 +67,20 @@ def init(
         file=sys.stderr,
     )
     sys.stdout.write(unit)
+
+
+@config_app.command("check")
+def config_check(config_path: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Validate the config file; print the effective config (secrets hidden), or every problem."""
+    config = require_config(config_path)  # the one validation path: the daemon loads it the same way
+    effective = redacted(config)
+    if as_json:
+        print(json.dumps(effective, indent=2))
+        return
+    out = console()
+    out.print_json(json.dumps(effective))
+    out.print(
+        f"config OK: {len(config.deployments)} deployment(s), store {effective['store']['url']}, "
+        f"timezone {config.timezone}",
+        highlight=False,
+    )
