@@ -86,3 +86,12 @@ def test_the_program_name_printed_for_the_next_command(
     monkeypatch.setenv("PATH", str(AUDITOR.parent))
     assert program(str(AUDITOR)) == "auditor"
     assert program("/usr/lib/python3/runpy.py") == "auditor"  # python -m auditor
+
+
+def test_replay_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe() -> None:
+    args = ("replay", "--requests-per-min", "30", "--days", "1", "--gpus", "1", "--gpu-type", "H100")
+    on_terminal = run(*args, FORCE_COLOR="1")  # rich takes FORCE_COLOR for a terminal
+    assert on_terminal.returncode == 0, on_terminal.stderr
+    assert "\x1b[?25l" in on_terminal.stderr  # a live display started (it hides the cursor)
+    piped = run(*args)
+    assert piped.returncode == 0 and "\x1b[" not in piped.stderr

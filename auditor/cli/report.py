@@ -327,7 +327,7 @@ def replay(
         check_gpu_minutes(gpus, loads)
     except ReplayError as exc:
         fatal(str(exc))
-    with tempfile.TemporaryDirectory(prefix="auditor-replay-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="auditor-replay-") as scratch, progress_bar(2) as step:
         config = replay_config(
             "replay", gpu_type, gpus, rate, capacity, refs, f"sqlite:///{Path(scratch) / 'replay.db'}"
         )
@@ -340,10 +340,12 @@ def replay(
                 capacity_tokens_per_s=capacity,
                 busy_poll_util=1.0 if busy_poll else 0.0,
             )
+            step(f"replaying {len(loads):,} minutes")
             try:
                 replay_into_store(store, [(loads, simulated)])
             except ReplayError as exc:
                 fatal(str(exc))
+            step("costing")
             start_dt = datetime.fromtimestamp(loads[0].minute_ts, UTC)
             end_dt = datetime.fromtimestamp(loads[-1].minute_ts + 60, UTC)
             cost = cost_window(store, config, start_dt, end_dt, apis, catalog).window.deployments[0]
