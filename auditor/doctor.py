@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from auditor.config import Config
+from auditor.installation import OWN_PACKAGES, foreign_packages
 from auditor.redact import redact
 from auditor.store import Store, StoreError
 
@@ -30,6 +31,14 @@ class Check:
     detail: str
     fix: str | None = None
     required: bool = True
+
+
+def check_packages() -> Check:
+    """`rules`, `reports` and `collectors` are gpu-auditor's own (start-up checks it too)."""
+    foreign = foreign_packages()
+    if not foreign:
+        return Check("packages", True, f"{', '.join(OWN_PACKAGES)} are gpu-auditor's own")
+    return Check("packages", False, "; ".join(p.message() for p in foreign))
 
 
 def check_store(config: Config) -> Check:
@@ -153,7 +162,7 @@ def _check_billing(config: Config, env: Mapping[str, str]) -> list[Check]:
 
 def general_checks(config: Config, env: Mapping[str, str]) -> list[Check]:
     """The checks that do not depend on a collector: the store, Slack, billing credentials."""
-    checks = [check_store(config)]
+    checks = [check_packages(), check_store(config)]
     slack = _check_slack(config, env)
     if slack is not None:
         checks.append(slack)

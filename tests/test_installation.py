@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from auditor.doctor import check_packages
 from auditor.installation import doc, foreign_packages, host_file
 
 AUDITOR = Path(sys.executable).parent / "auditor"
@@ -72,3 +73,9 @@ def test_init_keeps_an_edited_config_and_prints_the_unit_for_this_installation(t
     assert f"kept {config} (--force overwrites it)" in again.stderr
     forced = subprocess.run([*args, "--force"], capture_output=True, text=True, timeout=60, check=False)
     assert forced.returncode == 0 and "[[deployments]]" in config.read_text()
+
+
+def test_doctor_reports_the_packages_as_ours() -> None:
+    check = check_packages()
+    assert (check.source, check.ok) == ("packages", True)
+    assert check.detail == "rules, reports, collectors are gpu-auditor's own"
