@@ -39,7 +39,7 @@ from auditor.model import Finding, Severity
 from auditor.units import format_share, format_usd
 from reports.digest import digest_text, parse_week
 from reports.findings import finding_detail_lines
-from reports.slack import SlackConfigError, slack_sender
+from reports.slack import WEBHOOK_AT_LEAST_ONCE, SlackConfigError, slack_sender
 
 rules_app = typer.Typer(
     help="Evaluate the rules: recommendations with the dollars at stake.", no_args_is_help=True
@@ -191,7 +191,10 @@ def digest(
         last_error = next((m.last_error for m in store.outbox_messages(digest_key(cycle.week))), None)
     finally:
         store.close()
-    print(digest_send_message(cycle, last_error))
+    message = digest_send_message(cycle, last_error)
+    if sender.webhook is not None and cycle.outcome in (DigestOutcome.SENT, DigestOutcome.SENT_QUEUED):
+        message += f" ({WEBHOOK_AT_LEAST_ONCE})"
+    print(message)
     if cycle.outcome is DigestOutcome.WAITING:
         raise typer.Exit(EXIT_FINDING)
 
