@@ -389,8 +389,16 @@ def _is_ours(item: Mapping[str, Any], message: OutboxMessage) -> bool:
         metadata.get("event_type") == METADATA_EVENT
         and payload.get("outbox_id") == message.id
         and payload.get("key") == message.key
-        and payload.get("created_ts") == message.created_ts
+        and _same_time(payload.get("created_ts"), message.created_ts)
     )
+
+
+def _same_time(value: Any, created_ts: float) -> bool:
+    """The payload's time is the message's (to a millisecond: Slack may hand numbers back reformatted)."""
+    try:
+        return abs(float(value) - created_ts) < 1e-3
+    except (TypeError, ValueError):
+        return False
 
 
 def read_token(slack: SlackConfig, env: Mapping[str, str]) -> str | None:

@@ -217,3 +217,20 @@ def test_token_from_env_or_file_and_channels(tmp_path: Path) -> None:
     channels = SlackConfig(channel_warning="#w")
     assert channel_for(channels, Severity.CRITICAL) == "#w"
     assert channel_for(channels, Severity.INFO) is None
+
+
+def test_another_auditors_message_with_the_same_outbox_id_is_not_taken_for_ours(
+    slack: SlackServer, tmp_path: Path
+) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    message_id = store.enqueue(message())
+    store.outbox_mark_failed(message_id, "timed out", next_attempt_ts=0.0, posted_ref=None)
+    other = {"outbox_id": message_id, "key": "move-to-api|other", "created_ts": 0.0}
+    slack.history.append(
+        {"type": "message", "ts": "1699999999.000001", "text": "x", "metadata": {
+            "event_type": "gpu_auditor_outbox", "event_payload": other}}
+    )  # fmt: skip
+    flush = flush_outbox(store, SlackSender(client=client(slack)), now_ts=10.0)
+    assert flush.sent == 1 and len(slack.posted()) == 1  # looked, did not match, posted
+    (sent,) = store.outbox_messages()
+    assert sent.sent_ref == "C0123:1700000000.000001"
