@@ -382,9 +382,14 @@ def _migration_3(conn: Connection) -> None:
     )
     if first is None or last is None:
         return
-    day = _floor(int(first), DAY_S)
-    while day <= int(last):
-        _refresh_tiers(conn, day, day + DAY_S)
+    _rebuild_tiers(conn, int(first), int(last) + 60)
+
+
+def _rebuild_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
+    """The tiers of [start, end) recomputed from the minute rows, a day at a time."""
+    day = _floor(start_ts, DAY_S)
+    while day < end_ts:
+        _refresh_tiers(conn, max(day, start_ts), min(day + DAY_S, end_ts))
         day += DAY_S
 
 
@@ -644,6 +649,12 @@ class Store:
                 )
                 _insert_records(conn, table, rows)
             _refresh_tiers(conn, start_minute_ts, end_minute_ts)
+
+    def rebuild_tiers(self, start_ts: float, end_ts: float) -> None:
+        """Recompute the roll-up tiers over [start, end) from the minute rows (after minutes were
+        written by other means than `replace_minutes`: an import, a bulk load)."""
+        with self.engine.begin() as conn:
+            _rebuild_tiers(conn, start_ts, end_ts)
 
     def gpu_minutes(self, start_ts: float, end_ts: float, deployment: str | None = None) -> list[GpuMinute]:
         query = select(gpu_minutes).where(
