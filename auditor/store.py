@@ -331,6 +331,8 @@ deployment_quarter_hours = Table(
     Column("request_busy_s", Double, nullable=False),
     Column("served_tokens", BigInteger, nullable=False),
     Column("served_wall_s", Double, nullable=False),
+    Column("gpu_minutes", Integer, nullable=False),
+    Column("minutes_with_gpus", Integer, nullable=False),
     PrimaryKeyConstraint("deployment", "bucket_ts"),
 )
 
@@ -842,20 +844,12 @@ class Store:
             result = conn.execute(delete(outbox).where(outbox.c.sent_ts < before_ts))
             return result.rowcount
 
-    def gpu_counts_by_minute(self, start_ts: float, end_ts: float) -> list[tuple[str | None, int, int]]:
-        """(deployment, minute_ts, GPUs observed that minute) for rolled-up minutes in [start, end)."""
-        query = (
-            select(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts, func.count())
-            .where(
-                gpu_minutes.c.minute_ts >= start_ts,
-                gpu_minutes.c.minute_ts < end_ts,
-                gpu_minutes.c.observed_s > 0,
-            )
-            .group_by(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts)
-            .order_by(gpu_minutes.c.deployment, gpu_minutes.c.minute_ts)
-        )
-        with self.engine.connect() as conn:
-            return [(row[0], int(row[1]), int(row[2])) for row in conn.execute(query)]
+    def gpu_minute_counts(
+        self, start_ts: float, end_ts: float, names: Sequence[str]
+    ) -> dict[str, tuple[int, int]]:
+        """Per deployment: (minutes with at least one GPU observed, GPU-minutes observed) in [start, end):
+        the GPUs a deployment usually runs, from the tier (and the minutes at the window's ends)."""
+        return _gpu_minute_counts(self.engine, start_ts, end_ts, names)
 
     def gpus_seen(self, start_ts: float, end_ts: float) -> list[tuple[str | None, str]]:
         """(deployment, GPU UUID) of every GPU with a raw sample or a rolled-up minute in [start, end)."""
@@ -1068,8 +1062,18 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
     dq = deployment_quarter_hours
     first_q, after_q = _floor(start_ts, BUCKET_S), _ceil(end_ts, BUCKET_S)
     conn.execute(delete(dq).where(dq.c.bucket_ts >= first_q, dq.c.bucket_ts < after_q))
+    counts = {
+        (name, bucket_ts): (gpus, minutes)
+        for name, bucket_ts, gpus, minutes in conn.execute(_gpu_count_query(first_q, after_q, None, BUCKET_S))
+    }
     rows = [
-        {"bucket_ts": bucket_ts, "deployment": name, **{f: getattr(b, f) for f in _BUCKET_FIELDS}}
+        {
+            "bucket_ts": bucket_ts,
+            "deployment": name,
+            **{f: getattr(b, f) for f in _BUCKET_FIELDS},
+            "gpu_minutes": counts.get((name, bucket_ts), (0, 0))[0],
+            "minutes_with_gpus": counts.get((name, bucket_ts), (0, 0))[1],
+        }
         for name, by_bucket in _minute_buckets(conn, first_q, after_q, None).items()
         for bucket_ts, b in by_bucket.items()
     ]
@@ -1108,16 +1112,68 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
     conn.execute(insert(gh).from_select([c.name for c in gh.columns], per_hour))
 
 
+def _gpu_count_query(
+    start_ts: float, end_ts: float, names: Sequence[str] | None, bucket_s: int
+) -> Select[Any]:
+    """(deployment, bucket, GPU-minutes observed, minutes with a GPU observed) per bucket."""
+    g = gpu_minutes
+    bucket = (g.c.minute_ts - g.c.minute_ts % bucket_s).label("bucket")
+    return (
+        select(g.c.deployment, bucket, func.count(), func.count(func.distinct(g.c.minute_ts)))
+        .where(
+            g.c.minute_ts >= start_ts,
+            g.c.minute_ts < end_ts,
+            g.c.observed_s > 0,
+            _of_deployments(g.c.deployment, names),
+        )
+        .group_by(g.c.deployment, bucket)
+    )
+
+
+def _gpu_minute_counts(
+    engine: Engine, start_ts: float, end_ts: float, names: Sequence[str]
+) -> dict[str, tuple[int, int]]:
+    """Per deployment: (minutes with a GPU observed, GPU-minutes observed) in [start, end), whole
+    quarter-hours from the tier, the ends from the minute rows."""
+    totals = dict.fromkeys(names, (0, 0))
+    if not names:
+        return totals
+    dq = deployment_quarter_hours
+    first_whole, after_whole = _ceil(start_ts, BUCKET_S), _floor(end_ts, BUCKET_S)
+    parts: list[Select[Any]] = []
+    edges: list[tuple[float, float]] = [(start_ts, end_ts)]
+    if first_whole < after_whole:
+        parts.append(
+            select(dq.c.deployment, func.sum(dq.c.minutes_with_gpus), func.sum(dq.c.gpu_minutes))
+            .where(dq.c.bucket_ts >= first_whole, dq.c.bucket_ts < after_whole, dq.c.deployment.in_(names))
+            .group_by(dq.c.deployment)
+        )
+        edges = [(start_ts, first_whole), (after_whole, end_ts)]
+    g = gpu_minutes
+    parts.extend(
+        select(g.c.deployment, func.count(func.distinct(g.c.minute_ts)), func.count())
+        .where(g.c.minute_ts >= a, g.c.minute_ts < b, g.c.observed_s > 0, g.c.deployment.in_(names))
+        .group_by(g.c.deployment)
+        for a, b in edges
+        if a < b
+    )
+    with engine.connect() as conn:
+        for query in parts:
+            for name, minutes, gpus in conn.execute(query):
+                known = totals[name]
+                totals[name] = (known[0] + int(minutes or 0), known[1] + int(gpus or 0))
+    return totals
+
+
 def _tier_buckets(
     conn: Connection, start_ts: int, end_ts: int, names: Sequence[str], into: dict[str, dict[int, Bucket]]
 ) -> None:
     dq = deployment_quarter_hours
-    query = select(dq).where(dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts, dq.c.deployment.in_(names))
+    query = select(dq.c.deployment, dq.c.bucket_ts, *(dq.c[f] for f in _BUCKET_FIELDS)).where(
+        dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts, dq.c.deployment.in_(names)
+    )
     for row in conn.execute(query):
-        values = row._mapping
-        into[values["deployment"]][int(values["bucket_ts"])] = Bucket(
-            **{f: values[f] for f in _BUCKET_FIELDS}
-        )
+        into[row[0]][int(row[1])] = Bucket(*row[2:])
 
 
 def _window_buckets(

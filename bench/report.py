@@ -1,6 +1,6 @@
 """`auditor report --month` as a user runs it (whole process, rules included) at 16 to 1,024 GPUs.
 
-For each fleet size, builds a month of minute roll-ups for N GPUs (8 per deployment, static prices)
+For each fleet size, builds a month of minute roll-ups for N GPUs (8 deployments, static prices)
 in SQLite, fills the roll-up tiers from them as the daemon's writes would (`Store.rebuild_tiers`),
 then prunes the minutes to the store's default window before "now" (five days after the month), as
 the daemon's retention leaves a store. Then times, each as a whole process: `auditor --help`, and
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,8 @@ MONTH = "2026-10"
 START = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp())
 END = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp())
 NOW = int(datetime(2026, 11, 5, tzinfo=UTC).timestamp())
-GPUS_PER_DEPLOYMENT = 8
+DEPLOYMENTS = 8
+"""Fixed, so that what grows is the fleet (GPUs per deployment), not the number of report sections."""
 
 CONFIG = """\
 timezone = "UTC"
@@ -56,33 +56,32 @@ gpu_hourly_usd = 2.99
 
 
 def build(db: Path, gpus: int) -> int:
-    """A month of minute rows straight through sqlite3 (the build is not what is measured)."""
+    """A month of minute rows generated inside SQLite, a day at a time (the build is not measured)."""
     Store.open(f"sqlite:///{db}").close()
-    rng = random.Random(1)
     connection = sqlite3.connect(db)
     connection.execute("PRAGMA journal_mode=WAL")
-    deployments = gpus // GPUS_PER_DEPLOYMENT
-    marks = ",".join("?" * 16)
-    rows = 0
+    per_deployment = gpus // DEPLOYMENTS
     for day in range(START, END, 86_400):
-        gpu_rows = []
-        server_rows = []
-        for minute in range(day, day + 86_400, 60):
-            for d in range(deployments):
-                busy = rng.random()
-                server_rows.append(
-                    (minute, f"d{d}", 1, 60.0, 20_000, 5_000, 60 * busy, None, None, None, None, 480.0,
-                     busy, busy * 0.6, busy, 0.02)
-                )  # fmt: skip
-                for g in range(GPUS_PER_DEPLOYMENT):
-                    gpu_rows.append(
-                        (minute, "h", f"GPU-{d * GPUS_PER_DEPLOYMENT + g}", g, f"d{d}", 60.0, 60.0,
-                         60 * (1 - busy), 60.0, busy, 1.0, busy * 0.6, 18_000.0, 300.0, None, None)
-                    )  # fmt: skip
-        connection.executemany(f"INSERT INTO gpu_minutes VALUES ({marks})", gpu_rows)  # noqa: S608
-        connection.executemany(f"INSERT INTO deployment_minutes VALUES ({marks})", server_rows)  # noqa: S608
+        connection.execute(
+            "INSERT INTO deployment_minutes"
+            " WITH RECURSIVE m(t) AS (SELECT ? UNION ALL SELECT t + 60 FROM m WHERE t + 60 < ?),"
+            " d(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM d WHERE i + 1 < ?),"
+            " r AS (SELECT t, i, (abs(random()) % 1000000) / 1000000.0 AS busy FROM m CROSS JOIN d)"
+            " SELECT t, 'd' || i, 1, 60.0, 20000, 5000, 60 * busy, NULL, NULL, NULL, NULL, 480.0,"
+            " busy, busy * 0.6, busy, 0.02 FROM r",
+            (day, day + 86_400, DEPLOYMENTS),
+        )
+        connection.execute(
+            "INSERT INTO gpu_minutes"
+            " WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i + 1 < ?)"
+            " SELECT dm.minute_ts, 'h', 'GPU-' || (CAST(substr(dm.deployment, 2) AS INTEGER) * ? + g.i), g.i,"
+            " dm.deployment, 60.0, 60.0, 60 * (1 - dm.request_busy), 60.0, dm.request_busy, 1.0,"
+            " dm.request_busy * 0.6, 18000.0, 300.0, NULL, NULL"
+            " FROM deployment_minutes AS dm CROSS JOIN g WHERE dm.minute_ts >= ? AND dm.minute_ts < ?",
+            (per_deployment, per_deployment, day, day + 86_400),
+        )
         connection.commit()
-        rows += len(gpu_rows)
+    rows = int(connection.execute("SELECT COUNT(*) FROM gpu_minutes").fetchone()[0])
     connection.close()
     return rows
 
@@ -116,9 +115,7 @@ def measure(directory: Path, gpus: int) -> tuple[float, float, float]:
     config = directory / f"fleet-{gpus}.toml"
     config.write_text(
         CONFIG.format(db=db)
-        + "".join(
-            DEPLOYMENT.format(i=i, gpus=GPUS_PER_DEPLOYMENT) for i in range(gpus // GPUS_PER_DEPLOYMENT)
-        )
+        + "".join(DEPLOYMENT.format(i=i, gpus=gpus // DEPLOYMENTS) for i in range(DEPLOYMENTS))
     )
     if not db.exists():
         began = time.perf_counter()

@@ -55,11 +55,9 @@ class RunawaySpend:
         live: dict[str | None, set[str]] = defaultdict(set)
         for owner, uuid in context.store.gpus_seen(live_start, now_ts):
             live[owner].add(uuid)
-        counts: dict[str | None, list[int]] = defaultdict(list)
-        for owner, _minute, gpus in context.store.gpu_counts_by_minute(
-            now_ts - params.baseline_days * 86400, live_start
-        ):
-            counts[owner].append(gpus)
+        counts = context.store.gpu_minute_counts(
+            now_ts - params.baseline_days * 86400, live_start, [d.name for d in context.config.deployments]
+        )
         findings: list[Finding] = []
         for deployment in context.config.deployments:
             rate = self._rate(context, deployment, params)
@@ -87,8 +85,9 @@ class RunawaySpend:
         params: RunawaySpendRule,
         rate: Decimal | None,
         burn: Decimal | None,
-        counts: list[int],
+        counts: tuple[int, int],
     ) -> list[Finding]:
+        """`counts`: minutes of the baseline with a GPU observed, and GPU-minutes observed in it."""
         name = deployment.name
         if rate is None or burn is None:
             return [
@@ -99,7 +98,8 @@ class RunawaySpend:
                     deployment=name,
                 )
             ]
-        observed_h = len(counts) / 60
+        minutes, gpu_minutes = counts
+        observed_h = minutes / 60
         if observed_h < params.min_baseline_h:
             return [
                 no_verdict(
@@ -110,7 +110,7 @@ class RunawaySpend:
                     deployment=name,
                 )
             ]
-        mean_gpus = Decimal(sum(counts)) / len(counts)
+        mean_gpus = Decimal(gpu_minutes) / minutes
         baseline = mean_gpus * rate
         firing = context.is_firing(self.name, name)
         factor = params.leave_factor if firing else params.factor

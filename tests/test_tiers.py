@@ -149,6 +149,15 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     start = data.draw(st.sampled_from(near)) - data.draw(st.integers(0, 899)) + data.draw(st.floats(0, 1))
     end = max(start + 1, data.draw(st.sampled_from(near)) + data.draw(st.integers(1, 900)))
     assert_same(store.window_buckets(start, end, DEPLOYMENTS), minute_answer(store, start, end))
+    # The GPUs a deployment runs, counted per minute (runaway spend's baseline), from the same tier.
+    inside = [m for m in gpu_rows if start <= m.minute_ts < end and m.observed_s > 0 and m.deployment]
+    assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == {
+        name: (
+            len({m.minute_ts for m in inside if m.deployment == name}),
+            sum(1 for m in inside if m.deployment == name),
+        )
+        for name in DEPLOYMENTS
+    }
 
     # Local days in a zone (whose midnights fall on quarter-hours in UTC): equal to the minutes even
     # once the minutes are gone.
