@@ -424,7 +424,11 @@ def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading
         log.info("received %s: flushing and exiting", signal.Signals(signum).name)
         stop.set()
 
+    def _on_hangup(_signum: int, _frame: object) -> None:  # its default would kill the daemon
+        log.info("received SIGHUP: the config is read at start; restart the service to apply changes")
+
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
     scheduler = build_scheduler(daemon.jobs(), daemon.config.tz)
     scheduler.start()
     sd_notify("READY=1", env)
