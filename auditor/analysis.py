@@ -17,11 +17,13 @@ from zoneinfo import ZoneInfo
 
 from auditor.config import Config, DeploymentConfig, OnPremPrice, StaticPrice
 from auditor.costing import (
-    HOURS_PER_MONTH,
     MEASURED_CAPACITY_MINUTES,
+    MICROHOUR,
+    SECONDS_PER_HOUR,
     DeploymentCost,
     GpuHours,
     compare_apis,
+    elapsed_s,
     hours_from_seconds,
     prorate_monthly_usd,
     served_tokens_known,
@@ -165,23 +167,30 @@ def cost_window(
 
     The one costing path: the report, the rules, the digest, `status` and the exporter all take their
     figures from here. The roll-ups are summed in SQL (the store's `window_buckets`): a fleet's month is
-    millions of minute rows."""
+    millions of minute rows. A static or on-prem rate accrues only inside the deployment's active
+    period (`active_from`/`active_until`, else its first and last observed minute); a bill's lines are
+    taken as they are."""
     tz = config.tz
-    if (end - start).total_seconds() <= 0:
+    if elapsed_s(start, end) <= 0:
         raise ValueError("the window must end after it starts")
     first, after_last = local_days(start, end, tz)
     billed = store.cost_lines(first, after_last)
     start_ts, end_ts = start.timestamp(), end.timestamp()
     chosen = [d for d in config.deployments if only is None or d.name in only]
-    sums = store.window_buckets(start_ts, end_ts, [d.name for d in chosen])
+    names = [d.name for d in chosen]
+    sums = store.window_buckets(start_ts, end_ts, names)
+    bounds = store.activity_bounds(names)
     costs: list[DeploymentCost] = []
     lines: list[CostLine] = []
     capacities: dict[str, float | None] = {}
     for deployment in chosen:
         buckets = sums[deployment.name]
-        own = _rated_from_buckets(deployment, start, end, tz, gpu_catalog, buckets) or billed_to(
-            billed, deployment
-        )
+        active = active_window(deployment, bounds.get(deployment.name), start, end, tz)
+        rated = is_rated(deployment)
+        if rated:
+            own = [] if active is None else _rated_from_buckets(deployment, *active, tz, gpu_catalog, buckets)
+        else:
+            own = billed_to(billed, deployment)
         lines.extend(own)
         capacity = deployment.capacity_tokens_per_s
         source = "configured" if capacity is not None else None
@@ -195,7 +204,9 @@ def cost_window(
                 start=start,
                 end=end,
                 tz=tz,
+                active=active,
                 cost_lines=own,
+                cost_known=rated or bool(own),
                 total=merged(buckets.values()),
                 capacity_tokens_per_s=capacity,
                 capacity_source=source,
@@ -210,6 +221,41 @@ def cost_window(
         buckets=sums,
         capacity_tokens_per_s=capacities,
     )
+
+
+def is_rated(deployment: DeploymentConfig) -> bool:
+    """Priced by a configured rate (static, on-prem), not by a synced bill."""
+    return isinstance(deployment.price, StaticPrice | OnPremPrice)
+
+
+def _instant(value: datetime | date, tz: ZoneInfo) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime(value.year, value.month, value.day, tzinfo=tz)
+
+
+def active_window(
+    deployment: DeploymentConfig,
+    observed: tuple[int, int] | None,
+    start: datetime,
+    end: datetime,
+    tz: ZoneInfo,
+) -> tuple[datetime, datetime] | None:
+    """The part of [start, end) inside the deployment's active period, or None where there is none.
+
+    The period runs from `active_from` (else the first observed minute) to `active_until` (else the
+    end of the last observed minute: now, while the daemon runs). Without either, nothing was paid for
+    as far as the auditor knows: no cost is invented."""
+    since = _instant(deployment.active_from, tz) if deployment.active_from is not None else None
+    until = _instant(deployment.active_until, tz) if deployment.active_until is not None else None
+    if observed is not None:
+        since = since or datetime.fromtimestamp(observed[0], UTC)
+        until = until or datetime.fromtimestamp(observed[1], UTC)
+    if since is None or until is None:
+        return None
+    lo = max(start.astimezone(UTC), since.astimezone(UTC))
+    hi = min(end.astimezone(UTC), until.astimezone(UTC))
+    return (lo, hi) if lo < hi else None
 
 
 def _rated_from_buckets(
@@ -230,10 +276,10 @@ def _rated_from_buckets(
     return _clip(lines, start, end, tz)
 
 
-def billed_gpu_hours(cost_lines: Sequence[CostLine], window_s: float, billed_gpus: int) -> Decimal:
-    """The cost lines' own GPU-hours where they state them, else the configured GPUs over the window."""
+def billed_gpu_hours(cost_lines: Sequence[CostLine], active_s: Decimal, billed_gpus: int) -> Decimal:
+    """The cost lines' own GPU-hours where they state them, else the configured GPUs over the active time."""
     stated = [line.gpu_hours for line in cost_lines if line.gpu_hours is not None]
-    return sum_usd(stated) if stated else hours_from_seconds(window_s) * billed_gpus
+    return sum_usd(stated) if stated else (active_s / SECONDS_PER_HOUR).quantize(MICROHOUR) * billed_gpus
 
 
 def deployment_cost_from_sums(
@@ -242,7 +288,9 @@ def deployment_cost_from_sums(
     start: datetime,
     end: datetime,
     tz: ZoneInfo,
+    active: tuple[datetime, datetime] | None,
     cost_lines: Sequence[CostLine],
+    cost_known: bool,
     total: Bucket,
     capacity_tokens_per_s: float | None,
     capacity_source: str | None,
@@ -252,23 +300,27 @@ def deployment_cost_from_sums(
     """One deployment over [start, end), from its cost lines and the sums of its roll-ups.
 
     Billed GPU-hours are the cost lines' own where they state them, else the configured GPU count
-    over the window."""
-    window_s = (end - start).total_seconds()
+    over the active part of the window. Overheads accrue over the active part too."""
+    active_s = elapsed_s(*active) if active is not None else Decimal(0)
     cost_usd = sum_usd(line.amount_usd for line in cost_lines)
-    overhead_usd = prorate_monthly_usd(deployment.overheads.total_usd_month, start, end, tz)
+    overhead_usd = (
+        prorate_monthly_usd(deployment.overheads.total_usd_month, *active, tz) if active else Decimal(0)
+    )
     measures = total.measures(capacity_tokens_per_s)
     metric, utilization = measures.pick(utilization_metric)
-    tco = cost_usd + overhead_usd
-    hourly = tco / hours_from_seconds(window_s)
     prompt, generation = total.prompt_tokens, total.generation_tokens
-    return DeploymentCost(
+    cost = DeploymentCost(
         deployment=deployment.name,
         start=start,
         end=end,
+        tz=tz,
+        active_start=active[0] if active else None,
+        active_end=active[1] if active else None,
         cost_usd=cost_usd,
+        cost_known=cost_known,
         overhead_usd=overhead_usd,
         hours=GpuHours(
-            billed=billed_gpu_hours(cost_lines, window_s, deployment.billed_gpus),
+            billed=billed_gpu_hours(cost_lines, active_s, deployment.billed_gpus),
             observed=hours_from_seconds(total.gpu_observed_s),
             idle=hours_from_seconds(total.gpu_idle_s),
         ),
@@ -279,12 +331,20 @@ def deployment_cost_from_sums(
         generation_tokens=generation,
         capacity_tokens_per_s=capacity_tokens_per_s,
         capacity_source=capacity_source,
-        apis=(
-            compare_apis(
-                prompt, generation, tco, hourly * HOURS_PER_MONTH, hourly, capacity_tokens_per_s, api_prices
-            )
-            if served_tokens_known(prompt, generation, measures)
-            else []
-        ),
         estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
     )
+    if not (served_tokens_known(prompt, generation, measures) and cost_known):
+        return cost
+    # The rate while paid for, over a calendar month of real hours: break-even volumes and projections.
+    active_hours = cost.active_hours
+    hourly = cost.tco_usd / active_hours if active_hours > 0 else Decimal(0)
+    apis = compare_apis(
+        prompt,
+        generation,
+        cost.observed_tco_usd,
+        hourly * cost.month_hours,
+        hourly,
+        capacity_tokens_per_s,
+        api_prices,
+    )
+    return replace(cost, apis=apis)

@@ -16,7 +16,15 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -291,6 +299,14 @@ class DeploymentConfig(_Strict):
     capacity_tokens_per_s: float | None = Field(None, gt=0, le=1e12)
     """Sustained peak tokens/s (prompt + generated); measured when not given."""
     monthly_budget_usd: Usd | None = None
+    team: str | None = None
+    """Who the cost is allocated to (the finance CSV's subtotals)."""
+    cost_center: str | None = None
+    active_from: AwareDatetime | date | None = None
+    """When its GPUs began to be paid for (a date: midnight in the config's zone); else its first sample.
+    A static or on-prem rate accrues only inside the active period."""
+    active_until: AwareDatetime | date | None = None
+    """When its GPUs stopped being paid for; else its last sample."""
 
     @model_validator(mode="after")
     def _gpus_known(self) -> Self:
@@ -431,6 +447,11 @@ class RulesConfig(_Strict):
     saturation: SaturationRule = Field(default_factory=SaturationRule)
 
 
+class ReportConfig(_Strict):
+    complete_coverage: Fraction = 0.99
+    """A report is "complete" only where observed hours ÷ paid-for hours reach this share."""
+
+
 class SlackConfig(_Strict):
     """Where alerts and the digest go. The token is read from `token_env` or `token_file`, never from here."""
 
@@ -465,6 +486,7 @@ class Config(_Strict):
     prices: PricesConfig = Field(default_factory=PricesConfig)
     rules: RulesConfig = Field(default_factory=RulesConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
 
     @field_validator("timezone")

@@ -10,6 +10,12 @@ exactly from the hours a report prints.
     blended_price_per_token  = api_equivalent_usd / (prompt_tokens + generation_tokens)
     breakeven_utilization    = hourly_cost_usd / (capacity_tokens_per_s × 3600 × blended_price_per_token)
     breakeven_tokens_per_mo  = monthly_cost_usd / blended_price_per_token
+    saving_usd               = TCO of the observed hours − API cost of their tokens (`monthly_saving`)
+
+Hours are real: elapsed time between two instants (daylight saving time included), and a "month"
+is the calendar month's own hours in the configured zone (744, 745 or 743 for an October), never a
+fixed 730. Tokens are known only for the hours an inference server was observed: $/Mtok and every
+API comparison use those hours and their share of the cost; the rest is shown as a gap.
 """
 
 from __future__ import annotations
@@ -23,8 +29,6 @@ from zoneinfo import ZoneInfo
 from auditor.model import UtilizationMetric
 from auditor.prices import ApiPrice
 
-HOURS_PER_MONTH = Decimal(730)
-"""A month of a year's 8,760 hours: monthly figures for windows that are not calendar months."""
 SECONDS_PER_HOUR = Decimal(3600)
 MICROHOUR = Decimal("0.000001")
 MEASURED_CAPACITY_MINUTES = 15
@@ -33,6 +37,36 @@ MEASURED_CAPACITY_MINUTES = 15
 def hours_from_seconds(seconds: float) -> Decimal:
     """Seconds → hours, quantized to a microhour."""
     return (Decimal(repr(float(seconds))) / SECONDS_PER_HOUR).quantize(MICROHOUR)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def elapsed_s(start: datetime, end: datetime) -> Decimal:
+    """Seconds between two instants, exactly (to the microsecond), whatever zones they are written in.
+
+    Python subtracts two datetimes of the same zone as wall clocks, ignoring daylight saving time:
+    October in Europe/Berlin would have 744 hours instead of 745. Here both are taken to UTC first."""
+    micro = (end.astimezone(UTC) - start.astimezone(UTC)) // _MICROSECOND
+    return Decimal(micro) / 1_000_000
+
+
+def elapsed_hours(start: datetime, end: datetime) -> Decimal:
+    """Real hours between two instants, quantized to a microhour."""
+    return (elapsed_s(start, end) / SECONDS_PER_HOUR).quantize(MICROHOUR)
+
+
+def calendar_month(instant: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The calendar month (in tz) holding `instant`: [its first midnight, the next month's)."""
+    local = instant.astimezone(tz)
+    start = datetime(local.year, local.month, 1, tzinfo=tz)
+    following = datetime(local.year + local.month // 12, local.month % 12 + 1, 1, tzinfo=tz)
+    return start, following
+
+
+def month_hours(instant: datetime, tz: ZoneInfo) -> Decimal:
+    """The real hours of the calendar month holding `instant`: 745 for October in Europe/Berlin."""
+    return elapsed_hours(*calendar_month(instant, tz))
 
 
 def sum_usd(amounts: Iterable[Decimal]) -> Decimal:
@@ -154,12 +188,14 @@ def served_tokens_known(prompt_tokens: int, generation_tokens: int, measures: Ut
 
 @dataclass(frozen=True, slots=True)
 class ApiComparison:
-    """The same tokens on one managed API, against this deployment's TCO."""
+    """The same tokens on one managed API, against the TCO of the hours they were served in."""
 
     price: ApiPrice
     usd: Decimal
+    """The API cost of the observed tokens."""
     savings_usd: Decimal
-    """TCO − API cost: what moving to the API would save (negative: it would cost more)."""
+    """TCO of the observed hours − `usd`: what moving would have saved over them (negative: cost more).
+    Shown to people only through `monthly_saving`, the one savings figure."""
     blended_usd_per_token: Decimal | None
     breakeven_tokens_per_month: Decimal | None
     breakeven_utilization: Decimal | None
@@ -174,6 +210,7 @@ def compare_apis(
     capacity_tokens_per_s: float | None,
     prices: Sequence[ApiPrice],
 ) -> list[ApiComparison]:
+    """`tco_usd`: the TCO of the hours the tokens were served in; `monthly_cost_usd`: a calendar month's."""
     comparisons = []
     for price in prices:
         usd = api_cost_usd(prompt_tokens, generation_tokens, price)
@@ -198,8 +235,14 @@ class DeploymentCost:
     deployment: str
     start: datetime
     end: datetime
+    tz: ZoneInfo
+    active_start: datetime | None
+    """The part of the window inside the deployment's active period (GPUs paid for); None: none of it."""
+    active_end: datetime | None
     cost_usd: Decimal
-    """Raw compute: billed cost attributed to the deployment."""
+    """Raw compute: billed cost attributed to the deployment (0 with `cost_known` False: no billing data)."""
+    cost_known: bool
+    """False for a bill-priced deployment with no lines in the window: no billing data, not $0."""
     overhead_usd: Decimal
     hours: GpuHours
     measures: UtilizationMeasures
@@ -228,19 +271,58 @@ class DeploymentCost:
 
     @property
     def window_hours(self) -> Decimal:
-        return hours_from_seconds((self.end - self.start).total_seconds())
+        """Real hours of the window (DST-aware)."""
+        return elapsed_hours(self.start, self.end)
+
+    @property
+    def active_hours(self) -> Decimal:
+        """Real hours of the window inside the active period (exact: a rate divides by them)."""
+        if self.active_start is None or self.active_end is None:
+            return Decimal(0)
+        return elapsed_s(self.active_start, self.active_end) / SECONDS_PER_HOUR
+
+    @property
+    def month_hours(self) -> Decimal:
+        """Real hours of the calendar month holding the window's last instant: what "a month" means."""
+        return month_hours(self.end - _MICROSECOND, self.tz)
+
+    @property
+    def coverage(self) -> Decimal | None:
+        """Observed GPU-hours ÷ the GPU-hours paid for (1 at most); None where none were paid for."""
+        if self.hours.billed <= 0:
+            return None
+        return min(self.hours.observed / self.hours.billed, Decimal(1))
+
+    @property
+    def observed_hours(self) -> Decimal:
+        """Active hours with data: the hours token figures and API comparisons stand on."""
+        return self.active_hours * (self.coverage or Decimal(0))
+
+    @property
+    def observed_cost_usd(self) -> Decimal:
+        """The cost of the observed hours (raw compute): $/Mtok divides this by the tokens."""
+        return self.cost_usd * (self.coverage or Decimal(0))
+
+    @property
+    def observed_tco_usd(self) -> Decimal:
+        return self.tco_usd * (self.coverage or Decimal(0))
+
+    @property
+    def unobserved_cost_usd(self) -> Decimal:
+        """Cost of paid-for hours without data: still paid, but their tokens are unknown (the gap)."""
+        return self.cost_usd - self.observed_cost_usd
 
     @property
     def cost_per_mtok_usd(self) -> Decimal | None:
-        return cost_per_mtok_usd(self.cost_usd, self.tokens)
+        return cost_per_mtok_usd(self.observed_cost_usd, self.tokens)
 
     @property
     def cost_per_generated_mtok_usd(self) -> Decimal | None:
-        return cost_per_mtok_usd(self.cost_usd, self.generation_tokens)
+        return cost_per_mtok_usd(self.observed_cost_usd, self.generation_tokens)
 
     @property
     def tco_per_mtok_usd(self) -> Decimal | None:
-        return cost_per_mtok_usd(self.tco_usd, self.tokens)
+        return cost_per_mtok_usd(self.observed_tco_usd, self.tokens)
 
     @property
     def idle_cost_usd(self) -> Decimal | None:
@@ -249,6 +331,48 @@ class DeploymentCost:
     @property
     def cheapest_api(self) -> ApiComparison | None:
         return min(self.apis, key=lambda c: c.usd) if self.apis else None
+
+    @property
+    def is_calendar_month(self) -> bool:
+        """The window is a calendar month in the configured zone, whole or so far."""
+        start, following = calendar_month(self.start, self.tz)
+        return self.start.astimezone(UTC) == start.astimezone(UTC) and self.end <= following
+
+    @property
+    def month_to_date(self) -> bool:
+        following = calendar_month(self.start, self.tz)[1]
+        return self.is_calendar_month and self.end < following
+
+
+@dataclass(frozen=True, slots=True)
+class Saving:
+    """The one savings figure: what moving a deployment to one API saves (negative: would cost)."""
+
+    usd: Decimal
+    api: ApiPrice
+    basis: str
+    """What the figure is over: `2026-10`, `2026-10 so far`, or `a month at the rate of …`."""
+    per_month: bool
+    """True when projected to a calendar month ("/month"); False for a calendar month's own figure."""
+
+
+def monthly_saving(dc: DeploymentCost, comparison: ApiComparison) -> Saving:
+    """THE savings figure, defined once: TCO minus the API cost of the same tokens, over the hours
+    whose tokens are known. For a calendar-month window it is that month's figure (so far, for a month
+    in progress); for any other window it is projected to a calendar month of real hours at the
+    window's rate, and says so. Report, rules, digest, JSON and Slack all print this."""
+    local_end = (dc.end - _MICROSECOND).astimezone(dc.tz)
+    if dc.is_calendar_month:
+        label = f"{local_end:%Y-%m}" + (" so far" if dc.month_to_date else "")
+        return Saving(usd=comparison.savings_usd, api=comparison.price, basis=label, per_month=False)
+    observed = dc.observed_hours
+    usd = comparison.savings_usd * dc.month_hours / observed if observed > 0 else Decimal(0)
+    days = elapsed_s(dc.start, dc.end) / 86400
+    label = (
+        f"at the last {days.normalize():f} days' rate (to {dc.end.astimezone(dc.tz):%Y-%m-%d %H:%M}),"
+        f" over a {dc.month_hours.normalize():f}-hour month"
+    )
+    return Saving(usd=usd, api=comparison.price, basis=label, per_month=True)
 
 
 @dataclass(frozen=True, slots=True)

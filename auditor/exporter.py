@@ -27,12 +27,12 @@ from prometheus_client.registry import Collector
 from auditor.analysis import WindowCost, cost_window
 from auditor.config import Config
 from auditor.gpu_prices import GpuPrice
-from auditor.model import GpuSample
+from auditor.model import MINUTE_S, GpuSample
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 
 TOKENS_WINDOW_S = 300
-"""tokens/s is the mean over the last five rolled-up minutes."""
+"""tokens/s is the mean over the last five complete rolled-up minutes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +96,18 @@ class ExporterState:
                 self.up[collector] = False
 
 
-def _tokens_per_s(store: Store, deployment: str, end_ts: float) -> float | None:
+def tokens_per_s(store: Store, deployment: str, now_ts: float) -> float | None:
+    """Tokens served ÷ seconds observed, over the last complete minutes (the minute in progress is left
+    out: its row holds only the seconds rolled up so far). Observed seconds, not 60 a row: a minute
+    observed for 48 s holds 48 s of tokens. Several instances of a server serve side by side, so their
+    observed seconds count once (wall time)."""
+    end_ts = now_ts - now_ts % MINUTE_S
     minutes = store.deployment_minutes(end_ts - TOKENS_WINDOW_S, end_ts, deployment)
     observed = [m for m in minutes if m.server_observed_s > 0]
-    if not observed:
+    wall_s = sum(m.server_observed_s / max(m.instances, 1) for m in observed)
+    if wall_s <= 0:
         return None
-    tokens = sum(m.prompt_tokens + m.generation_tokens for m in observed)
-    return tokens / (len(observed) * 60)
+    return sum(m.prompt_tokens + m.generation_tokens for m in observed) / wall_s
 
 
 def deployment_figures(
@@ -133,8 +138,9 @@ def deployment_figures(
         figures.append(
             DeploymentFigures(
                 deployment=cost.deployment,
-                tokens_per_s=_tokens_per_s(store, cost.deployment, now.timestamp()),
-                cost_rate_usd_per_h=cost.cost_usd / cost.window_hours if cost.window_hours else None,
+                tokens_per_s=tokens_per_s(store, cost.deployment, now.timestamp()),
+                # The rate while paid for: an hour with no active period has no rate, not $0/h.
+                cost_rate_usd_per_h=cost.cost_usd / cost.active_hours if cost.active_hours else None,
                 cost_per_mtok_usd={
                     "1h": cost.cost_per_mtok_usd,
                     "1d": day_cost.cost_per_mtok_usd if day_cost else None,

@@ -55,6 +55,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from auditor.config import parse_store_url
 from auditor.costing import UtilizationMeasures
 from auditor.model import (
+    MINUTE_S,
     Alert,
     AlertState,
     CostBasis,
@@ -701,6 +702,53 @@ class Store:
     def served_minutes(self, start_ts: float, end_ts: float, deployment: str) -> list[tuple[int, int]]:
         """(minute_ts, tokens) of the minutes a server was observed in, in time order (measured capacity)."""
         return _served_minutes(self.engine, start_ts, end_ts, deployment)
+
+    def activity_bounds(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per deployment with data: (its first observed minute, the end of its last), epoch seconds.
+
+        Over every roll-up kept, GPUs' and servers': the default active period of a rated deployment.
+        The quarter-hour tier reaches back past the minutes' retention; where the minutes of its first
+        (last) quarter-hour are still kept, they give the minute itself."""
+        bounds: dict[str, tuple[int, int]] = {}
+        if not names:
+            return bounds
+        g, dm, dq = gpu_minutes, deployment_minutes, deployment_quarter_hours
+        tier = (
+            select(dq.c.deployment, func.min(dq.c.bucket_ts), func.max(dq.c.bucket_ts))
+            .where(dq.c.deployment.in_(names), (dq.c.gpu_observed_s > 0) | (dq.c.server_observed_s > 0))
+            .group_by(dq.c.deployment)
+        )
+        minutes = (
+            select(g.c.deployment, func.min(g.c.minute_ts), func.max(g.c.minute_ts))
+            .where(g.c.deployment.in_(names), g.c.observed_s > 0)
+            .group_by(g.c.deployment),
+            select(dm.c.deployment, func.min(dm.c.minute_ts), func.max(dm.c.minute_ts))
+            .where(dm.c.deployment.in_(names), dm.c.server_observed_s > 0)
+            .group_by(dm.c.deployment),
+        )
+        fine: dict[str, tuple[int, int]] = {}
+        with self.engine.connect() as conn:
+            for query in minutes:
+                for name, first, last in conn.execute(query):
+                    end = int(last) + MINUTE_S
+                    known = fine.get(name)
+                    fine[name] = (
+                        (int(first), end)
+                        if known is None
+                        else (min(known[0], int(first)), max(known[1], end))
+                    )
+            coarse = {name: (int(first), int(last) + BUCKET_S) for name, first, last in conn.execute(tier)}
+        for name in set(fine) | set(coarse):
+            if name not in coarse:
+                bounds[name] = fine[name]
+                continue
+            first, end = coarse[name]
+            if name in fine:
+                minute_first, minute_end = fine[name]
+                first = minute_first if minute_first < first + BUCKET_S else first
+                end = minute_end if minute_end > end - BUCKET_S else end
+            bounds[name] = (first, end)
+        return bounds
 
     # -- cost lines -----------------------------------------------------------------------------
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from collections.abc import Sequence
+from decimal import ROUND_FLOOR, ROUND_HALF_EVEN, Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from auditor.costing import Saving
 
 _SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 CENT = Decimal("0.01")
@@ -89,3 +94,27 @@ def format_share(share: float | Decimal | None) -> str:
         return "—"
     percent = float(share) * 100
     return f"{percent:,.2f}%" if abs(percent) < 1 else f"{percent:,.1f}%"
+
+
+def format_saving(saving: Saving) -> str:
+    """The one savings figure in words, with what it is over: `$312.23 in 2026-10`, `$301.81/month at
+    the last 7 days' rate (to …), over a 744-hour month`. The sign is the caller's verb (save / cost)."""
+    amount = format_usd(abs(saving.usd))
+    return f"{amount}/month {saving.basis}" if saving.per_month else f"{amount} in {saving.basis}"
+
+
+def allocate_cents(parts: Sequence[Decimal]) -> tuple[list[Decimal], Decimal]:
+    """Round parts and their total to the cent so that the parts shown sum to the total shown.
+
+    The total is the exact sum rounded once (half-even, as `cents`); each part is its exact amount
+    floored to the cent, and the cents still missing go, one each, to the parts with the largest
+    remainders (the largest-remainder method; ties to the earlier part). Every part moves by less
+    than a cent."""
+    total = cents(sum(parts, Decimal(0)))
+    floors = [p.quantize(CENT, rounding=ROUND_FLOOR) for p in parts]
+    missing = int((total - sum(floors, Decimal(0))) / CENT)
+    order = sorted(range(len(parts)), key=lambda i: (-(parts[i] - floors[i]), i))
+    shown = list(floors)
+    for i in order[:missing]:
+        shown[i] += CENT
+    return shown, total

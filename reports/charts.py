@@ -237,7 +237,7 @@ def daily_cost_chart(d: DeploymentMonth) -> str:
     lines = [
         Series(
             f"{c.price.ref} (same tokens)",
-            [_f(dict(day.api_equivalents)[c.price.ref]) for day in d.days],
+            [_f(dict(day.api_equivalents).get(c.price.ref)) for day in d.days],
             API_COLORS[i % len(API_COLORS)],
         )
         for i, c in enumerate(d.cost.apis)

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from auditor.units import format_share, format_tokens, format_usd
+from auditor.costing import monthly_saving
+from auditor.units import format_saving, format_share, format_tokens, format_usd
 from reports.charts import deployment_charts
 from reports.files import write_atomic
+from reports.labels import gap_text, report_state, shown_costs, total_line
 from reports.monthly import MonthReport
 
 
@@ -32,14 +34,23 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.globals.update(
-        usd=format_usd, share=format_share, tokens=format_tokens, hours=_hours, breakeven=_breakeven
+        usd=format_usd,
+        share=format_share,
+        tokens=format_tokens,
+        hours=_hours,
+        breakeven=_breakeven,
+        saving=monthly_saving,
+        saving_words=format_saving,
+        state=report_state,
+        total_line=total_line,
+        gap=gap_text,
     )
     return env
 
 
 def render_html(report: MonthReport) -> str:
     charts = {d.name: deployment_charts(d) for d in report.deployments}
-    return environment().get_template("month.html.j2").render(r=report, charts=charts)
+    return environment().get_template("month.html.j2").render(r=report, charts=charts, s=shown_costs(report))
 
 
 def write_html(report: MonthReport, path: Path) -> Path:

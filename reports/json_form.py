@@ -1,6 +1,7 @@
 """The report as JSON for scripts; `auditor replay --json` prints the same deployment object.
 
-Money is rounded to the cent (banker's rounding), hours to the microhour, shares to 1e-6; the
+Money is rounded to the cent once (banker's rounding; the report's parts by largest remainder, so
+they sum to the total shown), hours to the microhour, shares to 1e-6; token counts are exact; the
 exact figures are in the CSV.
 """
 
@@ -10,9 +11,10 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from auditor.costing import DeploymentCost
+from auditor.costing import DeploymentCost, monthly_saving
 from auditor.model import Finding
 from auditor.units import cents
+from reports.labels import shown_costs
 from reports.monthly import MonthReport
 
 SHARE = Decimal("0.000001")
@@ -45,9 +47,20 @@ def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict
         "name": cost.deployment,
         "start": cost.start.isoformat(),
         "end": cost.end.isoformat(),
-        "cost_usd": usd(cost.cost_usd),
+        # A bill-priced deployment without lines has no billing data: null, not $0.
+        "cost_usd": usd(cost.cost_usd) if cost.cost_known else None,
+        "cost_known": cost.cost_known,
         "overhead_usd": usd(cost.overhead_usd),
-        "tco_usd": usd(cost.tco_usd),
+        "tco_usd": usd(cost.tco_usd) if cost.cost_known else None,
+        "active_start": cost.active_start.isoformat() if cost.active_start else None,
+        "active_end": cost.active_end.isoformat() if cost.active_end else None,
+        "window_hours": float(cost.window_hours),
+        "active_hours": float(cost.active_hours),
+        "month_hours": float(cost.month_hours),
+        "coverage": share(cost.coverage),
+        "observed_hours": share(cost.observed_hours),
+        "observed_cost_usd": usd(cost.observed_cost_usd),
+        "unobserved_cost_usd": usd(cost.unobserved_cost_usd),
         "estimated": cost.estimated,
         "billed_gpu_hours": float(cost.hours.billed),
         "observed_gpu_hours": float(cost.hours.observed),
@@ -74,7 +87,10 @@ def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict
                 "provider": c.price.provider,
                 "model": c.price.model,
                 "usd": usd(c.usd),
-                "savings_usd": usd(c.savings_usd),
+                # The one savings figure (`monthly_saving`): what it is over is in `saving_basis`.
+                "savings_usd": usd(monthly_saving(cost, c).usd),
+                "saving_basis": monthly_saving(cost, c).basis,
+                "saving_per_month": monthly_saving(cost, c).per_month,
                 "breakeven_utilization": share(c.breakeven_utilization),
                 "breakeven_tokens_per_month": (
                     None if c.breakeven_tokens_per_month is None else round(c.breakeven_tokens_per_month)
@@ -94,16 +110,30 @@ def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict
 
 
 def report_object(report: MonthReport) -> dict[str, Any]:
+    shown = shown_costs(report)
+    deployments = []
+    for d in report.deployments:
+        data = deployment_object(d.cost, d.findings)
+        if d.cost.cost_known:
+            # Rounded once, so that the deployments and the unattributed sum to the total shown.
+            data["cost_usd"] = float(shown.deployments[d.name])
+            data["overhead_usd"] = float(shown.overheads[d.name])
+            data["tco_usd"] = float(shown.tco(d.name))
+        deployments.append(data)
     return {
         "month": report.month,
         "partial": report.partial,
+        "complete": report.complete,
+        "filtered_to": list(report.filtered_to),
+        "unfiltered_total_usd": usd(report.unfiltered_total_usd),
         "timezone": report.timezone,
         "start": report.start.isoformat(),
         "end": report.end.isoformat(),
-        "total_cost_usd": usd(report.total_cost_usd),
-        "unattributed_cost_usd": usd(report.unattributed_cost_usd),
+        "total_cost_usd": float(shown.total),
+        # A filtered report leaves the unattributed lines to the whole report: null, not $0.
+        "unattributed_cost_usd": None if report.filtered_to else float(shown.unattributed),
         "estimated": report.estimated,
-        "deployments": [deployment_object(d.cost, d.findings) for d in report.deployments],
+        "deployments": deployments,
         "other_recommendations": [{**recommendation(f), "subject": f.subject} for f in report.other_findings],
         "total_at_stake": {
             "usd_per_month": usd(report.at_stake.usd_per_month),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from auditor.units import format_share, format_tokens, format_usd
+from auditor.costing import monthly_saving
+from auditor.units import format_saving, format_share, format_tokens, format_usd
+from reports.labels import ShownCosts, gap_text, report_state, shown_costs, total_line
 from reports.monthly import DeploymentMonth, MonthReport
 
 _MARKDOWN_SPECIAL = str.maketrans(
@@ -15,27 +17,23 @@ def md(text: str) -> str:
     return text.translate(_MARKDOWN_SPECIAL)
 
 
-def _status(report: MonthReport) -> str:
-    if report.partial:
-        return f"partial: up to {report.end:%Y-%m-%d %H:%M} {report.timezone}"
-    return f"complete month, {report.timezone}"
-
-
-def _deployment(d: DeploymentMonth) -> list[str]:
+def _deployment(d: DeploymentMonth, shown: ShownCosts) -> list[str]:
     c = d.cost
+    raw = format_usd(shown.deployments[d.name]) if c.cost_known else "no billing data"
     lines = [
         f"### {md(d.name)} — {md(d.config.model)} on {d.config.billed_gpus}× {md(d.config.gpu_type)}",
         "",
         "| figure | value |",
         "|---|---:|",
-        f"| raw compute | {format_usd(c.cost_usd)} |",
-        f"| TCO (with {format_usd(c.overhead_usd)} overheads) | {format_usd(c.tco_usd)} |",
+        f"| raw compute (billed) | {raw} |",
+        f"| TCO (with {format_usd(shown.overheads[d.name])} overheads) | {format_usd(shown.tco(d.name))} |",
         f"| GPU-hours billed / observed / idle / unknown | {c.hours.billed:,.1f} / {c.hours.observed:,.1f}"
         f" / {c.hours.idle:,.1f} / {c.hours.unknown:,.1f} |",
         f"| utilization ({c.utilization_metric.value}) | {format_share(c.utilization)} |",
         f"| tokens (prompt + generated) | {format_tokens(c.prompt_tokens)}"
         f" + {format_tokens(c.generation_tokens)} |",
-        f"| cost per Mtok (raw / TCO) | {format_usd(c.cost_per_mtok_usd)}"
+        f"| observed GPU-hours / paid-for (coverage) | {format_share(c.coverage)} |",
+        f"| cost per Mtok, observed hours (raw / TCO) | {format_usd(c.cost_per_mtok_usd)}"
         f" / {format_usd(c.tco_per_mtok_usd)} |",
         f"| idle cost | {format_usd(c.idle_cost_usd)} |",
     ]
@@ -46,29 +44,33 @@ def _deployment(d: DeploymentMonth) -> list[str]:
             "|---|---:|---:|---:|---:|",
         ]
         for a in c.apis:
-            verdict = ("save " if a.savings_usd > 0 else "cost ") + format_usd(abs(a.savings_usd))
+            saving = monthly_saving(c, a)
+            verdict = ("save " if saving.usd > 0 else "cost ") + format_saving(saving)
             lines.append(
                 f"| {md(a.price.ref)} | {format_usd(a.usd)} | {verdict}"
                 f" | {format_share(a.breakeven_utilization)}"
                 f" | {format_tokens(a.breakeven_tokens_per_month)} |"
             )
+    gap = gap_text(c)
+    if gap:
+        lines += ["", f"> {gap}"]
     if d.disagreement:
         lines += ["", f"> {md(d.disagreement)}"]
     if d.findings:
         lines += ["", "**Recommendations**", ""]
         for f in d.findings:
-            money = f" ({format_usd(f.usd_per_month)}/month)" if f.usd_per_month is not None else ""
-            lines.append(f"- **{f.severity.value}** `{f.rule}`: {md(f.text)}{money}")
+            lines.append(f"- **{f.severity.value}** `{f.rule}`: {md(f.text)}")
             lines += [f"  - instead: {md(a.text)} (excludes the above, not added)" for a in f.alternatives]
     return [*lines, ""]
 
 
 def render_markdown(report: MonthReport) -> str:
+    shown = shown_costs(report)
     lines = [
-        f"## GPU cost report {report.month} ({_status(report)})",
+        f"## GPU cost report {report.month} ({report_state(report)})",
         "",
-        f"Total billed: **{format_usd(report.total_cost_usd)}**, of which unattributed: "
-        f"**{format_usd(report.unattributed_cost_usd)}**"
+        total_line(report)[:1].upper()
+        + total_line(report)[1:]
         + (" — includes estimates (list prices or bills not yet final)" if report.estimated else ""),
         "",
         "| deployment | raw compute | TCO | utilization | cost per Mtok | cheapest API | idle cost |",
@@ -78,14 +80,15 @@ def render_markdown(report: MonthReport) -> str:
         c = d.cost
         cheapest = c.cheapest_api
         lines.append(
-            f"| {md(d.name)} | {format_usd(c.cost_usd)} | {format_usd(c.tco_usd)}"
+            f"| {md(d.name)} | {format_usd(shown.deployments[d.name])} | {format_usd(shown.tco(d.name))}"
             f" | {format_share(c.utilization)}"
             f" ({c.utilization_metric.value}) | {format_usd(c.cost_per_mtok_usd)}"
             f" | {format_usd(cheapest.usd) + ' ' + md(cheapest.price.ref) if cheapest else '—'}"
             f" | {format_usd(c.idle_cost_usd)} |"
         )
-    lines.append(f"| (unattributed) | {format_usd(report.unattributed_cost_usd)} | | | | | |")
-    lines += ["", *[line for d in report.deployments for line in _deployment(d)]]
+    if not report.filtered_to:
+        lines.append(f"| (unattributed) | {format_usd(shown.unattributed)} | | | | | |")
+    lines += ["", *[line for d in report.deployments for line in _deployment(d, shown)]]
     if report.other_findings:
         lines += ["### Other findings", ""]
         lines += [

@@ -24,8 +24,10 @@ from auditor.costing import (
     UtilizationMeasures,
     api_cost_usd,
     cost_per_mtok_usd,
+    elapsed_s,
     hours_from_seconds,
     idle_cost_usd,
+    served_tokens_known,
     sum_usd,
 )
 from auditor.gpu_prices import GpuPrice
@@ -45,6 +47,10 @@ MIN_YEAR, MAX_YEAR = 1970, 9998
 
 class MonthError(ValueError):
     """The month asked for cannot be reported (malformed, or not begun)."""
+
+
+class NoDataError(MonthError):
+    """Nothing was paid for and nothing observed in the month: a report would invent its figures."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +90,8 @@ class DayFigures:
     idle_gpu_hours: Decimal
     prompt_tokens: int
     generation_tokens: int
+    tokens_known: bool
+    """False for a day without inference-server data: its tokens are unknown, not 0."""
     measures: UtilizationMeasures
     utilization: float | None
     """The month's chosen measure, over this day."""
@@ -95,8 +103,19 @@ class DayFigures:
         return self.prompt_tokens + self.generation_tokens
 
     @property
+    def coverage(self) -> Decimal | None:
+        if self.billed_gpu_hours <= 0:
+            return None
+        return min(self.observed_gpu_hours / self.billed_gpu_hours, Decimal(1))
+
+    @property
+    def observed_cost_usd(self) -> Decimal:
+        return self.cost_usd * (self.coverage or Decimal(0))
+
+    @property
     def cost_per_mtok_usd(self) -> Decimal | None:
-        return cost_per_mtok_usd(self.cost_usd, self.tokens)
+        """The observed hours' cost per million of their tokens (as the month's figure)."""
+        return cost_per_mtok_usd(self.observed_cost_usd, self.tokens) if self.tokens_known else None
 
     @property
     def idle_cost_usd(self) -> Decimal | None:
@@ -152,6 +171,33 @@ class MonthReport:
     """Every line the figures were drawn from: the deployments' and the unattributed."""
     other_findings: list[Finding] = field(default_factory=list)
     """Findings about no single deployment of the report (the fleet, a GPU of none)."""
+    complete_coverage: float = 0.99
+    filtered_to: tuple[str, ...] = ()
+    """The deployments a filtered report (`--deployment`) is limited to; empty: the whole report."""
+    unfiltered_total_usd: Decimal | None = None
+    """A filtered report's whole-month total, for "filtered to X (of $Y total)"."""
+
+    @property
+    def stem(self) -> str:
+        """Its files' name: a filtered report's name says so, never that of the full report."""
+        base = f"gpu-report-{self.month}"
+        return base + "".join(f"-{name}" for name in self.filtered_to)
+
+    @property
+    def complete(self) -> bool:
+        """A closed month, every deployment observed for at least `report.complete_coverage` of its hours."""
+        if self.partial:
+            return False
+        needed = Decimal(repr(self.complete_coverage))
+        for d in self.deployments:
+            coverage = d.cost.coverage
+            if d.cost.active_hours > 0 and (coverage is None or coverage < needed):
+                return False
+        return True
+
+    @property
+    def local_end(self) -> datetime:
+        return self.end.astimezone(ZoneInfo(self.timezone))
 
     @property
     def total_cost_usd(self) -> Decimal:
@@ -201,6 +247,14 @@ def build_month_report(
     window = month_window(month, config.tz, now)
     step("summing the month's roll-ups")
     aggregated = cost_window(store, config, window.start, window.end, api_catalog, gpu_catalog, only=only)
+    if not aggregated.window.cost_lines and all(
+        c.active_start is None for c in aggregated.window.deployments
+    ):
+        raise NoDataError(f"no data for {window.month}")
+    unfiltered_total: Decimal | None = None
+    if only is not None:
+        whole = cost_window(store, config, window.start, window.end, api_catalog, gpu_catalog)
+        unfiltered_total = whole.window.total_usd
     step("assembling days and heat maps")
     months = []
     for cost in aggregated.window.deployments:
@@ -229,6 +283,9 @@ def build_month_report(
         deployments=months,
         cost_lines=aggregated.window.cost_lines,
         other_findings=[f for f in findings if f.subject not in names] if only is None else [],
+        complete_coverage=config.report.complete_coverage,
+        filtered_to=tuple(only or ()),
+        unfiltered_total_usd=unfiltered_total,
     )
 
 
@@ -257,11 +314,15 @@ def day_figures(
     day = first
     while day < after_last:
         day_start, day_end = _day_bounds(day, tz)
-        inside_s = (min(cost.end, day_end) - max(cost.start, day_start)).total_seconds()
+        inside_s = Decimal(0)
+        if cost.active_start is not None and cost.active_end is not None:
+            lo, hi = max(cost.active_start, day_start), min(cost.active_end, day_end)
+            inside_s = max(elapsed_s(lo, hi), Decimal(0))
         own = [line for line in lines if line.day == day]
         total = merged(by_day.get(day, []))
         measures = total.measures(capacity_tokens_per_s)
         _, utilization = measures.pick(cost.utilization_metric)
+        known = served_tokens_known(total.prompt_tokens, total.generation_tokens, measures)
         rows.append(
             DayFigures(
                 day=day,
@@ -271,12 +332,15 @@ def day_figures(
                 idle_gpu_hours=hours_from_seconds(total.gpu_idle_s),
                 prompt_tokens=total.prompt_tokens,
                 generation_tokens=total.generation_tokens,
+                tokens_known=known,
                 measures=measures,
                 utilization=utilization,
                 api_equivalents=tuple(
                     (c.price.ref, api_cost_usd(total.prompt_tokens, total.generation_tokens, c.price))
                     for c in cost.apis
-                ),
+                )
+                if known
+                else (),
             )
         )
         day += timedelta(days=1)

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 from auditor.analysis import AggregatedWindow, cost_window
 from auditor.config import AwsPrice, DeploymentConfig, GcpPrice, OnPremPrice, StaticPrice
-from auditor.costing import HOURS_PER_MONTH, DeploymentCost
+from auditor.costing import DeploymentCost, monthly_saving
 from auditor.gpu_prices import GpuPrice, find_gpu_price
 from auditor.model import Finding, Severity, Window
 from auditor.rates import RateError, gpu_hourly_usd
@@ -65,29 +65,35 @@ def costed(context: RuleContext, days: float) -> list[DeploymentCost]:
     return aggregated(context, days).window.deployments
 
 
-def per_month(usd: Decimal, dc: DeploymentCost, month_h: Decimal = HOURS_PER_MONTH) -> Decimal:
-    """An amount over the deployment's window, projected over a `month_h`-hour month at the window's rate."""
-    hours = dc.window_hours
+def per_month(usd: Decimal, dc: DeploymentCost, month_h: Decimal) -> Decimal:
+    """An amount over the window's active (paid-for) hours, projected over a `month_h`-hour month at
+    that rate: TCO, cost. Real hours, never a fixed 730."""
+    hours = dc.active_hours
+    return usd * month_h / hours if hours > 0 else Decimal(0)
+
+
+def observed_per_month(usd: Decimal, dc: DeploymentCost, month_h: Decimal) -> Decimal:
+    """An amount over the window's *observed* hours (tokens, their API cost), projected over a month:
+    tokens of unobserved hours are unknown, so the rate is that of the hours they were counted in."""
+    hours = dc.observed_hours
     return usd * month_h / hours if hours > 0 else Decimal(0)
 
 
 def api_saving_per_month(dc: DeploymentCost, month_h: Decimal) -> Decimal | None:
-    """THE saving of moving a deployment to its cheapest comparable API: TCO over the window − the API's
-    cost of the window's tokens, projected over the month. The one place rules take it from (issue 9
-    defines it in the costing core: swap this body for that function when it lands)."""
+    """THE saving of moving a deployment to its cheapest comparable API: `auditor.costing.monthly_saving`,
+    the one savings figure the report, JSON and digest print too (over a calendar-month window, that
+    month's own figure; over the last N days, projected at their rate over the calendar month)."""
     cheapest = dc.cheapest_api
     if cheapest is None:
         return None
-    return per_month(cheapest.savings_usd, dc, month_h)
+    return monthly_saving(dc, cheapest).usd
 
 
 def savings_basis(dc: DeploymentCost, api_ref: str, month_h: Decimal) -> str:
-    """How the API saving was reached, in words."""
-    days = (dc.end - dc.start).total_seconds() / 86400
-    return (
-        f"TCO − {api_ref}'s price of the same tokens over the {days:g} days to {dc.end:%Y-%m-%d %H:%M}, "
-        f"projected over a {month_h:.0f}-hour month at that rate"
-    )
+    """How the API saving was reached, in words (the basis `monthly_saving` states)."""
+    cheapest = dc.cheapest_api
+    over = monthly_saving(dc, cheapest).basis if cheapest is not None else f"a {month_h:.0f}-hour month"
+    return f"TCO of the observed hours − {api_ref}'s price of their tokens, {over}"
 
 
 def deployment_window(dc: DeploymentCost) -> Window:
@@ -118,9 +124,20 @@ def coverage(dc: DeploymentCost) -> float | None:
 
 def judgement_problem(dc: DeploymentCost, min_coverage: float, *, needs_tokens: bool) -> str | None:
     """Why this window cannot be judged (too little observed, no cost, no tokens), or None."""
+    if dc.active_start is None and dc.cost_known:
+        return (
+            "no data in the window: nothing was observed in it and no active_from/active_until "
+            "in the config covers it"
+        )
     share = coverage(dc)
     if share is None:
         return f"no billed GPU-hours in the window ({_NO_BILL_FIX})"
+    active = float(dc.active_hours / dc.window_hours) if dc.window_hours > 0 else 0.0
+    if active < min_coverage:
+        return (
+            f"it was active (paid for, by active_from/active_until or its samples) for only "
+            f"{format_share(active)} of the window; a verdict needs {format_share(min_coverage)}"
+        )
     if share < min_coverage:
         return (
             f"only {format_share(share)} of the window's {dc.hours.billed:.1f} billed GPU-hours "
@@ -136,7 +153,7 @@ def judgement_problem(dc: DeploymentCost, min_coverage: float, *, needs_tokens: 
     return None
 
 
-def window_figures(dc: DeploymentCost, month_h: Decimal = HOURS_PER_MONTH) -> tuple[tuple[str, str], ...]:
+def window_figures(dc: DeploymentCost, month_h: Decimal) -> tuple[tuple[str, str], ...]:
     share = coverage(dc)
     days = (dc.end - dc.start).total_seconds() / 86400
     return (
@@ -154,7 +171,9 @@ def gpu_rate_in_window(dc: DeploymentCost) -> Decimal | None:
     return dc.cost_usd / dc.hours.billed
 
 
-def live_gpu_hourly_usd(deployment: DeploymentConfig, catalog: Sequence[GpuPrice]) -> Decimal | None:
+def live_gpu_hourly_usd(
+    deployment: DeploymentConfig, catalog: Sequence[GpuPrice], hours_in_month: Decimal
+) -> Decimal | None:
     """USD per GPU-hour from the price config and the GPU catalog: what one more running GPU costs now.
 
     None when the config names no rate (a cloud deployment with neither instance type nor catalog row)."""
@@ -171,7 +190,7 @@ def live_gpu_hourly_usd(deployment: DeploymentConfig, catalog: Sequence[GpuPrice
         return None
     if isinstance(price, OnPremPrice):
         monthly = price.purchase_usd / price.amortization_months + price.hosting_usd_month
-        return monthly / HOURS_PER_MONTH / deployment.billed_gpus
+        return Decimal(monthly / hours_in_month / deployment.billed_gpus)
     return None
 
 

@@ -118,7 +118,11 @@ class IdleLoaded:
         if _repeats(history, judge, start_ts, end_ts):
             return None  # the same hours were idle before, with work since: a pattern, not a page
         deployment = next((d for d in context.config.deployments if d.name == last.deployment), None)
-        rate = None if deployment is None else live_gpu_hourly_usd(deployment, context.gpu_catalog)
+        rate = (
+            None
+            if deployment is None
+            else live_gpu_hourly_usd(deployment, context.gpu_catalog, context.month_hours())
+        )
         month_h = context.month_hours()
         seen = [m for m in history if m.minute_ts >= end_ts - RATE_DAYS * DAY_S and _activity(m) is not None]
         seen_s = sum(m.observed_s for m in seen)

@@ -28,6 +28,7 @@ from rules.common import (
     fires_below,
     judgement_problem,
     no_verdict,
+    observed_per_month,
     per_month,
     report_command,
     savings_basis,
@@ -74,8 +75,14 @@ class MoveToApi:
                     figures=(
                         *window_figures(dc, month_h),
                         ("threshold", f"{'at most' if firing else 'under'} {format_share(threshold)}"),
-                        ("tokens a month", format_tokens(per_month(Decimal(dc.tokens), dc, month_h))),
-                        (f"{cheapest.price.ref} a month", format_usd(per_month(cheapest.usd, dc, month_h))),
+                        (
+                            "tokens a month",
+                            format_tokens(observed_per_month(Decimal(dc.tokens), dc, month_h)),
+                        ),
+                        (
+                            f"{cheapest.price.ref} a month",
+                            format_usd(observed_per_month(cheapest.usd, dc, month_h)),
+                        ),
                     ),
                     command=report_command(context),
                     deployment=dc.deployment,

@@ -70,7 +70,7 @@ class RunawaySpend:
     def _rate(
         self, context: RuleContext, deployment: DeploymentConfig, params: RunawaySpendRule
     ) -> Decimal | None:
-        rate = live_gpu_hourly_usd(deployment, context.gpu_catalog)
+        rate = live_gpu_hourly_usd(deployment, context.gpu_catalog, context.month_hours())
         if rate is not None:
             return rate
         for dc in costed(context, params.baseline_days):

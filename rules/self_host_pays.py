@@ -18,14 +18,16 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from auditor.costing import monthly_saving
 from auditor.model import Action, Finding, Severity
-from auditor.units import format_share, format_usd
+from auditor.units import format_saving, format_share, format_usd
 from rules.common import (
     costed,
     deployment_window,
     fires_above,
     judgement_problem,
     no_verdict,
+    observed_per_month,
     per_month,
     report_command,
     window_figures,
@@ -78,7 +80,8 @@ class SelfHostPays:
                     )
                 )
                 continue
-            margin = per_month(-cheapest.savings_usd, dc, month_h)
+            saving = monthly_saving(dc, cheapest)
+            margin = -saving.usd
             if margin <= 0:
                 continue
             findings.append(
@@ -87,17 +90,20 @@ class SelfHostPays:
                     subject=dc.deployment,
                     severity=Severity.INFO,
                     title=f"{dc.deployment}: {format_share(dc.utilization)} utilized; self-hosting pays",
-                    text=f"Keep self-hosting {dc.deployment}: {format_usd(margin)}/month cheaper than "
+                    text=f"Keep self-hosting {dc.deployment}: {format_saving(saving)} cheaper than "
                     f"{cheapest.price.ref}.",
                     usd_per_month=None,
                     figures=(
                         *figures,
                         ("margin a month", format_usd(margin)),
-                        (f"{cheapest.price.ref} a month", format_usd(per_month(cheapest.usd, dc, month_h))),
+                        (
+                            f"{cheapest.price.ref} a month",
+                            format_usd(observed_per_month(cheapest.usd, dc, month_h)),
+                        ),
                     ),
                     command=report_command(context),
-                    basis=f"{cheapest.price.ref}'s price of the same tokens − TCO, projected over a "
-                    f"{month_h:.0f}-hour month",
+                    basis=f"{cheapest.price.ref}'s price of the observed tokens − their hours' TCO, "
+                    f"{saving.basis}",
                     deployment=dc.deployment,
                     window=window,
                     monthly_cost_usd=monthly_cost,

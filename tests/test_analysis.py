@@ -24,6 +24,8 @@ model = "llama-3-70b"
 gpu_type = "H100"
 gpus = [{ host = "h1", indexes = [0] }]
 compare_to = ["openai:gpt-4o"]
+active_from = 2026-10-01
+active_until = 2026-11-01
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 2.40
@@ -143,6 +145,7 @@ gpu_type = "H100"
 gpus = [{{ host = "h1", indexes = [{indexes}] }}]
 compare_to = ["gpt-4o"]
 {capacity}
+{active}
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 2.40
@@ -158,10 +161,15 @@ output_mtok_usd = 10
 
 
 def _day_config(
-    *, indexes: str = "0", capacity: str = "", overhead: int = 0, metric: str = "gpu_util"
+    *,
+    indexes: str = "0",
+    capacity: str = "",
+    overhead: int = 0,
+    metric: str = "gpu_util",
+    active: str = "active_from = 2026-10-05\nactive_until = 2026-10-06",
 ) -> Config:
     return parse_config(
-        DAY_CONFIG.format(indexes=indexes, capacity=capacity, overhead=overhead, metric=metric)
+        DAY_CONFIG.format(indexes=indexes, capacity=capacity, overhead=overhead, metric=metric, active=active)
     )
 
 
@@ -239,6 +247,11 @@ def test_a_day_from_summed_minutes(store_url: str) -> None:
     assert result.utilization == pytest.approx(0.75)
     assert result.measures.request_busy == pytest.approx(0.5)
     assert result.apis[0].usd == Decimal("0.9") + Decimal("0.72")
+    # Tokens are known for the 12 observed hours only: $/Mtok and the API comparison use their cost.
+    assert result.coverage == Decimal("0.5")
+    assert result.observed_cost_usd == Decimal("28.80") == result.unobserved_cost_usd
+    assert result.cost_per_mtok_usd == Decimal("28.80") * 1_000_000 / 432_000
+    assert result.apis[0].savings_usd == Decimal("28.80") - Decimal("1.62")
     assert result.estimated  # a static rate is a list price, not a bill
     # Capacity was not configured: measured as the best 15-minute mean, 1,200 tokens a minute.
     assert result.capacity_source == "measured"

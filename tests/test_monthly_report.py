@@ -27,6 +27,8 @@ gpu_type = "H100"
 gpus = [{{ host = "h1", indexes = [0, 1] }}]
 compare_to = ["openai:gpt-4o", "together:meta-llama/Llama-3-70b-chat-hf"]
 capacity_tokens_per_s = 5000
+active_from = 2026-10-01
+active_until = 2026-11-01
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 2.40

@@ -32,6 +32,8 @@ gpu_count = 2
 prometheus_matchers = {{ app = "llama" }}
 capacity_tokens_per_s = 8000
 compare_to = ["together:meta-llama/Llama-3-70b-chat-hf"]
+active_from = 2026-10-01
+active_until = 2026-11-01
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 2.50
@@ -76,12 +78,14 @@ def test_report_writes_every_format_and_reconciles(configured: Path, tmp_path: P
         str(out),
     )
     assert result.returncode == 0, result.stderr
-    assert "total $3,732.35" in result.stdout  # 2 GPUs × 744 h × $2.50 + $12.346, to the cent
+    assert "total billed $3,732.35" in result.stdout  # 2 GPUs × 744 h × $2.50 + $12.346, to the cent
     names = sorted(p.name for p in out.iterdir())
     assert names == [
         "gpu-report-2026-10-api.csv",
         "gpu-report-2026-10-daily.csv",
+        "gpu-report-2026-10-lines.csv",
         "gpu-report-2026-10-summary.csv",
+        "gpu-report-2026-10-totals.csv",
         "gpu-report-2026-10.html",
         "gpu-report-2026-10.json",
         "gpu-report-2026-10.md",
@@ -94,10 +98,16 @@ def test_report_writes_every_format_and_reconciles(configured: Path, tmp_path: P
     assert llama["prompt_tokens"] == sum(r.prompt_tokens for r in bundled_trace())
     assert llama["utilization_metric"] == "sm_active"
     with (out / "gpu-report-2026-10-daily.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 31
+        assert len(list(csv.DictReader(handle))) == 31 + 1  # and the unattributed line's day
     html = (out / "gpu-report-2026-10.html").read_text()
     assert "<svg" in html and "http://" not in html.replace("http://www.w3.org", "")
     assert "$3,732.35" in html
+
+
+def test_a_month_without_data_says_so_and_exits_1(configured: Path) -> None:
+    result = run("report", "--config", str(configured), "--month", "2019-03")
+    assert result.returncode == 1
+    assert "no data for 2019-03" in result.stderr and result.stdout == ""
 
 
 def test_report_json_to_stdout(configured: Path) -> None:

@@ -78,16 +78,27 @@ def _d(text: str) -> Decimal:
     return Decimal(text)
 
 
+def _files(report: MonthReport, tmp_path: Path, stem: str = "r") -> dict[str, list[dict[str, str]]]:
+    paths = write_csv(report, tmp_path, stem)
+    return {p.name.removeprefix(f"{stem}-").removesuffix(".csv"): _read(p) for p in paths}
+
+
 def test_daily_rows_recompute(report: MonthReport, tmp_path: Path) -> None:
-    daily_path, summary_path, _ = write_csv(report, tmp_path, "r")
-    rows = _read(daily_path)
+    files = _files(report, tmp_path)
+    rows = files["daily"]
     assert len(rows) == 9  # 1–9 October, the 9th up to now
     assert rows[-1]["day"] == "2026-10-09"
     for row in rows:
-        cost, tokens = _d(row["cost_usd"]), int(row["prompt_tokens"]) + int(row["generation_tokens"])
+        cost = _d(row["cost_usd"])
+        if row["tokens_known"] == "false":
+            assert row["tokens"] == row["cost_per_mtok_usd"] == ""  # unknown, not 0
+            continue
+        tokens = int(row["prompt_tokens"]) + int(row["generation_tokens"])
         assert int(row["tokens"]) == tokens
+        observed = cost * min(_d(row["observed_gpu_hours"]) / _d(row["billed_gpu_hours"]), Decimal(1))
+        assert _d(row["observed_cost_usd"]) == observed
         if tokens:
-            assert _d(row["cost_per_mtok_usd"]) == cost * 1_000_000 / tokens
+            assert _d(row["cost_per_mtok_usd"]) == observed * 1_000_000 / tokens
         else:
             assert row["cost_per_mtok_usd"] == ""  # no tokens: undefined, not zero
         assert _d(row["idle_cost_usd"]) == cost * _d(row["idle_gpu_hours"]) / _d(row["billed_gpu_hours"])
@@ -97,48 +108,72 @@ def test_daily_rows_recompute(report: MonthReport, tmp_path: Path) -> None:
                 + int(row["generation_tokens"]) * _d(row["api_output_mtok_usd"])
             ) / 1_000_000
             assert _d(row["api_equivalent_usd"]) == api
-    summary = _read(summary_path)
-    llama = summary[0]
+    llama = files["summary"][0]
+    assert [r["deployment"] for r in files["summary"]] == ["llama"]  # deployments only
     assert sum(_d(r["cost_usd"]) for r in rows) == _d(llama["cost_usd"])
-    assert summary[-1]["deployment"] == "(total)"
-    assert summary[-2]["deployment"] == "(unattributed)"
-    assert _d(summary[-1]["cost_usd"]) == _d(llama["cost_usd"]) + _d(summary[-2]["cost_usd"])
+    totals = {r["scope"]: r for r in files["totals"]}
+    assert _d(totals["total"]["cost_usd"]) == _d(llama["cost_usd"]) + _d(totals["unattributed"]["cost_usd"])
     assert rows[0]["utilization_metric"] == "sm_active"
     assert float(rows[0]["gpu_util"]) == 1.0  # busy-polling NVML reads 100%
 
 
 def test_summary_and_breakeven_recompute(report: MonthReport, tmp_path: Path) -> None:
-    _, summary_path, api_path = write_csv(report, tmp_path, "r")
-    llama = _read(summary_path)[0]
+    files = _files(report, tmp_path)
+    llama = files["summary"][0]
     cost, overhead, tco = _d(llama["cost_usd"]), _d(llama["overhead_usd"]), _d(llama["tco_usd"])
     assert tco == cost + overhead
     tokens = int(llama["prompt_tokens"]) + int(llama["generation_tokens"])
-    assert _d(llama["cost_per_mtok_usd"]) == cost * 1_000_000 / tokens
-    assert _d(llama["tco_per_mtok_usd"]) == tco * 1_000_000 / tokens
     billed, idle = _d(llama["billed_gpu_hours"]), _d(llama["idle_gpu_hours"])
+    coverage = min(_d(llama["observed_gpu_hours"]) / billed, Decimal(1))
+    assert _d(llama["coverage"]) == coverage
+    assert _d(llama["cost_per_mtok_usd"]) == cost * coverage * 1_000_000 / tokens
+    assert _d(llama["tco_per_mtok_usd"]) == tco * coverage * 1_000_000 / tokens
     assert _d(llama["idle_cost_usd"]) == cost * idle / billed
     assert _d(llama["unknown_gpu_hours"]) == max(billed - _d(llama["observed_gpu_hours"]), Decimal(0))
-    apis = _read(api_path)
+    apis = files["api"]
     assert [a["api_model"] for a in apis] == ["gpt-4o", "meta-llama/Llama-3-70b-chat-hf"]
     for a in apis:
         prompt, generation = int(a["prompt_tokens"]), int(a["generation_tokens"])
         api_usd = (prompt * _d(a["input_mtok_usd"]) + generation * _d(a["output_mtok_usd"])) / 1_000_000
         assert _d(a["api_usd"]) == api_usd
-        assert _d(a["savings_usd"]) == _d(a["tco_usd"]) - api_usd
-        hourly = _d(a["tco_usd"]) / _d(a["window_hours"])
+        assert _d(a["observed_tco_usd"]) == _d(a["tco_usd"]) * _d(a["coverage"])
+        # A month so far: the saving is that of the month so far, not projected.
+        assert a["saving_per_month"] == "false" and a["saving_basis"] == "2026-10 so far"
+        assert _d(a["saving_usd"]) == _d(a["observed_tco_usd"]) - api_usd
+        hourly = _d(a["tco_usd"]) / _d(a["active_hours"])
         assert _d(a["hourly_tco_usd"]) == hourly
         blended = api_usd / (prompt + generation)
         assert _d(a["blended_usd_per_token"]) == blended
         capacity = _d(a["capacity_tokens_per_s"])
         assert _d(a["breakeven_utilization"]) == hourly / (capacity * 3600 * blended)
-        assert _d(a["breakeven_tokens_per_month"]) == hourly * 730 / blended
+        # October's real hours in New York (DST ends in November): 744, not 730.
+        assert _d(a["month_hours"]) == 744
+        assert _d(a["breakeven_tokens_per_month"]) == hourly * 744 / blended
     # The JSON shows the same figures, rounded to the cent.
     data = report_object(report)["deployments"][0]
     assert data["cost_usd"] == float(cost.quantize(Decimal("0.01")))
     assert data["api_equivalents"][1]["usd"] == float(_d(apis[1]["api_usd"]).quantize(Decimal("0.01")))
 
 
-def test_unattributed_lines_are_in_the_summary(tmp_path: Path) -> None:
+def test_lines_recompute_the_summary(report: MonthReport, tmp_path: Path) -> None:
+    files = _files(report, tmp_path)
+    lines, llama = files["lines"], files["summary"][0]
+    own = [r for r in lines if r["x_Deployment"] == "llama"]
+    usage = [r for r in own if r["ChargeCategory"] == "Usage"]
+    assert sum(_d(r["EffectiveCost"]) for r in usage) == _d(llama["cost_usd"])
+    assert sum(_d(r["EffectiveCost"]) for r in own) == _d(llama["tco_usd"])
+    assert sum(int(r["x_PromptTokens"] or 0) for r in own) == int(llama["prompt_tokens"])
+    assert sum(int(r["x_GenerationTokens"] or 0) for r in own) == int(llama["generation_tokens"])
+    # Idle cost per line is the day's idle share; the month's is the month's: equal up to the
+    # microhour quantization of the hours.
+    idle = sum(_d(r["x_IdleCostUsd"] or "0") for r in own)
+    assert abs(idle - _d(llama["idle_cost_usd"])) < Decimal("0.0001")
+    # A static rate is a list price: no invoice is invented for it.
+    assert all(r["BilledCost"] == "" and r["ListCost"] == r["EffectiveCost"] for r in usage)
+    assert {r["BillingCurrency"] for r in lines} == {"USD"}
+
+
+def test_unattributed_lines_are_in_the_totals_and_the_days(tmp_path: Path) -> None:
     config = parse_config(CONFIG)
     store = Store.open(f"sqlite:///{tmp_path / 'u.db'}")
     day = date(2026, 10, 5)
@@ -153,7 +188,12 @@ def test_unattributed_lines_are_in_the_summary(tmp_path: Path) -> None:
         gpu_catalog=load_gpu_prices(),
         findings=[],
     )
-    _, summary_path, _ = write_csv(report, tmp_path, "u")
-    rows = {r["deployment"]: r for r in _read(summary_path)}
-    assert _d(rows["(unattributed)"]["cost_usd"]) == Decimal("10.005")
-    assert _d(rows["(total)"]["cost_usd"]) == _d(rows["llama"]["cost_usd"]) + Decimal("10.005")
+    files = _files(report, tmp_path, "u")
+    totals = {r["scope"]: r for r in files["totals"]}
+    assert _d(totals["unattributed"]["cost_usd"]) == Decimal("10.005")
+    # No samples and no active_from: the static rate accrued nothing (no invented cost).
+    assert [r["deployment"] for r in files["summary"]] == ["llama"]
+    assert _d(files["summary"][0]["cost_usd"]) == 0
+    assert _d(totals["total"]["cost_usd"]) == Decimal("10.005")
+    unattributed = [r for r in files["daily"] if r["deployment"] == "(unattributed)"]
+    assert [(r["day"], r["cost_usd"]) for r in unattributed] == [("2026-10-05", "10.005")]

@@ -21,6 +21,8 @@ from tests.scenarios import Fleet, constant, ts, weekday_weekend
 from tests.slack_server import SlackServer, start_slack_server
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)  # a Monday, 00:00
+MONTH_H = 720
+"""November's real hours in UTC: what "a month" is at NOW."""
 WEEK_S = 7 * 86400
 
 RAG = """
@@ -43,6 +45,7 @@ model = "llama-3-8b"
 gpu_type = "A100-80GB"
 gpus = [{ host = "h1", indexes = [0, 1] }]
 compare_to = ["private:rag-api"]
+active_from = 2026-01-01
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 3.00

@@ -462,7 +462,15 @@ def status(
             )
         out.print(table)
     table = Table(title="Deployments", title_justify="left")
-    for column in ("deployment", "tokens/s", "running", "$/h", "$/Mtok 1h", "$/Mtok 1d", "idle $ this month"):
+    for column in (
+        "deployment",
+        "tokens/s",
+        "running",
+        "$/h",
+        "$/Mtok 1h",
+        "$/Mtok 1d",
+        "idle $ so far this month",
+    ):
         table.add_column(column, justify="left" if column == "deployment" else "right")
     for d in deployment_rows:
         table.add_row(

@@ -36,7 +36,7 @@ from auditor.cli.common import (
     require_config,
 )
 from auditor.config import Config, ConfigError, parse_config
-from auditor.costing import DeploymentCost
+from auditor.costing import DeploymentCost, monthly_saving
 from auditor.gpu_prices import GpuPrice
 from auditor.model import CostBasis, CostLine, Finding
 from auditor.prices import ApiPriceCatalog, UnknownModelError
@@ -60,8 +60,9 @@ from reports.csv_export import write_csv
 from reports.files import write_atomic
 from reports.html import write_html
 from reports.json_form import deployment_object, report_object
+from reports.labels import gap_text, report_state, saving_words, shown_costs, total_line
 from reports.markdown import render_markdown
-from reports.monthly import MonthError, MonthReport, build_month_report, month_window
+from reports.monthly import MonthError, MonthReport, NoDataError, build_month_report, month_window
 from rules.contract import RuleContext
 
 FORMATS = ("html", "csv", "md", "json")
@@ -114,7 +115,7 @@ def parse_formats(text: str) -> list[str]:
 def write_report(
     report: MonthReport, formats: Sequence[str], out: Path, step: Callable[[str], None]
 ) -> list[Path]:
-    stem = f"gpu-report-{report.month}"
+    stem = report.stem
     written: list[Path] = []
     try:
         for fmt in formats:
@@ -136,32 +137,34 @@ def write_report(
 
 def print_summary(report: MonthReport, written: Sequence[Path]) -> None:
     out = console()
-    state = f"partial, up to {report.end:%Y-%m-%d %H:%M}" if report.partial else "complete"
-    out.print(
-        f"GPU cost report {report.month} ({state}, {report.timezone}):"
-        f" total {format_usd(report.total_cost_usd)}, "
-        f"unattributed {format_usd(report.unattributed_cost_usd)}",
-        highlight=False,
-    )
+    out.print(f"GPU cost report {report.month} ({report_state(report)}):", highlight=False)
+    out.print(f"  {total_line(report)}", highlight=False)
+    shown = shown_costs(report)
     for d in report.deployments:
         c = d.cost
         cheapest = c.cheapest_api
         api = ""
         if cheapest is not None:
-            move = "save" if cheapest.savings_usd > 0 else "cost"
+            saving = monthly_saving(c, cheapest)
+            move = "save" if saving.usd > 0 else "cost"
             api = (
-                f"; on {cheapest.price.ref}: {format_usd(cheapest.usd)}"
-                f" (moving would {move} {format_usd(abs(cheapest.savings_usd))}/month)"
+                f"; the same tokens on {cheapest.price.ref}: {format_usd(cheapest.usd)},"
+                f" moving would {move} {saving_words(saving)}"
             )
         out.print(
-            f"  {d.name}: {format_usd(c.cost_usd)} raw, {format_usd(c.tco_usd)} TCO; utilization "
+            f"  {d.name}: {format_usd(shown.deployments[d.name])} raw, {format_usd(shown.tco(d.name))} TCO;"
+            " utilization "
             f"{format_share(c.utilization)} ({c.utilization_metric.value});"
-            f" {format_tokens(c.tokens)} tokens at "
-            f"{format_usd(c.cost_per_mtok_usd)}/Mtok{api}",
+            f" {format_tokens(c.tokens) if c.tokens_known else 'unknown'} tokens at "
+            f"{format_usd(c.cost_per_mtok_usd)}/Mtok (raw){api}",
             highlight=False,
         )
+        gap = gap_text(c)
+        if gap:
+            out.print(f"    {gap}", highlight=False)
+        # A finding's title, not its text: the saving is printed once, above, for this report's window.
         for f in d.findings[:2]:
-            out.print(f"    [{f.severity.value}] {f.text}", highlight=False)
+            out.print(f"    [{f.severity.value}] {f.title}", highlight=False)
     for path in written:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
@@ -223,6 +226,8 @@ def report(
             written = write_report(result, chosen, out, step)
     except UnknownModelError as exc:
         fatal(f"compare_to: {exc}")
+    except NoDataError as exc:
+        fatal(f"{exc}: nothing was observed or billed in it (see active_from in the config)", code=1)
     finally:
         store.close()
     print_summary(result, written)

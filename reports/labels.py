@@ -1,0 +1,89 @@
+"""Words every format of the report shares, so that none can say more than the figures support.
+
+A filtered report never claims to reconcile; a month in progress says "so far" and ends in the
+configured zone; a month under `report.complete_coverage` is not "complete"; a saving says what it
+is over; the hours without data are shown as a gap, never as zero tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from auditor.costing import DeploymentCost, Saving
+from auditor.units import allocate_cents, cents, format_saving, format_share, format_usd
+from reports.monthly import MonthReport
+
+
+def report_state(report: MonthReport) -> str:
+    """`complete month, UTC`, `partial month: so far, up to 2026-10-14 09:30 America/Los_Angeles`, …"""
+    if report.partial:
+        return f"partial month: so far, up to {report.local_end:%Y-%m-%d %H:%M} {report.timezone}"
+    if not report.complete:
+        return (
+            f"closed month, {report.timezone}; not complete: some deployment was observed under "
+            f"{format_share(report.complete_coverage)} of its paid-for hours"
+        )
+    return f"complete month, {report.timezone}"
+
+
+def total_line(report: MonthReport) -> str:
+    so_far = " so far" if report.partial else ""
+    shown = shown_costs(report)
+    if report.filtered_to:
+        names = ", ".join(report.filtered_to)
+        return (
+            f"filtered to {names} (of {format_usd(report.unfiltered_total_usd)} total): "
+            f"{format_usd(shown.total)}{so_far}"
+        )
+    return (
+        f"total billed{so_far} {format_usd(shown.total)} (reconciles with the cost lines), "
+        f"of which unattributed {format_usd(shown.unattributed)}"
+    )
+
+
+def saving_words(saving: Saving) -> str:
+    return format_saving(saving)
+
+
+def gap_text(cost: DeploymentCost) -> str | None:
+    """ "93.2 hours unobserved: $412.80 of cost without token data", or None when fully observed."""
+    coverage = cost.coverage
+    if coverage is None or coverage >= 1 or cost.active_hours <= 0:
+        return None
+    unobserved_h = cost.active_hours - cost.observed_hours
+    return (
+        f"{unobserved_h:,.1f} hours unobserved ({format_share(1 - coverage)}):"
+        f" {format_usd(cost.unobserved_cost_usd)} of cost without token data;"
+        " $/Mtok and API comparisons use the observed hours"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ShownCosts:
+    """The report's costs as every format shows them: rounded once, parts summing to the total."""
+
+    deployments: dict[str, Decimal]
+    unattributed: Decimal
+    total: Decimal
+    unattributed_lines: list[Decimal]
+    """Each unattributed line, shown so that they sum to `unattributed`."""
+    overheads: dict[str, Decimal]
+
+    def tco(self, name: str) -> Decimal:
+        """A deployment's TCO as shown: its shown cost plus its shown overheads."""
+        return self.deployments[name] + self.overheads[name]
+
+
+def shown_costs(report: MonthReport) -> ShownCosts:
+    names = [d.name for d in report.deployments]
+    exact = [d.cost.cost_usd for d in report.deployments]
+    parts, total = allocate_cents([*exact, report.unattributed_cost_usd])
+    lines, _ = allocate_cents([line.amount_usd for line in report.unattributed_lines])
+    return ShownCosts(
+        deployments=dict(zip(names, parts[: len(names)], strict=True)),
+        unattributed=parts[-1],
+        total=total,
+        unattributed_lines=lines,
+        overheads={d.name: cents(d.cost.overhead_usd) for d in report.deployments},
+    )
