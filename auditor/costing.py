@@ -329,6 +329,20 @@ class DeploymentCost:
         return idle_cost_usd(self.cost_usd, self.hours.idle, self.hours.billed)
 
     @property
+    def usage_cost_usd(self) -> Decimal | None:
+        """The *usage* basis: the busy GPU-hours' share of the cost, what the same traffic would cost if
+        consolidated onto fully used GPUs (OpenCost's and llm-d's usage basis). The *allocation* basis is
+        the whole bill, idle included: `observed_cost_usd`. API comparisons and savings use allocation."""
+        if self.hours.billed <= 0:
+            return None
+        return self.cost_usd * min(self.hours.busy, self.hours.billed) / self.hours.billed
+
+    @property
+    def usage_cost_per_mtok_usd(self) -> Decimal | None:
+        usage = self.usage_cost_usd
+        return None if usage is None else cost_per_mtok_usd(usage, self.tokens)
+
+    @property
     def cheapest_api(self) -> ApiComparison | None:
         return min(self.apis, key=lambda c: c.usd) if self.apis else None
 
@@ -342,6 +356,72 @@ class DeploymentCost:
     def month_to_date(self) -> bool:
         following = calendar_month(self.start, self.tz)[1]
         return self.is_calendar_month and self.end < following
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSplit:
+    """Cost per million input and output tokens, on one cost basis."""
+
+    basis: str
+    """`allocation` (the whole bill, idle included) or `usage` (the busy hours' share)."""
+    input_mtok_usd: Decimal | None
+    output_mtok_usd: Decimal | None
+    method: str
+    """How the cost was split between the directions: by measured prefill/decode time, or by the
+    compared API's input/output price ratio (no timing measured)."""
+
+
+def split_by_direction(
+    cost_usd: Decimal,
+    prompt_tokens: int,
+    generation_tokens: int,
+    *,
+    basis: str,
+    price: ApiPrice | None = None,
+    prefill_s: float | None = None,
+    decode_s: float | None = None,
+) -> TokenSplit:
+    """Split a cost between input (prompt) and output (generated) tokens, then per million of each.
+
+    With the server's prefill and decode time (vLLM's `request_prefill_time_seconds` and
+    `request_decode_time_seconds` histogram sums), each direction bears the cost of its share of
+    the time; otherwise the compared API's price ratio apportions it (the market's view of what each
+    direction costs to serve), and the method says so. The two parts sum to `cost_usd`."""
+    if prefill_s is not None and decode_s is not None and prefill_s + decode_s > 0:
+        share = Decimal(repr(prefill_s)) / (Decimal(repr(prefill_s)) + Decimal(repr(decode_s)))
+        method = "measured prefill/decode time"
+    elif (
+        price is not None
+        and prompt_tokens * price.input_mtok_usd + generation_tokens * price.output_mtok_usd > 0
+    ):
+        weighted_in = prompt_tokens * price.input_mtok_usd
+        share = weighted_in / (weighted_in + generation_tokens * price.output_mtok_usd)
+        method = f"{price.ref}'s input/output price ratio (no prefill/decode timing measured)"
+    else:
+        return TokenSplit(basis, None, None, "no split: no timing and no API price")
+    return TokenSplit(
+        basis=basis,
+        input_mtok_usd=cost_per_mtok_usd(cost_usd * share, prompt_tokens),
+        output_mtok_usd=cost_per_mtok_usd(cost_usd * (1 - share), generation_tokens),
+        method=method,
+    )
+
+
+def token_splits(dc: DeploymentCost) -> list[TokenSplit]:
+    """$/Mtok split by direction on both bases (allocation, then usage), for the report."""
+    cheapest = dc.cheapest_api
+    price = cheapest.price if cheapest else None
+    splits = [
+        split_by_direction(
+            dc.observed_cost_usd, dc.prompt_tokens, dc.generation_tokens, basis="allocation", price=price
+        )
+    ]
+    usage = dc.usage_cost_usd
+    if usage is not None:
+        splits.append(
+            split_by_direction(usage, dc.prompt_tokens, dc.generation_tokens, basis="usage", price=price)
+        )
+    return splits
 
 
 @dataclass(frozen=True, slots=True)

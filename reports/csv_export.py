@@ -27,7 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from auditor.costing import monthly_saving, sum_usd
+from auditor.costing import monthly_saving, sum_usd, token_splits
 from auditor.model import CostBasis, CostLine
 from reports.files import write_atomic
 from reports.monthly import DayFigures, DeploymentMonth, MonthReport
@@ -123,6 +123,13 @@ SUMMARY_COLUMNS = (
     "tokens",
     "cost_per_mtok_usd",
     "tco_per_mtok_usd",
+    "usage_cost_usd",
+    "usage_cost_per_mtok_usd",
+    "allocation_input_mtok_usd",
+    "allocation_output_mtok_usd",
+    "usage_input_mtok_usd",
+    "usage_output_mtok_usd",
+    "split_method",
     "monthly_budget_usd",
     "budget_used_share",
     "over_budget_usd",
@@ -344,6 +351,8 @@ def summary_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
     for d in report.deployments:
         c, m = d.cost, d.cost.measures
         budget = d.config.monthly_budget_usd
+        splits = {s.basis: s for s in token_splits(c)}
+        allocation, usage = splits.get("allocation"), splits.get("usage")
         yield (
             d.name,
             d.config.team,
@@ -383,6 +392,13 @@ def summary_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
             c.tokens if c.tokens_known else None,
             c.cost_per_mtok_usd,
             c.tco_per_mtok_usd,
+            c.usage_cost_usd,
+            c.usage_cost_per_mtok_usd,
+            allocation.input_mtok_usd if allocation else None,
+            allocation.output_mtok_usd if allocation else None,
+            usage.input_mtok_usd if usage else None,
+            usage.output_mtok_usd if usage else None,
+            allocation.method if allocation else None,
             budget,
             c.tco_usd / budget if budget else None,
             max(c.tco_usd - budget, Decimal(0)) if budget is not None else None,

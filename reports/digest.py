@@ -14,7 +14,6 @@ Weeks are ISO weeks (`2026-W47`) in the config's time zone.
 
 from __future__ import annotations
 
-import io
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ from auditor.model import Finding
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd
+from reports.charts import heatmaps_png
 from reports.findings import alternative_lines
 
 WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})$")
@@ -326,33 +326,12 @@ def digest_blocks(digest: Digest) -> list[dict[str, Any]]:
 
 
 def heatmap_png(digest: Digest) -> bytes | None:
-    """Each deployment's utilization by hour of the week, as a PNG; None without deployments."""
+    """Each deployment's utilization by hour of the week, as a PNG (the report's chart module draws it);
+    None without deployments."""
     if not digest.deployments:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # a large import: only when drawing
-    from matplotlib.figure import Figure
-
-    rows = digest.deployments[:8]
-    figure = Figure(figsize=(10, 1.9 * len(rows) + 0.6), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(rows), 1, squeeze=False)
-    image = None
-    for ax, row in zip(axes[:, 0], rows, strict=True):
-        grid = [[float("nan") if v is None else v * 100 for v in day] for day in row.heat]
-        cmap = _colormap()
-        image = ax.imshow(grid, aspect="auto", cmap=cmap, vmin=0, vmax=100, interpolation="nearest")
-        ax.set_title(f"{row.name}: utilization by hour ({row.cost.utilization_metric.value}, %)", fontsize=9)
-        ax.set_yticks(range(7), DAYS, fontsize=7)
-        ax.set_xticks(range(0, 24, 3), [f"{h:02d}" for h in range(0, 24, 3)], fontsize=7)
-    if image is not None:
-        figure.colorbar(image, ax=axes[:, 0].tolist(), shrink=0.8)
-    figure.suptitle(f"{digest.week} ({digest.timezone}); grey: not observed", fontsize=10)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def _colormap() -> Any:
-    from matplotlib import colormaps
-
-    return colormaps["viridis"].with_extremes(bad="#cccccc")
+    rows = [
+        (f"{row.name}: utilization by hour ({row.cost.utilization_metric.value}, %)", row.heat)
+        for row in digest.deployments[:8]
+    ]
+    return heatmaps_png(rows, f"{digest.week} ({digest.timezone}); grey: not observed")

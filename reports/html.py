@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from auditor.costing import monthly_saving
+from auditor.costing import monthly_saving, token_splits
 from auditor.units import format_saving, format_share, format_tokens, format_usd
 from reports.charts import deployment_charts
 from reports.files import write_atomic
@@ -44,6 +44,7 @@ def environment() -> Environment:
         state=report_state,
         total_line=total_line,
         gap=gap_text,
+        splits=token_splits,
     )
     return env
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from auditor.costing import DeploymentCost, monthly_saving
+from auditor.costing import DeploymentCost, monthly_saving, token_splits
 from auditor.model import Finding
 from auditor.units import cents
 from reports.labels import shown_costs
@@ -82,6 +82,21 @@ def deployment_object(cost: DeploymentCost, findings: Sequence[Finding]) -> dict
         "cost_per_mtok_usd": usd(cost.cost_per_mtok_usd),
         "tco_per_mtok_usd": usd(cost.tco_per_mtok_usd),
         "idle_cost_usd": usd(cost.idle_cost_usd),
+        # Two cost bases (API comparisons and savings use allocation), each split by direction.
+        "cost_bases": {
+            split.basis: {
+                "cost_usd": usd(
+                    cost.observed_cost_usd if split.basis == "allocation" else cost.usage_cost_usd
+                ),
+                "cost_per_mtok_usd": usd(
+                    cost.cost_per_mtok_usd if split.basis == "allocation" else cost.usage_cost_per_mtok_usd
+                ),
+                "input_mtok_usd": usd(split.input_mtok_usd),
+                "output_mtok_usd": usd(split.output_mtok_usd),
+                "split_method": split.method,
+            }
+            for split in token_splits(cost)
+        },
         "api_equivalents": [
             {
                 "provider": c.price.provider,

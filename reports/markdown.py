@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from auditor.costing import monthly_saving
+from auditor.costing import monthly_saving, token_splits
 from auditor.units import format_saving, format_share, format_tokens, format_usd
 from reports.labels import ShownCosts, gap_text, report_state, shown_costs, total_line
 from reports.monthly import DeploymentMonth, MonthReport
@@ -36,6 +36,11 @@ def _deployment(d: DeploymentMonth, shown: ShownCosts) -> list[str]:
         f"| cost per Mtok, observed hours (raw / TCO) | {format_usd(c.cost_per_mtok_usd)}"
         f" / {format_usd(c.tco_per_mtok_usd)} |",
         f"| idle cost | {format_usd(c.idle_cost_usd)} |",
+        *(
+            f"| {s.basis} basis: $/Mtok input / output (split by {s.method}) |"
+            f" {format_usd(s.input_mtok_usd)} / {format_usd(s.output_mtok_usd)} |"
+            for s in token_splits(c)
+        ),
     ]
     if c.apis:
         lines += [

@@ -19,9 +19,12 @@ from auditor.costing import (
     breakeven_utilization,
     cost_per_mtok_usd,
     day_hours,
+    elapsed_hours,
     hours_from_seconds,
     idle_cost_usd,
+    month_hours,
     prorate_monthly_usd,
+    split_by_direction,
 )
 from auditor.prices import ApiPrice
 
@@ -156,3 +159,41 @@ def test_day_hours_follow_daylight_saving_time() -> None:
     assert day_hours(date(2026, 3, 8), tz) == 23
     assert day_hours(date(2026, 11, 1), tz) == 25
     assert day_hours(date(2026, 11, 2), tz) == 24
+
+
+@given(
+    cost=money,
+    p=st.integers(min_value=1, max_value=10**12),
+    g=st.integers(min_value=1, max_value=10**12),
+    price=prices,
+)
+def test_a_split_by_price_ratio_sums_to_the_cost_and_keeps_the_ratio(
+    cost: Decimal, p: int, g: int, price: ApiPrice
+) -> None:
+    split = split_by_direction(cost, p, g, basis="allocation", price=price)
+    assert split.input_mtok_usd is not None and split.output_mtok_usd is not None
+    total = (split.input_mtok_usd * p + split.output_mtok_usd * g) / 1_000_000
+    assert abs(total - cost) <= Decimal("1e-18") * max(cost, Decimal(1))
+    if cost > 0:
+        ratio = split.input_mtok_usd / split.output_mtok_usd
+        assert abs(ratio - price.input_mtok_usd / price.output_mtok_usd) <= Decimal("1e-18") * max(
+            ratio, Decimal(1)
+        )
+    assert "price ratio" in split.method
+
+
+def test_a_split_by_measured_time_follows_prefill_and_decode() -> None:
+    split = split_by_direction(Decimal(100), 1_000_000, 250_000, basis="usage", prefill_s=1.0, decode_s=3.0)
+    assert split.input_mtok_usd == Decimal(25) and split.output_mtok_usd == Decimal(300)
+    assert split.method == "measured prefill/decode time"
+
+
+@pytest.mark.parametrize(
+    ("tz", "month", "hours"),
+    [("Europe/Berlin", 10, 745), ("Europe/Berlin", 3, 743), ("Australia/Lord_Howe", 4, Decimal("720.5"))],
+)
+def test_elapsed_hours_are_real_hours(tz: str, month: int, hours: Decimal) -> None:
+    zone = ZoneInfo(tz)
+    start, end = datetime(2026, month, 1, tzinfo=zone), datetime(2026, month + 1, 1, tzinfo=zone)
+    assert elapsed_hours(start, end) == hours
+    assert month_hours(start, zone) == hours

@@ -7,6 +7,7 @@ the config.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,9 @@ from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostLine, DeploymentMinute, GpuMinute
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
+from reports.charts import deployment_charts, heatmaps_png
 from reports.csv_export import write_csv
+from reports.html import render_html
 from reports.json_form import report_object
 from reports.labels import report_state, total_line
 from reports.monthly import MonthReport, NoDataError, build_month_report
@@ -389,3 +392,23 @@ def test_a_zone_with_daylight_saving_splits_days_exactly(store_url: str) -> None
     by_day = {day.day: day.billed_gpu_hours for day in d.days}
     assert by_day[date(2026, 10, 25)] == 2 * 25 and sum(by_day.values()) == 2 * 745
     assert d.cost.start == datetime(2026, 10, 1, tzinfo=tz)
+
+
+# -- charts --------------------------------------------------------------------------------------
+
+
+def test_charts_say_their_basis_and_are_readable(store_url: str) -> None:
+    store = Store.open(store_url)
+    _fill(store, datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 10, 4, tzinfo=UTC))
+    report = _report(store, _config(), "2026-10", datetime(2026, 12, 1, tzinfo=UTC))
+    html = render_html(report)
+    assert len(html.encode()) < 1_000_000
+    [llama] = [d for d in report.deployments if d.name == "llama"]
+    daily, heat, mtok, idle = deployment_charts(llama)
+    assert "basis: TCO" in daily and "basis: TCO" in mtok  # the savings' basis
+    assert "basis: raw compute" in idle and "measure: sm_active" in heat
+    for svg in (daily, heat, mtok, idle):
+        sizes = [float(size) for size in re.findall(r"font-size: ([\d.]+)px", svg)]
+        assert sizes and min(sizes) >= 11
+        assert "http://" not in svg.replace("http://www.w3.org", "")
+    assert heatmaps_png([("llama", llama.heatmap)], "week").startswith(b"\x89PNG")

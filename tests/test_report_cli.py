@@ -224,6 +224,10 @@ def test_demo_runs_with_no_arguments(tmp_path: Path) -> None:
     html = next(scratch.glob("gpu-report-*.html"))
     assert f"file://{html}" in result.stdout
     assert "llama-70b" in result.stdout and "mistral-7b" in result.stdout
+    # One figure per saving: the report's, for its month; a finding's line repeats no amount.
+    findings = [line for line in result.stdout.splitlines() if line.lstrip().startswith("[")]
+    assert findings and not any("$" in line for line in findings)
+    assert result.stdout.count("moving would") == 2
     data = json.loads(next(scratch.glob("gpu-report-*.json")).read_text())
     llama = data["deployments"][0]
     assert llama["utilization_measures"]["gpu_util"] == 1.0  # busy-polling: NVML says 100%

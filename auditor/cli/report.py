@@ -164,7 +164,7 @@ def print_summary(report: MonthReport, written: Sequence[Path]) -> None:
             out.print(f"    {gap}", highlight=False)
         # A finding's title, not its text: the saving is printed once, above, for this report's window.
         for f in d.findings[:2]:
-            out.print(f"    [{f.severity.value}] {f.title}", highlight=False)
+            out.print(f"    [{f.severity.value}] {f.title}", highlight=False, markup=False)
     for path in written:
         out.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
