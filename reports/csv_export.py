@@ -293,7 +293,12 @@ def lines_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
             first = line.day not in seen
             seen.add(line.day)
             yield _line_row(line, report, d, days.get(line.day), first)
-        # A day with tokens but no cost line (a bill not yet synced) still carries its tokens.
+        # A day with tokens but no cost line (a bill not yet synced, traffic outside the configured
+        # active period) still carries its tokens, on a line of no cost, so the column sums hold.
+        for day in d.days:
+            if day.day not in seen and day.tokens_known and day.tokens > 0:
+                empty = CostLine(day.day, "none", "", d.name, "no-cost-line", Decimal(0), d.name)
+                yield _line_row(empty, report, d, day, True)
         if d.cost.overhead_usd != 0:
             yield _overhead_row(d)
     if not report.filtered_to:
