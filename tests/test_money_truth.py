@@ -412,3 +412,19 @@ def test_charts_say_their_basis_and_are_readable(store_url: str) -> None:
         assert sizes and min(sizes) >= 11
         assert "http://" not in svg.replace("http://www.w3.org", "")
     assert heatmaps_png([("llama", llama.heatmap)], "week").startswith(b"\x89PNG")
+
+
+def test_the_active_period_outlives_the_minutes_retention(store_url: str) -> None:
+    store = Store.open(store_url)
+    start, end = datetime(2026, 10, 10, 6, 7, tzinfo=UTC), datetime(2026, 10, 12, 18, 3, tzinfo=UTC)
+    _fill(store, start, end)
+    assert store.activity_bounds(["llama"]) == {"llama": (int(start.timestamp()), int(end.timestamp()))}
+    before = _llama(_report(store, _config(), "2026-10", datetime(2026, 12, 1, tzinfo=UTC)))
+    # The minutes go after their retention; the quarter-hour tier keeps the period, to its quarter-hour.
+    store.prune(datetime(2026, 12, 1, tzinfo=UTC).timestamp(), 3600, 400 * 86400, 86400)
+    assert store.deployment_minutes(start.timestamp(), end.timestamp()) == []
+    first, last = store.activity_bounds(["llama"])["llama"]
+    assert first == int(datetime(2026, 10, 10, 6, tzinfo=UTC).timestamp())
+    assert last == int(datetime(2026, 10, 12, 18, 15, tzinfo=UTC).timestamp())
+    after = _llama(_report(store, _config(), "2026-10", datetime(2026, 12, 1, tzinfo=UTC)))
+    assert after.tokens == before.tokens and after.cost_usd > 0
