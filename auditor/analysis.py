@@ -53,6 +53,12 @@ class WindowCost:
         return sum_usd(line.amount_usd for line in self.cost_lines)
 
     @property
+    def has_data(self) -> bool:
+        """Something was paid for or billed in the window: a deployment's active period overlaps it, or
+        a cost line falls in it. Without either, a report of it would invent its figures ("no data")."""
+        return bool(self.cost_lines) or any(d.active_start is not None for d in self.deployments)
+
+    @property
     def unattributed_usd(self) -> Decimal:
         names = {d.deployment for d in self.deployments}
         return sum_usd(line.amount_usd for line in self.cost_lines if line.deployment not in names)

@@ -247,9 +247,7 @@ def build_month_report(
     window = month_window(month, config.tz, now)
     step("summing the month's roll-ups")
     aggregated = cost_window(store, config, window.start, window.end, api_catalog, gpu_catalog, only=only)
-    if not aggregated.window.cost_lines and all(
-        c.active_start is None for c in aggregated.window.deployments
-    ):
+    if not aggregated.window.has_data:
         raise NoDataError(f"no data for {window.month}")
     unfiltered_total: Decimal | None = None
     if only is not None:
