@@ -282,7 +282,8 @@ def test_the_rules_saving_is_the_reports_for_the_same_window(store_url: str) -> 
         gpu_catalog=load_gpu_prices(),
     )
     [projected] = [f for f in rules.evaluate(week, ["move-to-api"]) if f.subject == "llama"]
-    assert "at the last 7 days' rate" in projected.text and "744-hour month" in projected.text
+    assert projected.basis is not None
+    assert "at the last 7 days' rate" in projected.basis and "744-hour month" in projected.basis
 
 
 def test_a_month_to_date_saving_says_so_far(store_url: str) -> None:

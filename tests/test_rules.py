@@ -104,7 +104,9 @@ def test_two_a100s_at_18_percent_on_weekdays_move_to_api_and_scale_down_weekends
     assert move.text.startswith("Move rag to private:rag-api: saves $4,273.71/month")
     assert ("utilization (gpu_util)", "13.0%") in move.figures
     assert move.window is not None and move.window.coverage == 1.0
-    assert move.basis is not None and "projected over a 720-hour month" in move.basis
+    assert (
+        move.basis is not None and "at the last 7 days' rate" in move.basis and "720-hour month" in move.basis
+    )
     assert move.monthly_cost_usd == Decimal(2 * 3 * 720)
 
     # Scaling down on weekends excludes moving to the API: shown as the alternative, not a second saving.
