@@ -6,6 +6,7 @@ Secrets never live in this file: it names the environment variable or the file t
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
@@ -670,7 +671,10 @@ def _loc_path(loc: Sequence[int | str]) -> str:
         elif part in {"static", "aws", "gcp", "onprem"} and path.endswith(".price"):
             continue  # pydantic names the union member it tried; the user wrote no such key
         else:
-            path += f".{part}" if path else str(part)
+            # A key with a newline or other control character is shown quoted, as TOML writes it,
+            # so that every problem stays on one line.
+            key = part if part.isprintable() else json.dumps(part)
+            path += f".{key}" if path else key
     return path
 
 

@@ -149,3 +149,11 @@ def test_redaction_hides_the_store_password() -> None:
     shown = redacted(config)
     assert "hunter2" not in str(shown)
     assert shown["store"]["url"] == "postgresql+psycopg://auditor:***@db:5432/auditor"
+
+
+def test_a_key_with_a_newline_is_one_quoted_line() -> None:
+    """Found by the config fuzz test: an unknown key holding a newline split its problem in two."""
+    with pytest.raises(ConfigError) as raised:
+        parse_config('[store]\n"\\n" = 1\n', source="x.toml")
+    assert raised.value.problems[0].startswith('x.toml: store."\\n": unknown key')
+    assert all("\n" not in p for p in raised.value.problems)
