@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -737,10 +737,3 @@ def _redact_strings(value: Any) -> Any:
     if isinstance(value, list):
         return [_redact_strings(v) for v in value]
     return value
-
-
-def iter_api_refs(config: Config) -> Iterator[tuple[str, str]]:
-    """(key path, API model reference) for every comparison the config asks for."""
-    for i, deployment in enumerate(config.deployments):
-        for j, ref in enumerate(deployment.compare_to):
-            yield f"deployments[{i}].compare_to[{j}]", ref

@@ -32,7 +32,6 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from auditor.config import Config
 from auditor.model import ServerSample
 from auditor.redact import redact
 from collectors.interface import Backoff, Collection, CollectorError, Problem
@@ -72,14 +71,6 @@ def shown_url(url: str) -> str:
     host = parts.hostname or ""
     netloc = f"{host}:{parts.port}" if parts.port else host
     return redact(parts._replace(netloc=f"***@{netloc}").geturl())
-
-
-def endpoints_from_config(config: Config) -> list[Endpoint]:
-    return [
-        Endpoint(d.name, server.url, server.kind, server.model_name)
-        for d in config.deployments
-        for server in d.servers
-    ]
 
 
 def catalog_lines(lines: Iterable[str]) -> Iterator[str]:

@@ -92,7 +92,3 @@ MODEL_LABELS = ("model_name", "name")
 
 def entries(server: ServerKind) -> tuple[CatalogEntry, ...]:
     return tuple(e for e in CATALOG if e.server == server)
-
-
-def by_source() -> dict[str, CatalogEntry]:
-    return {e.source: e for e in CATALOG}

@@ -39,7 +39,7 @@ from slack_sdk.http_retry import (
 )
 from slack_sdk.webhook import WebhookClient
 
-from auditor.alert_lifecycle import Notification, NotificationKind
+from auditor.alert_lifecycle import Notification, NotificationKind, key_of
 from auditor.config import SlackConfig
 from auditor.model import Finding, Severity
 from auditor.outbox import DeliveryError
@@ -162,7 +162,7 @@ def notify_severities(slack: SlackConfig) -> frozenset[Severity]:
 def alert_message(note: Notification, slack: SlackConfig, now_ts: float) -> OutboxMessage:
     text, blocks = finding_blocks(note.finding, note.kind)
     return OutboxMessage(
-        key=f"{note.alert.rule}|{note.alert.subject}",
+        key=key_of(note.alert.rule, note.alert.subject),
         kind=note.kind.value,
         severity=note.finding.severity.value,
         channel=channel_for(slack, note.finding.severity),

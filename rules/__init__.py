@@ -14,7 +14,7 @@ from auditor.model import Finding
 from rules.common import no_verdict
 from rules.contract import Rule, RuleContext
 from rules.merge import AtStake, Evaluation, at_stake, at_stake_line, merge, rank
-from rules.registry import RULES, enabled_names, rule_named, rule_names, select
+from rules.registry import RULES, rule_named, rule_names, select
 
 # Read (not imported) at start-up by auditor.installation: this package is gpu-auditor's.
 __distribution__ = "gpu-auditor"
@@ -27,7 +27,6 @@ __all__ = [
     "RuleContext",
     "at_stake",
     "at_stake_line",
-    "enabled_names",
     "evaluate",
     "no_verdict",
     "rank",

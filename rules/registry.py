@@ -46,10 +46,6 @@ def _enabled(rules_config: RulesConfig, rule: type[Rule]) -> bool:
     return bool(getattr(rules_config, rule.config_key).enabled)
 
 
-def enabled_names(rules_config: RulesConfig) -> list[str]:
-    return [rule.name for rule in RULES if _enabled(rules_config, rule)]
-
-
 def select(names: Sequence[str] | None, rules_config: RulesConfig) -> list[type[Rule]]:
     """The rules to run: the enabled ones, or those named (ValueError names the unknown ones)."""
     if names is None:
