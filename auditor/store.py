@@ -67,6 +67,9 @@ from auditor.model import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_CONNECT_TIMEOUT_S = 10
+"""An unreachable database server fails a command (or a daemon job, or doctor) in this many seconds,
+not after the kernel's two minutes of TCP retries."""
 HOUR_S = 3600
 DAY_S = 86_400
 MINUTE_RETENTION_DAYS = 14
@@ -454,9 +457,16 @@ def create_store_engine(url: str, *, read_only: bool = False) -> Engine:
     try:
         if read_only:
             return create_engine(
-                parsed, pool_pre_ping=True, connect_args={"options": "-c default_transaction_read_only=on"}
+                parsed,
+                pool_pre_ping=True,
+                connect_args={
+                    "options": "-c default_transaction_read_only=on",
+                    "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+                },
             )
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(
+            parsed, pool_pre_ping=True, connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S}
+        )
     except ModuleNotFoundError as exc:
         raise StoreError(
             f"a PostgreSQL store needs the driver psycopg, which is not installed ({exc.name}): "
