@@ -29,6 +29,7 @@ from auditor.prices import ApiPriceCatalog
 from auditor.store import OutboxMessage, Store
 from reports.digest import (
     Digest,
+    NoWeekDataError,
     build_digest,
     digest_blocks,
     digest_text,
@@ -61,6 +62,8 @@ class DigestOutcome(StrEnum):
     """Delivered on an earlier run: not sent again."""
     WAITING = "waiting"
     """Queued, not delivered yet (Slack refused or was unreachable): the outbox retries it."""
+    NO_DATA = "no-data"
+    """Nothing was observed or billed in the week: nothing to say, not queued."""
     UNKNOWN_WEEK = "unknown-week"
     """Too little of the week was observed: not queued (the daemon never posts such a week)."""
     NO_SENDER = "no-sender"
@@ -216,7 +219,10 @@ def digest_cycle(
         sent_now = _sent_ts(store, key)
         outcome = DigestOutcome.WAITING if sent_now is None else DigestOutcome.SENT_QUEUED
         return DigestCycle(week, None, outcome, flush, sent_ts=sent_now)
-    digest = make_digest(config, store, now, week, api_catalog=api_catalog, gpu_catalog=gpu_catalog)
+    try:
+        digest = make_digest(config, store, now, week, api_catalog=api_catalog, gpu_catalog=gpu_catalog)
+    except NoWeekDataError:
+        return DigestCycle(week, None, DigestOutcome.NO_DATA, None)
     if sender is None:
         return DigestCycle(week, digest, DigestOutcome.NO_SENDER, None)
     if digest.unknown and not send_unknown:

@@ -27,6 +27,7 @@ from auditor.analysis import Bucket, cost_window, merged
 from auditor.at_stake import AtStake, at_stake, at_stake_line
 from auditor.config import Config
 from auditor.costing import DeploymentCost
+from auditor.errors import UnavailableError
 from auditor.gpu_prices import GpuPrice
 from auditor.model import Finding
 from auditor.prices import ApiPriceCatalog
@@ -113,6 +114,10 @@ class DeploymentWeek:
         return (self.cost.tokens - self.previous.tokens) / self.previous.tokens
 
 
+class NoWeekDataError(UnavailableError):
+    """Nothing was paid for and nothing observed in the week: a digest of it would invent its figures."""
+
+
 @dataclass(frozen=True, slots=True)
 class Digest:
     week: str
@@ -171,6 +176,12 @@ def build_digest(
     tz = config.tz
     start, end = week_bounds(week, tz)
     this = cost_window(store, config, start, end, api_catalog, gpu_catalog)
+    if not this.window.has_data:
+        raise NoWeekDataError(
+            f"no data for {week}",
+            "nothing was observed or billed in it (a week before the first sample, or outside every "
+            "deployment's active_from/active_until)",
+        )
     before = cost_window(store, config, start - timedelta(days=7), start, api_catalog, gpu_catalog)
     previous = {dc.deployment: dc for dc in before.window.deployments}
     rows = [

@@ -82,7 +82,7 @@ def test_three_weeks_of_cycles_post_each_condition_once(tmp_path: Path, slack: S
     assert len(slack.posted()) == sum(posts.values())
     # The first weekend's idle GPUs are news, once, as one finding for the deployment; the weekends after
     # repeat it (a pattern: not paged again); after three weeks the pattern is one off-hours finding with a
-    # schedule. Each weekly digest once; the week before any data is unknown and never posted.
+    # schedule. Each weekly digest once; the week before any data has no data and is never posted.
     assert posts == {
         "idle-loaded|rag": 1,
         "off-hours-idle|rag": 1,
@@ -90,7 +90,7 @@ def test_three_weeks_of_cycles_post_each_condition_once(tmp_path: Path, slack: S
         "digest|2026-W46": 1,
         "digest|2026-W47": 1,
     }
-    assert digests["2026-W44"] is DigestOutcome.UNKNOWN_WEEK
+    assert digests["2026-W44"] is DigestOutcome.NO_DATA  # before the first sample: nothing to say
     off_hours = next(m for m in store_messages if m.key == "off-hours-idle|rag")
     assert "Scale rag to zero Sat 00:00–" in off_hours.text
     # Every alert says what it judged (window and coverage) and how its dollars were reached.

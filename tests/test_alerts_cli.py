@@ -120,3 +120,18 @@ def test_digest_send_with_a_bot_token_says_what_this_run_did(tmp_path: Path, sla
     assert again.stdout.startswith(f"digest {week} was sent on ") and "not sent again" in again.stdout
     assert len(slack.history) == 1  # one digest in the channel
     assert slack.posted()[0].headers["Authorization"] == "Bearer xoxb-test"
+
+
+def test_digest_of_a_week_without_data_says_so_and_sends_nothing(config: Path, slack: SlackServer) -> None:
+    """A week years before the first sample: no invented figures, one line, exit 1, nothing posted."""
+    printed = run("digest", "--config", str(config), "--week", "2019-W10")
+    assert printed.returncode == 1 and printed.stdout == ""
+    [line] = printed.stderr.strip().splitlines()
+    assert "no data for 2019-W10" in line and "Traceback" not in printed.stderr
+    env = {"AUDITOR_TEST_HOOK": slack.webhook_url}
+    sent = run("digest", "--config", str(config), "--week", "2019-W10", "--send", env=env)
+    assert sent.returncode == 1, sent.stderr
+    assert sent.stdout.strip() == (
+        "digest 2019-W10 not sent: no data for 2019-W10 (nothing was observed or billed in it)"
+    )
+    assert slack.posted("/webhook") == []

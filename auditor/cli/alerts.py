@@ -195,7 +195,7 @@ def digest(
     if sender.webhook is not None and cycle.outcome in (DigestOutcome.SENT, DigestOutcome.SENT_QUEUED):
         message += f" ({WEBHOOK_AT_LEAST_ONCE})"
     print(message)
-    if cycle.outcome is DigestOutcome.WAITING:
+    if cycle.outcome in (DigestOutcome.WAITING, DigestOutcome.NO_DATA):
         raise typer.Exit(EXIT_FINDING)
 
 
@@ -217,6 +217,8 @@ def digest_send_message(cycle: DigestCycle, last_error: str | None = None) -> st
             return f"{week} sent: it was queued by an earlier run and had not gone out until now"
         case DigestOutcome.SENT_BEFORE:
             return f"{week} was sent on {when}: not sent again"
+        case DigestOutcome.NO_DATA:
+            return f"{week} not sent: no data for {cycle.week} (nothing was observed or billed in it)"
         case DigestOutcome.WAITING:
             reason = f" ({last_error})" if last_error else ""
             return (
