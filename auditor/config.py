@@ -737,3 +737,8 @@ def _redact_strings(value: Any) -> Any:
     if isinstance(value, list):
         return [_redact_strings(v) for v in value]
     return value
+
+
+def deployments_on_host(config: Config, host: str) -> list[DeploymentConfig]:
+    """Deployments with GPUs on this host: the ones whose servers this host's daemon scrapes."""
+    return [d for d in config.deployments if any(sel.host == host for sel in d.gpus)]

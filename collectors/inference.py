@@ -32,6 +32,7 @@ from urllib.parse import unquote, urlsplit
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from auditor.config import Config, deployments_on_host
 from auditor.model import ServerSample
 from auditor.redact import redact
 from collectors.interface import Backoff, Collection, CollectorError, Problem
@@ -406,3 +407,12 @@ class InferenceCollector:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
                 self._pool = None
+
+
+def endpoints_on_host(config: Config, host: str) -> list[Endpoint]:
+    """The inference endpoints this host's daemon scrapes: its deployments' servers."""
+    return [
+        Endpoint(d.name, s.url, s.kind, s.model_name)
+        for d in deployments_on_host(config, host)
+        for s in d.servers
+    ]

@@ -34,16 +34,16 @@ import random
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from auditor.config import DeploymentConfig
+from auditor.config import Config, DeploymentConfig
 from auditor.gpu_prices import GpuPrice
-from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
+from auditor.model import MINUTE_S, CostBasis, CostLine, DeploymentMinute, GpuMinute
 from auditor.store import Store
 from auditor.units import format_usd
 
@@ -691,3 +691,44 @@ def demo_runs(
         )
         runs.append((generate_loads(start_ts, end_ts, tz, shape, sizes), simulated))
     return runs
+
+
+def replay_config(
+    name: str, gpu_type: str, gpus: int, rate: Decimal, capacity: float, apis: Sequence[str], store_url: str
+) -> Config:
+    return Config.model_validate(
+        {
+            "store": {"url": store_url},
+            "deployments": [
+                {
+                    "name": name,
+                    "model": "replayed traffic",
+                    "gpu_type": gpu_type,
+                    "gpu_count": gpus,
+                    "prometheus_matchers": {"deployment": name},
+                    "price": {"source": "static", "gpu_hourly_usd": rate},
+                    "compare_to": list(apis),
+                    "capacity_tokens_per_s": capacity,
+                }
+            ],
+        }
+    )
+
+
+def write_demo_unattributed(store: Store, first_day: date) -> None:
+    """A bill line tagged to no deployment (a forgotten dev box): the report shows it, never drops it."""
+    days = [first_day + timedelta(days=i) for i in range(3, 6)]
+    lines = [
+        CostLine(
+            day=day,
+            source="aws",
+            account="demo",
+            resource="i-0demo-untagged",
+            usage_type="BoxUsage:g5.xlarge",
+            amount_usd=Decimal("24.144"),
+            usage_hours=Decimal(24),
+            basis=CostBasis.INVOICED,
+        )
+        for day in days
+    ]
+    store.replace_cost_lines("aws", "demo", days[0], days[-1] + timedelta(days=1), lines)

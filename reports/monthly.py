@@ -360,3 +360,9 @@ def heatmap(
     for (weekday, hour), bucket in cells.items():
         grid[weekday][hour] = bucket.measures(capacity_tokens_per_s).pick(metric)[1]
     return grid
+
+
+def previous_month(now: datetime) -> str:
+    first = now.date().replace(day=1)
+    last = first - timedelta(days=1)
+    return f"{last.year:04d}-{last.month:02d}"

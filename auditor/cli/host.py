@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import ssl
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from auditor import daemon as daemon_module
 from auditor import logs
@@ -26,21 +23,19 @@ from auditor.cli.common import (
     JsonOption,
     api_catalog,
     app,
-    console,
     fatal,
     gpu_catalog,
     open_store,
     require_config,
 )
-from auditor.config import Config, DeploymentConfig
+from auditor.config import Config, deployments_on_host
 from auditor.doctor import Check, failed, general_checks, render_json, render_text
 from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
 from auditor.gpu_prices import GpuPrice
-from auditor.model import GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
 from auditor.redact import register_secret
 from auditor.store import Store
-from collectors.inference import Endpoint, InferenceCollector, fetch_metrics, shown_url
+from collectors.inference import InferenceCollector, endpoints_on_host, fetch_metrics
 from collectors.nvml import GpuDeploymentMap, NvmlCollector, load_pynvml
 from reports.slack import SlackConfigError, slack_sender
 
@@ -58,19 +53,6 @@ HostOption = Annotated[
 def this_host(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     return explicit or env.get(HOST_ENV) or socket.gethostname()
-
-
-def local_deployments(config: Config, host: str) -> list[DeploymentConfig]:
-    """Deployments with GPUs on this host: the ones whose servers this host's daemon scrapes."""
-    return [d for d in config.deployments if any(sel.host == host for sel in d.gpus)]
-
-
-def local_endpoints(config: Config, host: str) -> list[Endpoint]:
-    return [
-        Endpoint(d.name, s.url, s.kind, s.model_name)
-        for d in local_deployments(config, host)
-        for s in d.servers
-    ]
 
 
 def _nvml_collector(config: Config, host: str) -> NvmlCollector | None:
@@ -109,7 +91,7 @@ def daemon(
         logging.getLogger("auditor.daemon").warning(
             "nvml: nvidia-ml-py is not installed; GPUs are not sampled"
         )
-    endpoints = local_endpoints(config, name)
+    endpoints = endpoints_on_host(config, name)
     interval = config.daemon.sample_interval_s
     servers = (
         [
@@ -238,7 +220,7 @@ def alert_jobs(
 
 def _nvml_check(config: Config, host: str) -> Check:
     """NVML answers for itself (`NvmlCollector.status()`); here it becomes a line of doctor's."""
-    required = bool(local_deployments(config, host))
+    required = bool(deployments_on_host(config, host))
     collector = _nvml_collector(config, host)
     if collector is None:
         return Check(
@@ -264,7 +246,7 @@ def _endpoint_checks(
     config: Config, host: str, fetch: Callable[[str, float], str] = fetch_metrics
 ) -> list[Check]:
     """Each inference endpoint, scraped side by side within the daemon's own deadline."""
-    endpoints = local_endpoints(config, host)
+    endpoints = endpoints_on_host(config, host)
     if not endpoints:
         return []
     collector = InferenceCollector(
@@ -297,189 +279,3 @@ def doctor(config_path: ConfigOption = None, host: HostOption = None, as_json: J
     print(render_json(name, checks) if as_json else render_text(checks))
     if failed(checks):
         raise typer.Exit(EXIT_FINDING)
-
-
-# -- status ---------------------------------------------------------------------------------------
-
-
-def _latest(samples: Sequence[Any], key: Callable[[Any], Any]) -> list[Any]:
-    latest: dict[Any, Any] = {}
-    for s in samples:
-        latest[key(s)] = s
-    return sorted(
-        latest.values(), key=lambda s: (s.host, getattr(s, "gpu_index", 0), getattr(s, "instance", ""))
-    )
-
-
-def _gpu_json(s: GpuSample, now: float) -> dict[str, Any]:
-    return {
-        "host": s.host,
-        "gpu_index": s.gpu_index,
-        "gpu_uuid": s.gpu_uuid,
-        "gpu_name": s.gpu_name,
-        "deployment": s.deployment,
-        "age_s": round(now - s.ts, 1),
-        "util_pct": s.util_pct,
-        "sm_active_pct": s.sm_active_pct,
-        "mem_used_bytes": s.mem_used_bytes,
-        "mem_total_bytes": s.mem_total_bytes,
-        "power_w": s.power_w,
-        "energy_j": s.energy_j,
-        "process_count": s.process_count,
-    }
-
-
-def _money(value: Any) -> float | None:
-    return None if value is None else round(float(value), 6)
-
-
-def _deployment_json(f: DeploymentFigures, servers: Sequence[ServerSample]) -> dict[str, Any]:
-    own = [s for s in servers if s.deployment == f.deployment]
-    running = [s.requests_running for s in own if s.requests_running is not None]
-    return {
-        "deployment": f.deployment,
-        "tokens_per_s": None if f.tokens_per_s is None else round(f.tokens_per_s, 3),
-        "cost_rate_usd_per_h": _money(f.cost_rate_usd_per_h),
-        "cost_per_mtok_usd_1h": _money(f.cost_per_mtok_usd.get("1h")),
-        "cost_per_mtok_usd_1d": _money(f.cost_per_mtok_usd.get("1d")),
-        "idle_cost_month_usd": _money(f.idle_cost_month_usd),
-        "requests_running": sum(running) if running else None,
-        "servers_seen": len(own),
-    }
-
-
-def source_states(config: Config, store: Store, now: float) -> list[dict[str, Any]]:
-    """Every source the daemon samples, from the store: up (a sample within three intervals), or down
-    since its last sample (never sampled: `down_since_ts` is None). GPUs are those ever seen."""
-    stale_s = 3 * config.daemon.sample_interval_s
-    states: list[dict[str, Any]] = []
-    last_server = {(s.deployment, s.instance): s.ts for s in store.last_server_samples_before(now + 1)}
-    for d in config.deployments:
-        for server in d.servers:
-            shown = shown_url(server.url)
-            last = last_server.get((d.name, shown))
-            up = last is not None and now - last <= stale_s
-            states.append(
-                {
-                    "kind": "inference",
-                    "deployment": d.name,
-                    "source": shown,
-                    "state": "up" if up else "down",
-                    "last_sample_ts": last,
-                    "down_since_ts": None if up else last,
-                }
-            )
-    for gpu in sorted(store.last_gpu_samples_before(now + 1), key=lambda g: (g.host, g.gpu_index)):
-        up = now - gpu.ts <= stale_s
-        states.append(
-            {
-                "kind": "gpu",
-                "deployment": gpu.deployment,
-                "source": f"{gpu.host} GPU {gpu.gpu_index} {gpu.gpu_uuid}",
-                "state": "up" if up else "down",
-                "last_sample_ts": gpu.ts,
-                "down_since_ts": None if up else gpu.ts,
-            }
-        )
-    return states
-
-
-def _cell(value: Any, fmt: str, suffix: str = "") -> str:
-    return "—" if value is None else f"{value:{fmt}}{suffix}"
-
-
-@app.command()
-def status(
-    config_path: ConfigOption = None,
-    minutes: Annotated[int, typer.Option(min=1, help="How far back to look for the latest samples.")] = 5,
-    as_json: JsonOption = False,
-) -> None:
-    """GPUs and deployments as the daemon last recorded them: utilization, memory, power, tokens/s, cost."""
-    config = require_config(config_path)
-    store = open_store(config, read_only=True)
-    try:
-        now = time.time()
-        gpus = _latest(store.gpu_samples(now - minutes * 60, now + 1), key=lambda s: s.gpu_uuid)
-        servers = _latest(
-            store.server_samples(now - minutes * 60, now + 1), key=lambda s: (s.deployment, s.instance)
-        )
-        figures = deployment_figures(
-            store, config, datetime.fromtimestamp(now, UTC), api_catalog(config), gpu_catalog()
-        )
-        sources = source_states(config, store, now)
-    finally:
-        store.close()
-    gpu_rows = [_gpu_json(s, now) for s in gpus]
-    deployment_rows = [_deployment_json(f, servers) for f in figures]
-    if as_json:
-        print(
-            json.dumps(
-                {
-                    "window_minutes": minutes,
-                    "gpus": gpu_rows,
-                    "deployments": deployment_rows,
-                    "sources": sources,
-                },
-                indent=2,
-            )
-        )
-        return
-    out = console()
-    down = [s for s in sources if s["state"] != "up"]
-    for source in down:
-        since = source["down_since_ts"]
-        when = (
-            "never sampled"
-            if since is None
-            else f"no sample since {datetime.fromtimestamp(since, config.tz):%Y-%m-%d %H:%M:%S %Z}"
-            f" ({(now - since) / 60:,.0f} min ago)"
-        )
-        out.print(f"DOWN  {source['kind']} {source['source']}: {when}", highlight=False, markup=False)
-    if not gpu_rows:
-        out.print(
-            f"No GPU samples in the last {minutes} minutes: is `auditor daemon` running?", highlight=False
-        )
-    else:
-        table = Table(title=f"GPUs (latest sample, last {minutes} min)", title_justify="left")
-        for column in ("host", "GPU", "deployment", "util", "SM active", "memory", "power", "procs", "age"):
-            table.add_column(column, justify="left" if column in {"host", "GPU", "deployment"} else "right")
-        for g in gpu_rows:
-            memory = (
-                "—"
-                if g["mem_used_bytes"] is None or g["mem_total_bytes"] is None
-                else f"{g['mem_used_bytes'] / 2**30:.1f}/{g['mem_total_bytes'] / 2**30:.1f} GiB"
-            )
-            table.add_row(
-                g["host"],
-                f"{g['gpu_index']} {g['gpu_name'] or ''}".strip(),
-                g["deployment"] or "—",
-                _cell(g["util_pct"], ".0f", "%"),
-                _cell(g["sm_active_pct"], ".0f", "%"),
-                memory,
-                _cell(g["power_w"], ".0f", " W"),
-                _cell(g["process_count"], "d"),
-                f"{g['age_s']:.0f} s",
-            )
-        out.print(table)
-    table = Table(title="Deployments", title_justify="left")
-    for column in (
-        "deployment",
-        "tokens/s",
-        "running",
-        "$/h",
-        "$/Mtok 1h",
-        "$/Mtok 1d",
-        "idle $ so far this month",
-    ):
-        table.add_column(column, justify="left" if column == "deployment" else "right")
-    for d in deployment_rows:
-        table.add_row(
-            d["deployment"],
-            _cell(d["tokens_per_s"], ",.1f"),
-            _cell(d["requests_running"], ".0f"),
-            _cell(d["cost_rate_usd_per_h"], ",.2f"),
-            _cell(d["cost_per_mtok_usd_1h"], ",.2f"),
-            _cell(d["cost_per_mtok_usd_1d"], ",.2f"),
-            _cell(d["idle_cost_month_usd"], ",.2f"),
-        )
-    out.print(table)
