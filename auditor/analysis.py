@@ -338,6 +338,8 @@ def deployment_cost_from_sums(
         capacity_tokens_per_s=capacity_tokens_per_s,
         capacity_source=capacity_source,
         estimated=any(line.estimated or line.basis.value == "list" for line in cost_lines),
+        prefill_s=total.prefill_s,
+        decode_s=total.decode_s,
     )
     if not (served_tokens_known(prompt, generation, measures) and cost_known):
         return cost

@@ -256,6 +256,9 @@ class DeploymentCost:
     apis: list[ApiComparison] = field(default_factory=list)
     estimated: bool = False
     """Some cost line is an estimate or list price, not the final bill."""
+    prefill_s: float | None = None
+    """Servers' prefill seconds in the window (vLLM's phase histograms); None: not exposed."""
+    decode_s: float | None = None
 
     @property
     def tco_usd(self) -> Decimal:
@@ -413,13 +416,27 @@ def token_splits(dc: DeploymentCost) -> list[TokenSplit]:
     price = cheapest.price if cheapest else None
     splits = [
         split_by_direction(
-            dc.observed_cost_usd, dc.prompt_tokens, dc.generation_tokens, basis="allocation", price=price
+            dc.observed_cost_usd,
+            dc.prompt_tokens,
+            dc.generation_tokens,
+            basis="allocation",
+            price=price,
+            prefill_s=dc.prefill_s,
+            decode_s=dc.decode_s,
         )
     ]
     usage = dc.usage_cost_usd
     if usage is not None:
         splits.append(
-            split_by_direction(usage, dc.prompt_tokens, dc.generation_tokens, basis="usage", price=price)
+            split_by_direction(
+                usage,
+                dc.prompt_tokens,
+                dc.generation_tokens,
+                basis="usage",
+                price=price,
+                prefill_s=dc.prefill_s,
+                decode_s=dc.decode_s,
+            )
         )
     return splits
 

@@ -68,6 +68,10 @@ class ServerSample:
     requests_waiting: float | None = None
     kv_cache_usage: float | None = None
     """Share of the KV cache in use (0–1)."""
+    prefill_seconds_total: float | None = None
+    """Seconds finished requests spent in prefill, summed (vLLM): a counter. None: not exposed."""
+    decode_seconds_total: float | None = None
+    """Seconds finished requests spent in decode, summed (vLLM): a counter. None: not exposed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +123,10 @@ class DeploymentMinute:
     sm_active: float | None
     request_busy: float | None
     throughput_util: float | None
+    prefill_s: float | None = None
+    """Increase of the servers' prefill seconds this minute; None: no server exposed it."""
+    decode_s: float | None = None
+    """Increase of the servers' decode seconds this minute; None: no server exposed it."""
 
 
 class CostBasis(StrEnum):

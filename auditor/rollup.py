@@ -180,6 +180,8 @@ class _ServerAcc:
     busy_s: float = 0.0
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    prefill_s: float | None = None
+    decode_s: float | None = None
     running_by_instance: dict[str, _Weighted] = field(default_factory=lambda: defaultdict(_Weighted))
     waiting_by_instance: dict[str, _Weighted] = field(default_factory=lambda: defaultdict(_Weighted))
     kv: _Weighted = field(default_factory=_Weighted)
@@ -187,6 +189,11 @@ class _ServerAcc:
 
 def _tokens(increase: float | None) -> int:
     return 0 if increase is None else round(increase)
+
+
+def _plus(total: float | None, increase: float | None) -> float | None:
+    """A sum of counter increases where known: None only while no increase is known."""
+    return total if increase is None else (total or 0.0) + increase
 
 
 def _rollup_server_series(
@@ -207,6 +214,12 @@ def _rollup_server_series(
             bucket.prompt_tokens += _tokens(counter_increase(a.prompt_tokens_total, b.prompt_tokens_total))
             bucket.generation_tokens += _tokens(
                 counter_increase(a.generation_tokens_total, b.generation_tokens_total)
+            )
+            bucket.prefill_s = _plus(
+                bucket.prefill_s, counter_increase(a.prefill_seconds_total, b.prefill_seconds_total)
+            )
+            bucket.decode_s = _plus(
+                bucket.decode_s, counter_increase(a.decode_seconds_total, b.decode_seconds_total)
             )
         if b.ts - a.ts > max_gap_s:
             continue
@@ -293,6 +306,8 @@ def rollup_deployments(
                 throughput_util=(
                     tokens / MINUTE_S / capacity if capacity is not None and server.observed_s > 0 else None
                 ),
+                prefill_s=server.prefill_s,
+                decode_s=server.decode_s,
             )
         )
     return rows

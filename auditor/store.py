@@ -43,7 +43,9 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -151,6 +153,8 @@ server_samples = Table(
     Column("requests_running", Double),
     Column("requests_waiting", Double),
     Column("kv_cache_usage", Double),
+    Column("prefill_seconds_total", Double),  # schema 4
+    Column("decode_seconds_total", Double),  # schema 4
     Index("ix_server_samples_series_ts", "deployment", "instance", "ts"),
     Index("ix_server_samples_ts", "ts"),
 )
@@ -198,6 +202,8 @@ deployment_minutes = Table(
     Column("sm_active", Double),
     Column("request_busy", Double),
     Column("throughput_util", Double),
+    Column("prefill_s", Double),  # schema 4
+    Column("decode_s", Double),  # schema 4
     PrimaryKeyConstraint("deployment", "minute_ts"),
     Index("ix_deployment_minutes_minute", "minute_ts"),
 )
@@ -337,6 +343,8 @@ deployment_quarter_hours = Table(
     Column("served_wall_s", Double, nullable=False),
     Column("gpu_minutes", Integer, nullable=False),
     Column("minutes_with_gpus", Integer, nullable=False),
+    Column("prefill_s", Double),  # schema 4
+    Column("decode_s", Double),  # schema 4
     PrimaryKeyConstraint("deployment", "bucket_ts"),
 )
 
@@ -366,10 +374,40 @@ gpu_hours = Table(
 )
 
 
+# -- schema 4: prefill and decode seconds (vLLM's phase histograms' sums), to split $/Mtok by direction --
+_PHASE_COLUMNS = (
+    ("server_samples", ("prefill_seconds_total", "decode_seconds_total")),
+    ("deployment_minutes", ("prefill_s", "decode_s")),
+    ("deployment_quarter_hours", ("prefill_s", "decode_s")),
+)
+
+
+def _add_phase_columns(conn: Connection) -> None:
+    """The nullable phase-time columns, on the tables that lack them (a store made by migrations 1 and 3
+    of this version has them already: they build the tables as declared)."""
+    tables = {t.name: t for t in (server_samples, deployment_minutes, deployment_quarter_hours)}
+    schema = inspect(conn)
+    for name, columns in _PHASE_COLUMNS:
+        if not schema.has_table(name):
+            continue
+        present = {c["name"] for c in schema.get_columns(name)}
+        for column in columns:
+            if column not in present:
+                column_type = tables[name].c[column].type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {name} ADD COLUMN {column} {column_type}"))
+
+
+def _migration_4(conn: Connection) -> None:
+    """Schema 4: prefill and decode seconds on server samples, deployment minutes and the quarter-hour
+    tier. Rows already there keep NULL: unknown, so their windows split by the API's price ratio."""
+    _add_phase_columns(conn)
+
+
 def _migration_3(conn: Connection) -> None:
     """Schema 3: the roll-up tiers, filled from the minute rows already there (a day at a time), so
     an existing store answers from them at once; the retention job then thins the minutes."""
     tier_metadata.create_all(conn, checkfirst=True)
+    _add_phase_columns(conn)  # the rebuild below reads and writes every declared column
     first = min(
         (
             v
@@ -400,7 +438,7 @@ def _rebuild_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
 
 
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -960,6 +998,9 @@ class Bucket:
     served_tokens: int = 0
     """Tokens of the minutes a server was observed in (the numerator of throughput_util)."""
     served_wall_s: float = 0.0
+    prefill_s: float | None = None
+    """Servers' prefill seconds (vLLM), summed where exposed; None: not measured in these minutes."""
+    decode_s: float | None = None
 
     def add(self, other: Bucket) -> None:
         self.gpu_observed_s += other.gpu_observed_s
@@ -977,6 +1018,10 @@ class Bucket:
         self.request_busy_s += other.request_busy_s
         self.served_tokens += other.served_tokens
         self.served_wall_s += other.served_wall_s
+        if other.prefill_s is not None:
+            self.prefill_s = (self.prefill_s or 0.0) + other.prefill_s
+        if other.decode_s is not None:
+            self.decode_s = (self.decode_s or 0.0) + other.decode_s
 
     def measures(self, capacity_tokens_per_s: float | None) -> UtilizationMeasures:
         """The four measures over these minutes, as `costing.utilization_measures` defines them."""
@@ -1073,6 +1118,8 @@ def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | 
             func.sum(busy_s),
             func.sum(case((served, dm.c.prompt_tokens + dm.c.generation_tokens), else_=0)),
             func.sum(case((served, dm.c.server_observed_s / instances), else_=0.0)),
+            func.sum(dm.c.prefill_s),
+            func.sum(dm.c.decode_s),
         )
         .where(dm.c.minute_ts >= start_ts, dm.c.minute_ts < end_ts, _of_deployments(dm.c.deployment, names))
         .group_by(dm.c.deployment, bucket)
@@ -1099,6 +1146,8 @@ def _minute_buckets(
         b.server_observed_s = float(row[4] or 0.0)
         b.request_busy_weighted, b.request_busy_s = float(row[5] or 0.0), float(row[6] or 0.0)
         b.served_tokens, b.served_wall_s = int(row[7] or 0), float(row[8] or 0.0)
+        b.prefill_s = None if row[9] is None else float(row[9])
+        b.decode_s = None if row[10] is None else float(row[10])
     return result
 
 

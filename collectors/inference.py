@@ -333,6 +333,8 @@ class InferenceCollector:
             requests_running=parsed.values.get("requests_running"),
             requests_waiting=parsed.values.get("requests_waiting"),
             kv_cache_usage=parsed.values.get("kv_cache_usage"),
+            prefill_seconds_total=parsed.values.get("prefill_seconds_total"),
+            decode_seconds_total=parsed.values.get("decode_seconds_total"),
         )
         return sample, parsed
 

@@ -12,7 +12,13 @@ from typing import Literal
 
 ServerKind = Literal["vllm", "sglang", "tgi"]
 Field = Literal[
-    "prompt_tokens_total", "generation_tokens_total", "requests_running", "requests_waiting", "kv_cache_usage"
+    "prompt_tokens_total",
+    "generation_tokens_total",
+    "requests_running",
+    "requests_waiting",
+    "kv_cache_usage",
+    "prefill_seconds_total",
+    "decode_seconds_total",
 ]
 
 
@@ -35,6 +41,25 @@ CATALOG: tuple[CatalogEntry, ...] = (
     # vLLM (V0 and V1 engines). The label `model_name` names the served model.
     CatalogEntry("vllm", "vllm:prompt_tokens_total", "prompt_tokens_total", "tokens", "counter"),
     CatalogEntry("vllm", "vllm:generation_tokens_total", "generation_tokens_total", "tokens", "counter"),
+    # Time in each phase, summed over finished requests: splits $/Mtok between input and output tokens.
+    CatalogEntry(
+        "vllm",
+        "vllm:request_prefill_time_seconds_sum",
+        "prefill_seconds_total",
+        "seconds",
+        "counter",
+        0,
+        "histogram sum",
+    ),
+    CatalogEntry(
+        "vllm",
+        "vllm:request_decode_time_seconds_sum",
+        "decode_seconds_total",
+        "seconds",
+        "counter",
+        0,
+        "histogram sum",
+    ),
     CatalogEntry("vllm", "vllm:num_requests_running", "requests_running", "requests", "gauge"),
     CatalogEntry("vllm", "vllm:num_requests_waiting", "requests_waiting", "requests", "gauge"),
     CatalogEntry(

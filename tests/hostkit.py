@@ -25,6 +25,8 @@ HOST = "testhost"
 VLLM_PROMPT = 'vllm:prompt_tokens_total{model_name="facebook/opt-125m"} 5.0'
 VLLM_GENERATION = 'vllm:generation_tokens_total{model_name="facebook/opt-125m"} 7.0'
 VLLM_RUNNING = 'vllm:num_requests_running{model_name="facebook/opt-125m"} 0.0'
+VLLM_PREFILL = 'vllm:request_prefill_time_seconds_sum{model_name="facebook/opt-125m"} 0.2140041133388877'
+VLLM_DECODE = 'vllm:request_decode_time_seconds_sum{model_name="facebook/opt-125m"} 0.6237391703762114'
 
 
 def load_fake_nvml(script: dict[str, Any]) -> ModuleType:
@@ -45,9 +47,11 @@ def free_port() -> int:
 
 class VllmServer:
     """The real vLLM fixture text, with its token counters advancing on every scrape
-    (prompt +50, generation +20, one running request), or a reset to 0 after `restart()`."""
+    (prompt +50, generation +20, one running request), or a reset to 0 after `restart()`.
+    With `phase_s` (prefill, decode seconds per scrape), the phase histograms' sums advance too."""
 
-    def __init__(self) -> None:
+    def __init__(self, phase_s: tuple[float, float] | None = None) -> None:
+        self.phase_s = phase_s
         self.text = (SERVING / "datadog_vllm_metrics.txt").read_text()
         self.scrapes = 0
         self.offset = 0
@@ -74,11 +78,16 @@ class VllmServer:
         with self.lock:
             self.scrapes += 1
             n = self.scrapes - self.offset
-        return (
+        text = (
             self.text.replace(VLLM_PROMPT, VLLM_PROMPT.replace("5.0", f"{5 + 50 * n}.0"))
             .replace(VLLM_GENERATION, VLLM_GENERATION.replace("7.0", f"{7 + 20 * n}.0"))
             .replace(VLLM_RUNNING, VLLM_RUNNING.replace("0.0", "1.0"))
         )
+        if self.phase_s is not None:
+            prefill, decode = self.phase_s
+            text = text.replace(VLLM_PREFILL, VLLM_PREFILL.rsplit(" ", 1)[0] + f" {prefill * n!r}")
+            text = text.replace(VLLM_DECODE, VLLM_DECODE.rsplit(" ", 1)[0] + f" {decode * n!r}")
+        return text
 
     def __enter__(self) -> VllmServer:
         self.thread.start()

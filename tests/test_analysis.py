@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -9,7 +10,7 @@ import pytest
 
 from auditor.analysis import cost_window, local_days, sustained_peak_tokens_per_s
 from auditor.config import Config, parse_config
-from auditor.costing import DeploymentCost
+from auditor.costing import DeploymentCost, token_splits
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis, CostLine, DeploymentMinute, GpuMinute, GpuSample, ServerSample
 from auditor.prices import ApiPriceCatalog
@@ -277,3 +278,28 @@ def test_without_server_metrics_tokens_are_unknown_and_no_api_looks_free(store_u
     )
     assert served_nothing.tokens_known
     assert served_nothing.apis[0].usd == 0  # a server was watched and served nothing: that is a fact
+
+
+def test_the_direction_split_uses_measured_prefill_and_decode_time(store_url: str) -> None:
+    """Where vLLM exposed its phase times, $/Mtok is split by them; a window without them falls back
+    to the compared API's price ratio, and says so."""
+    t0 = int(datetime(2026, 10, 5, tzinfo=UTC).timestamp())
+    gpu = [_gpu_minute(t0 + 60 * i, 0.5) for i in range(60)]
+    served = [
+        replace(_served_minute(t0 + 60 * i, 1000, 250, 1.0), prefill_s=1.0, decode_s=3.0) for i in range(60)
+    ]
+    store = Store.open(store_url)
+    measured = _one_day(store, _day_config(), gpu, served)
+    allocation, usage = token_splits(measured)
+    assert (allocation.basis, usage.basis) == ("allocation", "usage")
+    for split in (allocation, usage):
+        assert split.method == "measured prefill/decode time"
+    # A quarter of the time was prefill: input tokens bear a quarter of the observed hour's cost.
+    cost = measured.observed_cost_usd
+    assert allocation.input_mtok_usd == cost / 4 * 1_000_000 / 60_000
+    assert allocation.output_mtok_usd == cost * 3 / 4 * 1_000_000 / 15_000
+
+    unmeasured = _one_day(
+        store, _day_config(), gpu, [replace(m, prefill_s=None, decode_s=None) for m in served]
+    )
+    assert all("price ratio" in s.method for s in token_splits(unmeasured))

@@ -48,6 +48,8 @@ def test_vllm_values_and_model_name() -> None:
         "requests_running": 0.0,
         "requests_waiting": 0.0,
         "kv_cache_usage": 0.0,
+        "prefill_seconds_total": 0.2140041133388877,  # the phase histograms' sums
+        "decode_seconds_total": 0.6237391703762114,
     }
 
 
@@ -142,3 +144,28 @@ def test_restarted_server_counts_its_tokens_as_a_reset(tmp_path: Path) -> None:
     # Before the restart: +70 per scrape twice; the first scrape after it: its whole new total; then +70s.
     assert totals[3] < totals[2]
     assert served == (totals[2] - totals[0]) + totals[3] + (totals[5] - totals[3])
+
+
+def test_prefill_and_decode_seconds_roll_up_as_counters_through_a_restart(tmp_path: Path) -> None:
+    """vLLM's phase histograms' sums are read into the sample and rolled up like the token counters:
+    increases summed, a restart's drop a reset; the quarter-hour tier keeps them."""
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    clock = iter(float(t) for t in range(6000, 6100, 10))
+    with VllmServer(phase_s=(0.5, 2.0)) as server:
+        collector = InferenceCollector([Endpoint("llama", server.url)], host="h", clock=lambda: next(clock))
+        for scrape in range(6):
+            if scrape == 3:
+                server.offset = server.scrapes  # restarted: the sums start again from 0
+            store.add_server_samples(collector.collect().samples)
+    samples = store.server_samples(0, 10_000)
+    assert [s.prefill_seconds_total for s in samples] == [0.5, 1.0, 1.5, 0.5, 1.0, 1.5]
+    assert [s.decode_seconds_total for s in samples] == [2.0, 4.0, 6.0, 2.0, 4.0, 6.0]
+    run_rollup(store, 5400, 6300, max_gap_s=30, idle_threshold=0.05, capacity_tokens_per_s=lambda _: None)
+    minutes = store.deployment_minutes(5400, 6300)
+    # +0.5 twice, the whole 0.5 after the restart, then +0.5 twice: 2.5 s of prefill, 10 s of decode.
+    assert sum(m.prefill_s or 0.0 for m in minutes) == 2.5
+    assert sum(m.decode_s or 0.0 for m in minutes) == 10.0
+    (bucket,) = store.window_buckets(5400, 6300, ["llama"])[
+        "llama"
+    ].values()  # a whole quarter-hour: the tier
+    assert (bucket.prefill_s, bucket.decode_s) == (2.5, 10.0)

@@ -23,7 +23,7 @@ from auditor.model import (
     GpuSample,
     ServerSample,
 )
-from auditor.store import SCHEMA_VERSION, Store, StoreError, schema_version
+from auditor.store import _PHASE_COLUMNS, MIGRATIONS, SCHEMA_VERSION, Store, StoreError, schema_version
 
 
 def _url(tmp_path: Path) -> str:
@@ -46,6 +46,49 @@ def test_migrates_an_empty_database_and_reopens(store_url: str) -> None:
     again = Store.open(store_url)  # migrating a current schema is a no-op
     assert again.schema_version() == SCHEMA_VERSION
     again.close()
+
+
+@pytest.mark.parametrize("old_version", [2, 3])
+def test_an_old_store_gains_phase_time_columns_and_keeps_its_rows(store_url: str, old_version: int) -> None:
+    """A store from before schema 4 (no prefill/decode columns) migrates in place: its rows stay, with
+    the phase times unknown (NULL), and new rows carry them."""
+    old = Store.open(store_url, migrate=False)
+    for version, migration in enumerate(MIGRATIONS[:old_version], start=1):
+        with old.engine.begin() as conn:
+            migration(conn)
+            conn.execute(insert(schema_version).values(version=version, applied_ts=0.0))
+    with old.engine.begin() as conn:  # the tables as the older program made them
+        for table, columns in _PHASE_COLUMNS:
+            if inspect(conn).has_table(table):
+                for column in columns:
+                    conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+        conn.execute(
+            text(
+                "INSERT INTO server_samples (ts, host, deployment, instance, prompt_tokens_total) "
+                "VALUES (900, 'h', 'llama', 'i', 5)"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO deployment_minutes (minute_ts, deployment, instances, server_observed_s, "
+                "prompt_tokens, generation_tokens, request_busy_s, gpu_observed_s) "
+                "VALUES (960, 'llama', 1, 60, 100, 20, 30, 0)"
+            )
+        )
+    old.close()
+    store = Store.open(store_url)
+    assert store.schema_version() == SCHEMA_VERSION
+    (sample,) = store.server_samples(0, 1000)
+    assert sample.prompt_tokens_total == 5 and sample.prefill_seconds_total is None
+    (minute,) = store.deployment_minutes(0, 1000)
+    assert minute.prompt_tokens == 100 and (minute.prefill_s, minute.decode_s) == (None, None)
+    store.rebuild_tiers(900, 1800)
+    (bucket,) = store.window_buckets(900, 1800, ["llama"])["llama"].values()
+    assert bucket.prompt_tokens == 100 and (bucket.prefill_s, bucket.decode_s) == (None, None)
+    store.add_server_samples([ServerSample(ts=960, host="h", deployment="llama", instance="i",
+                                           prefill_seconds_total=1.5, decode_seconds_total=4.0)])  # fmt: skip
+    assert [s.decode_seconds_total for s in store.server_samples(0, 1000)] == [None, 4.0]
+    store.close()
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
