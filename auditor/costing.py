@@ -411,34 +411,24 @@ def split_by_direction(
 
 
 def token_splits(dc: DeploymentCost) -> list[TokenSplit]:
-    """$/Mtok split by direction on both bases (allocation, then usage), for the report."""
+    """$/Mtok split by direction on both bases (allocation, then usage), for the report: by the window's
+    measured prefill/decode time where the servers exposed it, else the cheapest API's price ratio."""
     cheapest = dc.cheapest_api
     price = cheapest.price if cheapest else None
-    splits = [
+    bases = [("allocation", dc.observed_cost_usd), ("usage", dc.usage_cost_usd)]
+    return [
         split_by_direction(
-            dc.observed_cost_usd,
+            cost,
             dc.prompt_tokens,
             dc.generation_tokens,
-            basis="allocation",
+            basis=basis,
             price=price,
             prefill_s=dc.prefill_s,
             decode_s=dc.decode_s,
         )
+        for basis, cost in bases
+        if cost is not None
     ]
-    usage = dc.usage_cost_usd
-    if usage is not None:
-        splits.append(
-            split_by_direction(
-                usage,
-                dc.prompt_tokens,
-                dc.generation_tokens,
-                basis="usage",
-                price=price,
-                prefill_s=dc.prefill_s,
-                decode_s=dc.decode_s,
-            )
-        )
-    return splits
 
 
 @dataclass(frozen=True, slots=True)
