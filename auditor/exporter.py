@@ -176,7 +176,11 @@ class AuditorMetrics(Collector):
         yield from _source_families(sources)
 
 
-_GPU_LABELS = ["host", "gpu_uuid", "gpu_index", "deployment"]
+GPU_LABELS = ("Hostname", "gpu", "UUID", "modelName", "deployment")
+"""dcgm-exporter's own label names and values (`Hostname` the node, `gpu` the index, `UUID` NVML's
+`GPU-…`, `modelName` NVML's device name) plus ours, so that `on(UUID)` or `on(Hostname, gpu)` joins
+an auditor series to the DCGM series of the same GPU. A label with an empty value (a deployment or a
+model name not known) is no label at all, as in Prometheus."""
 _GPU_GAUGES: tuple[tuple[str, str, str, float], ...] = (
     (
         "auditor_gpu_utilization_ratio",
@@ -190,20 +194,35 @@ _GPU_GAUGES: tuple[tuple[str, str, str, float], ...] = (
 )
 
 
+def gpu_label_values(sample: GpuSample) -> list[str]:
+    """The values of `GPU_LABELS` for one GPU, in dcgm-exporter's form."""
+    s = sample
+    return [s.host, str(s.gpu_index), s.gpu_uuid, s.gpu_name or "", s.deployment or ""]
+
+
 def _gpu_families(samples: Sequence[GpuSample]) -> Iterator[Metric]:
+    info = GaugeMetricFamily(
+        "auditor_gpu_info",
+        "1 for each GPU sampled: joins a deployment onto dcgm-exporter's series "
+        "(DCGM_FI_PROF_SM_ACTIVE * on(UUID) group_left(deployment) auditor_gpu_info)",
+        labels=GPU_LABELS,
+    )
+    for s in samples:
+        info.add_metric(gpu_label_values(s), 1.0)
+    yield info
     for name, documentation, attribute, scale in _GPU_GAUGES:
-        family = GaugeMetricFamily(name, documentation, labels=_GPU_LABELS)
+        family = GaugeMetricFamily(name, documentation, labels=GPU_LABELS)
         for s in samples:
             value = getattr(s, attribute)
             if value is not None:
-                family.add_metric([s.host, s.gpu_uuid, str(s.gpu_index), s.deployment or ""], value * scale)
+                family.add_metric(gpu_label_values(s), value * scale)
         yield family
     energy = CounterMetricFamily(
-        "auditor_gpu_energy_joules", "Total energy since the driver loaded (NVML)", labels=_GPU_LABELS
+        "auditor_gpu_energy_joules", "Total energy since the driver loaded (NVML)", labels=GPU_LABELS
     )
     for s in samples:
         if s.energy_j is not None:
-            energy.add_metric([s.host, s.gpu_uuid, str(s.gpu_index), s.deployment or ""], s.energy_j)
+            energy.add_metric(gpu_label_values(s), s.energy_j)
     yield energy
 
 

@@ -167,9 +167,9 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
         metrics = _scrape(port)
     finally:
         exporter.stop()
-    util = {labels["gpu_uuid"]: v for labels, v in metrics["auditor_gpu_utilization_ratio"]}
+    util = {labels["UUID"]: v for labels, v in metrics["auditor_gpu_utilization_ratio"]}
     assert util == {"GPU-0": 1.0}  # GPU-1's utilization is unknown: not exported as 0
-    assert {labels["gpu_uuid"]: v for labels, v in metrics["auditor_gpu_power_watts"]} == {
+    assert {labels["UUID"]: v for labels, v in metrics["auditor_gpu_power_watts"]} == {
         "GPU-0": 633.0,
         "GPU-1": 77.0,
     }
@@ -189,6 +189,70 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
     assert all(name.startswith("auditor_") for name in metrics)
     # Nothing leaked into the global default registry.
     assert REGISTRY.get_sample_value("auditor_deployment_tokens_per_second", {"deployment": "llama"}) is None
+
+
+DCGM_SCRAPE = Path(__file__).parent / "fixtures" / "dcgm_exporter" / "datadog_metrics.txt"
+
+
+def _dcgm_series(name: str) -> list[dict[str, str]]:
+    """The label sets of one metric in a real dcgm-exporter scrape body."""
+    found = [
+        sample.labels
+        for family in text_string_to_metric_families(DCGM_SCRAPE.read_text())
+        for sample in family.samples
+        if sample.name == name
+    ]
+    assert found, name
+    return found
+
+
+def test_gpu_labels_are_named_and_valued_as_dcgm_exporter_names_them() -> None:
+    """The same GPU seen by dcgm-exporter (a real scrape) and by the auditor carries the same `Hostname`,
+    `gpu`, `UUID` and `modelName`: a PromQL join `on(UUID)` or `on(Hostname, gpu)` finds it."""
+    [dcgm] = _dcgm_series("DCGM_FI_DEV_POWER_USAGE")
+    state = ExporterState()
+    state.set_gpu_samples(
+        [
+            GpuSample(
+                ts=1.0,
+                host=dcgm["Hostname"],
+                gpu_uuid=dcgm["UUID"],
+                gpu_index=int(dcgm["gpu"]),
+                gpu_name=dcgm["modelName"],
+                deployment="llama",
+                util_pct=40.0,
+                power_w=8.969,
+                energy_j=128996.013,
+            ),
+            GpuSample(ts=1.0, host="h", gpu_uuid="GPU-x", gpu_index=3, power_w=70.0),
+        ]
+    )
+    port = free_port()
+    exporter = Exporter(state, f"127.0.0.1:{port}")
+    exporter.start()
+    try:
+        metrics = _scrape(port)
+    finally:
+        exporter.stop()
+    keys = ("Hostname", "gpu", "UUID", "modelName")
+    for name in (
+        "auditor_gpu_info",
+        "auditor_gpu_utilization_ratio",
+        "auditor_gpu_power_watts",
+        "auditor_gpu_energy_joules_total",
+    ):
+        ours = next(labels for labels, _ in metrics[name] if labels.get("UUID") == dcgm["UUID"])
+        assert {k: ours[k] for k in keys} == {k: dcgm[k] for k in keys}, name
+        assert ours["deployment"] == "llama"
+        # No label of ours collides with one of dcgm-exporter's under another meaning.
+        assert set(ours) - set(dcgm) == {"deployment"}
+    # A GPU without a known model name or deployment has those labels empty, i.e. absent in Prometheus.
+    other = next(labels for labels, _ in metrics["auditor_gpu_power_watts"] if labels["UUID"] == "GPU-x")
+    assert other["gpu"] == "3" and other["Hostname"] == "h"
+    assert other.get("modelName", "") == "" and other.get("deployment", "") == ""
+    # The old label names are gone, not served twice.
+    power = metrics["auditor_gpu_power_watts"]
+    assert not any("gpu_uuid" in labels or "host" in labels for labels, _ in power)
 
 
 def _self_signed(directory: Path) -> tuple[Path, Path]:
