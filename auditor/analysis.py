@@ -180,7 +180,9 @@ def cost_window(
     if elapsed_s(start, end) <= 0:
         raise ValueError("the window must end after it starts")
     first, after_last = local_days(start, end, tz)
-    billed = store.cost_lines(first, after_last)
+    # The bill's lines, each counting the configured FOCUS cost (EffectiveCost by default).
+    metric = config.billing.cost_metric
+    billed = [line.costed(metric) for line in store.cost_lines(first, after_last)]
     start_ts, end_ts = start.timestamp(), end.timestamp()
     chosen = [d for d in config.deployments if only is None or d.name in only]
     names = [d.name for d in chosen]

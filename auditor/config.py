@@ -30,7 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from auditor.cron import cron_kwargs
-from auditor.model import UtilizationMetric
+from auditor.model import CostMetric, UtilizationMetric
 from auditor.redact import redact
 
 DEFAULT_CONFIG_PATH = Path("/etc/auditor/auditor.toml")
@@ -259,7 +259,116 @@ class OnPremPrice(_Strict):
     hosting_usd_month: Usd = Decimal(0)
 
 
-PriceSource = Annotated[StaticPrice | AwsPrice | GcpPrice | OnPremPrice, Field(discriminator="source")]
+class FocusPrice(_Strict):
+    """Spend from a FOCUS bill export (AWS Data Exports, Google Cloud's FOCUS view, Azure, OCI), attributed
+    by tags (`billing.attribution.tag_keys`, or the tags given here), resource ids, or hosts."""
+
+    source: Literal["focus"]
+    billing_source: Name | None = None
+    """Only lines of this `[[billing.sources]]` entry (default: any source)."""
+    tags: dict[str, str] = Field(default_factory=dict)
+    """Lines carrying all these tags (or Kubernetes labels) are this deployment's."""
+    resource_ids: list[str] = Field(default_factory=list)
+    """Instances or nodes (FOCUS `ResourceId`, or its last path part) that are wholly this deployment's."""
+    instance_type: str | None = None
+    gpus_per_instance: int | None = Field(None, gt=0, le=1024)
+
+
+PriceSource = Annotated[
+    StaticPrice | AwsPrice | GcpPrice | OnPremPrice | FocusPrice, Field(discriminator="source")
+]
+
+BILLED_PRICE_SOURCES = ("aws", "gcp", "focus")
+"""Price sources whose cost comes from a bill (`auditor billing import` / `billing sync`), not a rate."""
+
+
+# -- billing: where bills come from, which cost counts, and how lines find their deployment ----------
+
+
+class FocusFilesSource(_Strict):
+    """FOCUS 1.0-1.2 files on disk (CSV, CSV.gz, Parquet): files, or folders read recursively."""
+
+    kind: Literal["focus_files"]
+    name: Name
+    paths: list[Path] = Field(min_length=1)
+
+
+class FocusS3Source(_Strict):
+    """An AWS Data Exports FOCUS export in S3: `s3://BUCKET/PREFIX/EXPORT/`, manifests followed."""
+
+    kind: Literal["focus_s3"]
+    name: Name
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    prefix: str = ""
+    """The export's folder (`PREFIX/EXPORT`): its `metadata/BILLING_PERIOD=YYYY-MM/` manifests are read."""
+    region: str | None = None
+    endpoint_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    """An S3-compatible endpoint instead of AWS's (credentials from the standard AWS chain)."""
+
+
+class FocusBigQuerySource(_Strict):
+    """A FOCUS table or view in BigQuery (Google Cloud's FOCUS view over the billing export)."""
+
+    kind: Literal["focus_bigquery"]
+    name: Name
+    table: str = Field(pattern=r"^[\w-]+\.[\w-]+\.[\w$-]+$")
+    """`project.dataset.view`."""
+    project: str | None = None
+    """The project that runs (and pays for) the query; default the table's."""
+    location: str | None = None
+    api_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+    """BigQuery's address, when not Google's own (a private endpoint)."""
+    months: int = Field(2, ge=1, le=13)
+    """Billing periods read each sync: the current one and the one before (revised for weeks after)."""
+
+
+BillingSource = Annotated[FocusFilesSource | FocusS3Source | FocusBigQuerySource, Field(discriminator="kind")]
+"""One `[[billing.sources]]` entry; `kind` says which (helpers add Cost Explorer and GCP kinds)."""
+
+Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+UsdRate = Annotated[Decimal, Field(gt=0, le=Decimal(10**6), allow_inf_nan=False)]
+
+
+class AttributionConfig(_Strict):
+    """How a bill's GPU lines find their deployment. What nothing claims stays unattributed, never dropped."""
+
+    tag_keys: list[str] = Field(default_factory=lambda: ["deployment", "team", "cost-center"], max_length=32)
+    """Tag (or Kubernetes label) keys, in order: `deployment`'s value names a deployment; `team` and
+    `cost-center` values name a deployment's `team` / `cost_center` where only one deployment has it."""
+    resources: dict[str, Name] = Field(default_factory=dict)
+    """A static mapping: resource id (an instance id, a node name) → deployment."""
+    hosts: dict[str, str] = Field(default_factory=dict)
+    """Resource id → the host the daemon sees: the deployments on that host's GPUs share its cost,
+    each by its share of the instance's GPUs."""
+
+
+class BillingConfig(_Strict):
+    """`[billing]`: bill sources and how their lines are costed."""
+
+    cost_metric: CostMetric = CostMetric.EFFECTIVE
+    """Which FOCUS cost is divided by tokens: `effective` (amortized), `billed` (invoice), `list`."""
+    currency_rates: dict[Currency, UsdRate] = Field(default_factory=dict)
+    """USD per unit of a bill's currency (`EUR = 1.08`): a non-USD bill is refused without its rate."""
+    attribution: AttributionConfig = Field(default_factory=AttributionConfig)
+    gpu_instance_types: list[str] = Field(default_factory=list)
+    """More GPU instance types or families (`g5`, `Standard_NC24ads_A100_v4`) than the price catalog knows."""
+    gpu_sku_keywords: list[str] = Field(default_factory=list)
+    """More words that mark a SKU as a GPU (accelerator) SKU, besides `GPU`, `Nvidia`, `Tesla`."""
+    sources: list[BillingSource] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> Self:
+        names = [s.name for s in self.sources]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"billing source names must be unique; repeated: {', '.join(repeated)}")
+        return self
+
+    def source(self, name: str) -> BillingSource:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
 
 
 class Overheads(_Strict):
@@ -488,6 +597,7 @@ class Config(_Strict):
     rules: RulesConfig = Field(default_factory=RulesConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    billing: BillingConfig = Field(default_factory=BillingConfig)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
 
     @field_validator("timezone")
@@ -668,7 +778,9 @@ def _loc_path(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in {"static", "aws", "gcp", "onprem"} and path.endswith(".price"):
+        elif (part in _PRICE_MODELS and path.endswith(".price")) or (
+            part in _BILLING_SOURCE_MODELS and path.endswith("]") and ".sources[" in path
+        ):
             continue  # pydantic names the union member it tried; the user wrote no such key
         else:
             # A key with a newline or other control character is shown quoted, as TOML writes it,
@@ -693,14 +805,23 @@ def _allowed_keys(loc: Sequence[int | str], raw: Any) -> list[str]:
     return sorted(model.model_fields) if model is not None else []
 
 
-def _price_model(source: str) -> type[BaseModel] | None:
-    models: dict[str, type[BaseModel]] = {
-        "static": StaticPrice,
-        "aws": AwsPrice,
-        "gcp": GcpPrice,
-        "onprem": OnPremPrice,
-    }
-    return models.get(source)
+_PRICE_MODELS: dict[str, type[BaseModel]] = {
+    "static": StaticPrice,
+    "aws": AwsPrice,
+    "gcp": GcpPrice,
+    "onprem": OnPremPrice,
+    "focus": FocusPrice,
+}
+_BILLING_SOURCE_MODELS: dict[str, type[BaseModel]] = {
+    "focus_files": FocusFilesSource,
+    "focus_s3": FocusS3Source,
+    "focus_bigquery": FocusBigQuerySource,
+}
+
+
+def _price_model(tag: str) -> type[BaseModel] | None:
+    """The union member a discriminator's value names (a price `source`, a billing source `kind`)."""
+    return _PRICE_MODELS.get(tag) or _BILLING_SOURCE_MODELS.get(tag)
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:

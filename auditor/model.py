@@ -7,7 +7,8 @@ supported), never zero.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
@@ -140,16 +141,44 @@ class CostBasis(StrEnum):
     """List price × usage: an estimate (GCP Cloud Catalog, a static configured rate)."""
 
 
+class CostMetric(StrEnum):
+    """Which of a bill line's costs the tool divides by tokens (`billing.cost_metric`); reports name it."""
+
+    EFFECTIVE = "effective"
+    """FOCUS `EffectiveCost`: amortized, commitments and upfront fees spread over their term (default)."""
+    BILLED = "billed"
+    """FOCUS `BilledCost`: what the invoice says for the line."""
+    LIST = "list"
+    """FOCUS `ListCost`: list price × usage, before any discount."""
+
+
+COST_METRIC_COLUMNS = {
+    CostMetric.EFFECTIVE: "EffectiveCost",
+    CostMetric.BILLED: "BilledCost",
+    CostMetric.LIST: "ListCost",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class CostLine:
-    """A day of spend on one billed resource."""
+    """Spend on one billed resource for one charge period (a day, or an hour where the source has hours),
+    in FOCUS terms (FinOps Open Cost and Usage Specification 1.0-1.2).
+
+    `amount_usd` is the cost the tool counts, in USD: the store keeps the line's `EffectiveCost` there
+    (× `usd_rate`), and the costing path swaps in the configured metric with `costed`. The FOCUS costs
+    themselves stay in the bill's currency, as finance reconciles them. Negative lines (credits, refunds)
+    are kept as they are."""
 
     day: date
+    """The charge period's first day, in the config's time zone (what windows select by)."""
     source: str
-    """`aws`, `gcp`, `static`, `onprem`."""
+    """The configured billing source's name (`[[billing.sources]]`), or `static`/`onprem` for a rate."""
     account: str
+    """FOCUS `BillingAccountId`."""
     resource: str
+    """FOCUS `ResourceId` (an instance id, a node name); `""` when the bill names none."""
     usage_type: str
+    """What was used: the instance type or usage type (`BoxUsage:g5.4xlarge`), else the SKU."""
     amount_usd: Decimal
     deployment: str | None = None
     """The deployment the cost is attributed to; None is unattributed (shown, never dropped)."""
@@ -160,6 +189,81 @@ class CostLine:
     basis: CostBasis = CostBasis.INVOICED
     estimated: bool = False
     """The source says this figure may still change (AWS `Estimated`, GCP data not final)."""
+    charge_period_start_ts: int | None = None
+    """FOCUS `ChargePeriodStart`, UTC epoch seconds (inclusive)."""
+    charge_period_end_ts: int | None = None
+    """FOCUS `ChargePeriodEnd`, UTC epoch seconds (exclusive)."""
+    billing_period_start_ts: int | None = None
+    """FOCUS `BillingPeriodStart`, UTC epoch seconds: a re-delivered billing period replaces its lines."""
+    billed_cost: Decimal | None = None
+    """FOCUS `BilledCost`, in `billing_currency`."""
+    effective_cost: Decimal | None = None
+    """FOCUS `EffectiveCost` (amortized), in `billing_currency`."""
+    list_cost: Decimal | None = None
+    """FOCUS `ListCost`, in `billing_currency`."""
+    billing_currency: str = "USD"
+    """FOCUS `BillingCurrency` (ISO 4217)."""
+    usd_rate: Decimal = Decimal(1)
+    """USD per unit of `billing_currency` (1 for USD; else the configured `billing.currency_rates`)."""
+    charge_category: str | None = None
+    """FOCUS `ChargeCategory`: Usage, Purchase, Credit, Tax, Adjustment."""
+    pricing_category: str | None = None
+    """FOCUS `PricingCategory`: Standard (on demand), Committed, Dynamic (spot), Other."""
+    commitment_discount_id: str | None = None
+    """FOCUS `CommitmentDiscountId`: the reservation or savings plan the line drew on."""
+    provider: str | None = None
+    """FOCUS `ProviderName` (AWS, Google Cloud, Microsoft, Oracle)."""
+    sub_account: str | None = None
+    """FOCUS `SubAccountId` (an AWS member account, a GCP project, an Azure subscription)."""
+    region: str | None = None
+    """FOCUS `RegionId`."""
+    sku_id: str | None = None
+    """FOCUS `SkuId`."""
+    tags_json: str | None = None
+    """FOCUS `Tags`: the line's tags (and Kubernetes labels) as a JSON object."""
+    line_key: str = ""
+    """Stable identity of the line within its source (a hash of what identifies it, not its amounts): a
+    re-import of the same bill finds the same keys and changes nothing. Computed when not given."""
+
+    def __post_init__(self) -> None:
+        if not self.line_key:
+            object.__setattr__(self, "line_key", cost_line_key(self))
+
+    def cost(self, metric: CostMetric) -> Decimal | None:
+        """The metric's cost in USD; None where the line does not state it."""
+        value = {
+            CostMetric.EFFECTIVE: self.effective_cost,
+            CostMetric.BILLED: self.billed_cost,
+            CostMetric.LIST: self.list_cost,
+        }[metric]
+        return None if value is None else value * self.usd_rate
+
+    def costed(self, metric: CostMetric) -> CostLine:
+        """This line with `amount_usd` taken from `metric`, where it states it (a rated line states none)."""
+        value = self.cost(metric)
+        if value is None or value == self.amount_usd:
+            return self
+        return replace(self, amount_usd=value)
+
+
+def cost_line_key(line: CostLine) -> str:
+    """What identifies a line within its source (never its amounts), hashed: 32 hex digits."""
+    parts = (
+        line.account,
+        line.sub_account or "",
+        line.day.isoformat(),
+        "" if line.charge_period_start_ts is None else str(line.charge_period_start_ts),
+        "" if line.charge_period_end_ts is None else str(line.charge_period_end_ts),
+        line.resource,
+        line.usage_type,
+        line.sku_id or "",
+        line.charge_category or "",
+        line.pricing_category or "",
+        line.commitment_discount_id or "",
+        line.deployment or "",
+        line.basis.value if isinstance(line.basis, CostBasis) else str(line.basis),
+    )
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
 
 class AlertState(StrEnum):

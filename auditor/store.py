@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
@@ -79,6 +79,62 @@ MINUTE_RETENTION_DAYS = 14
 
 class StoreError(Exception):
     """The store cannot be opened or used; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class CostLineChange:
+    """What a replacement of cost lines did: lines added, removed, rewritten, and left as they were."""
+
+    added: int = 0
+    removed: int = 0
+    changed: int = 0
+    unchanged: int = 0
+
+    def __add__(self, other: CostLineChange) -> CostLineChange:
+        return CostLineChange(
+            self.added + other.added,
+            self.removed + other.removed,
+            self.changed + other.changed,
+            self.unchanged + other.unchanged,
+        )
+
+    @property
+    def changed_anything(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+
+@dataclass(frozen=True, slots=True)
+class CostLineCoverage:
+    """One billing source's lines in the store: the days covered and the days the source may still revise."""
+
+    source: str
+    first_day: date
+    last_day: date
+    lines: int
+    days: int
+    estimated_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class BillingSync:
+    """One sync of a billing source, or one import of bill files: what was read and what it changed."""
+
+    source: str
+    kind: str
+    """The source's kind (`focus_files`, `aws_cost_explorer`, ...), or `import` for `billing import`."""
+    synced_ts: float
+    origin: str
+    """What was read: the files, the S3 manifest, the query."""
+    period_start_ts: int | None = None
+    period_end_ts: int | None = None
+    rows_read: int = 0
+    lines_added: int = 0
+    lines_removed: int = 0
+    lines_changed: int = 0
+    lines_unchanged: int = 0
+    requests: int = 0
+    """Paid API requests made (Cost Explorer: $0.01 each)."""
+    id: int | None = None
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
@@ -212,7 +268,7 @@ cost_lines = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("day", Date, nullable=False),
-    Column("source", String(16), nullable=False),
+    Column("source", String(64), nullable=False),
     Column("account", String(128), nullable=False),
     Column("resource", String(512), nullable=False),
     Column("usage_type", String(255), nullable=False),
@@ -222,8 +278,28 @@ cost_lines = Table(
     Column("gpu_hours", ExactDecimal),
     Column("basis", String(16), nullable=False),
     Column("estimated", Boolean, nullable=False),
+    # schema 5 (FOCUS terms): added by `_migration_cost_lines_focus` to older stores, nullable there.
+    Column("charge_period_start_ts", BigInteger),
+    Column("charge_period_end_ts", BigInteger),
+    Column("billing_period_start_ts", BigInteger),
+    Column("billed_cost", ExactDecimal),
+    Column("effective_cost", ExactDecimal),
+    Column("list_cost", ExactDecimal),
+    Column("billing_currency", String(3)),
+    Column("usd_rate", ExactDecimal),
+    Column("charge_category", String(32)),
+    Column("pricing_category", String(32)),
+    Column("commitment_discount_id", String(512)),
+    Column("provider", String(64)),
+    Column("sub_account", String(128)),
+    Column("region", String(64)),
+    Column("sku_id", String(255)),
+    Column("tags_json", Text),
+    Column("line_key", String(64)),
     Index("ix_cost_lines_source_account_day", "source", "account", "day"),
     Index("ix_cost_lines_day", "day"),
+    Index("ix_cost_lines_source_key", "source", "line_key", unique=True),
+    Index("ix_cost_lines_source_period", "source", "billing_period_start_ts"),
 )
 
 alerts = Table(
@@ -435,8 +511,77 @@ def _rebuild_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
         day += DAY_S
 
 
+# -- schema 5: cost lines in FOCUS terms, and the record of billing syncs and imports ----------------
+
+billing_metadata = MetaData()
+
+billing_syncs = Table(
+    "billing_syncs",
+    billing_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("synced_ts", Double, nullable=False),
+    Column("period_start_ts", BigInteger),
+    Column("period_end_ts", BigInteger),
+    Column("origin", Text, nullable=False),
+    Column("rows_read", BigInteger, nullable=False),
+    Column("lines_added", Integer, nullable=False),
+    Column("lines_removed", Integer, nullable=False),
+    Column("lines_changed", Integer, nullable=False),
+    Column("lines_unchanged", Integer, nullable=False),
+    Column("requests", Integer, nullable=False),
+    Index("ix_billing_syncs_source", "source", "synced_ts"),
+)
+
+_FOCUS_COLUMNS = (
+    "charge_period_start_ts",
+    "charge_period_end_ts",
+    "billing_period_start_ts",
+    "billed_cost",
+    "effective_cost",
+    "list_cost",
+    "billing_currency",
+    "usd_rate",
+    "charge_category",
+    "pricing_category",
+    "commitment_discount_id",
+    "provider",
+    "sub_account",
+    "region",
+    "sku_id",
+    "tags_json",
+    "line_key",
+)
+
+
+def _migration_cost_lines_focus(conn: Connection) -> None:
+    """Cost lines in FOCUS terms: the new columns added (nullable; existing rows kept, their FOCUS costs
+    unknown, so the costing path keeps their `amount_usd`), each existing row given its stable key, the
+    source name widened to a configured billing source's, and the sync record created."""
+    present = set(conn.exec_driver_sql("SELECT * FROM cost_lines LIMIT 0").keys())
+    for name in _FOCUS_COLUMNS:
+        if name not in present:
+            column_type = cost_lines.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE cost_lines ADD COLUMN {name} {column_type}")
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("ALTER TABLE cost_lines ALTER COLUMN source TYPE VARCHAR(64)")
+    rows = conn.execute(select(cost_lines).where(cost_lines.c.line_key.is_(None))).all()
+    seen: set[tuple[str, str]] = set()
+    for row in rows:
+        line = _with_enums(_records(CostLine, [row])[0])
+        key = line.line_key
+        if (line.source, key) in seen:  # two identical old rows: both kept, told apart by their id
+            key = f"{key[:40]}-{row.id}"
+        seen.add((line.source, key))
+        conn.execute(update(cost_lines).where(cost_lines.c.id == row.id).values(line_key=key))
+    for index in cost_lines.indexes:
+        index.create(conn, checkfirst=True)
+    billing_metadata.create_all(conn, checkfirst=True)
+
+
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4)
+MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_cost_lines_focus)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -799,34 +944,105 @@ class Store:
     # -- cost lines -----------------------------------------------------------------------------
 
     def replace_cost_lines(
-        self, source: str, account: str, start_day: date, end_day: date, lines: Sequence[CostLine]
-    ) -> None:
-        """Replace one source's lines for days in [start_day, end_day): a re-read of a restated bill
-        replaces what it restates, and syncing the same window twice changes nothing."""
+        self,
+        source: str,
+        account: str | None,
+        start_day: date,
+        end_day: date,
+        lines: Sequence[CostLine],
+    ) -> CostLineChange:
+        """Replace one source's lines for days in [start_day, end_day) (of one account, or all of them
+        with None), in one transaction: a re-read of a restated bill replaces what it restates, and
+        syncing the same window twice changes nothing (lines are matched by their stable key)."""
         for line in lines:
-            if line.source != source or line.account != account or not start_day <= line.day < end_day:
+            if (
+                line.source != source
+                or (account is not None and line.account != account)
+                or not start_day <= line.day < end_day
+            ):
                 raise ValueError(f"cost line {line} is outside the window it replaces")
+        where = [cost_lines.c.source == source, cost_lines.c.day >= start_day, cost_lines.c.day < end_day]
+        if account is not None:
+            where.append(cost_lines.c.account == account)
         with self.engine.begin() as conn:
-            conn.execute(
-                delete(cost_lines).where(
-                    cost_lines.c.source == source,
-                    cost_lines.c.account == account,
-                    cost_lines.c.day >= start_day,
-                    cost_lines.c.day < end_day,
-                )
-            )
-            if lines:
-                conn.execute(insert(cost_lines), [_record_values(line) for line in lines])
+            return _replace_lines(conn, source, and_(*where), lines)
 
-    def cost_lines(self, start_day: date, end_day: date, deployment: str | None = None) -> list[CostLine]:
-        """Lines for days in [start_day, end_day)."""
+    def replace_billing_periods(
+        self, source: str, periods: Mapping[int, Sequence[CostLine]]
+    ) -> CostLineChange:
+        """Replace one source's lines of whole billing periods (keyed by `BillingPeriodStart`, UTC epoch
+        seconds), all in one transaction: a re-delivered month replaces the old one, a re-import of the
+        same file changes nothing, and a file that fails to read changes nothing at all."""
+        change = CostLineChange()
+        with self.engine.begin() as conn:
+            for period_ts, lines in sorted(periods.items()):
+                for line in lines:
+                    if line.source != source or line.billing_period_start_ts != period_ts:
+                        raise ValueError(f"cost line {line} is outside the billing period it replaces")
+                where = and_(cost_lines.c.source == source, cost_lines.c.billing_period_start_ts == period_ts)
+                change += _replace_lines(conn, source, where, lines)
+        return change
+
+    def cost_lines(
+        self,
+        start_day: date,
+        end_day: date,
+        deployment: str | None = None,
+        *,
+        source: str | None = None,
+    ) -> list[CostLine]:
+        """Lines for days in [start_day, end_day), as stored (`CostLine.costed` picks the cost metric)."""
         query = select(cost_lines).where(cost_lines.c.day >= start_day, cost_lines.c.day < end_day)
         if deployment is not None:
             query = query.where(cost_lines.c.deployment == deployment)
+        if source is not None:
+            query = query.where(cost_lines.c.source == source)
         query = query.order_by(cost_lines.c.day, cost_lines.c.id)
         with self.engine.connect() as conn:
             lines = _records(CostLine, conn.execute(query))
         return [_with_enums(line) for line in lines]
+
+    def cost_line_coverage(self) -> list[CostLineCoverage]:
+        """Per source: the days its lines cover, how many lines, and the days still estimated."""
+        c = cost_lines.c
+        query = (
+            select(c.source, func.min(c.day), func.max(c.day), func.count(), func.count(func.distinct(c.day)))
+            .group_by(c.source)
+            .order_by(c.source)
+        )
+        estimated = (
+            select(c.source, func.count(func.distinct(c.day))).where(c.estimated.is_(True)).group_by(c.source)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            still = {str(name): int(n) for name, n in conn.execute(estimated)}
+        return [
+            CostLineCoverage(
+                source=str(name),
+                first_day=_as_date(first),
+                last_day=_as_date(last),
+                lines=int(count),
+                days=int(days),
+                estimated_days=still.get(str(name), 0),
+            )
+            for name, first, last, count, days in rows
+        ]
+
+    def record_billing_sync(self, sync: BillingSync) -> None:
+        """Remember a sync or an import (`billing status` shows the last of each source)."""
+        values = _record_values(sync)
+        if values["id"] is None:
+            del values["id"]
+        with self.engine.begin() as conn:
+            conn.execute(insert(billing_syncs).values(**values))
+
+    def billing_syncs(self, source: str | None = None) -> list[BillingSync]:
+        """Syncs and imports, oldest first (of one source, or of all)."""
+        query = select(billing_syncs).order_by(billing_syncs.c.synced_ts, billing_syncs.c.id)
+        if source is not None:
+            query = query.where(billing_syncs.c.source == source)
+        with self.engine.connect() as conn:
+            return _records(BillingSync, conn.execute(query))
 
     # -- alerts ---------------------------------------------------------------------------------
 
@@ -1329,4 +1545,61 @@ def _with_enums(line: CostLine) -> CostLine:
     values = _record_values(line)
     values["basis"] = CostBasis(values["basis"])
     values["estimated"] = bool(values["estimated"])
+    if values["billing_currency"] is None:  # a line stored before schema 4
+        values["billing_currency"] = "USD"
+    if values["usd_rate"] is None:
+        values["usd_rate"] = Decimal(1)
+    if values["line_key"] is None:
+        values["line_key"] = ""
     return CostLine(**values)
+
+
+def _as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))
+
+
+_COMPARED = tuple(name for name in _shape(CostLine).names if name != "line_key")
+
+
+def _replace_lines(
+    conn: Connection, source: str, where: ColumnElement[bool], lines: Sequence[CostLine]
+) -> CostLineChange:
+    """Make the lines matching `where` exactly `lines`: lines are matched by key; an unchanged line is
+    left as it is (a re-import writes nothing), a changed one rewritten, a vanished one deleted."""
+    incoming: dict[str, CostLine] = {}
+    for line in lines:
+        if line.line_key in incoming:
+            raise ValueError(
+                f"two cost lines of source {source} share the key {line.line_key}: "
+                f"{incoming[line.line_key]} and {line}"
+            )
+        incoming[line.line_key] = line
+    existing: dict[str, tuple[int, CostLine]] = {}
+    for row in conn.execute(select(cost_lines).where(where)):
+        line = _with_enums(_records(CostLine, [row])[0])
+        existing[line.line_key or str(row.id)] = (int(row.id), line)
+    removed = [row_id for key, (row_id, _) in existing.items() if key not in incoming]
+    changed: list[int] = []
+    added: list[CostLine] = []
+    unchanged = 0
+    for key, line in incoming.items():
+        known = existing.get(key)
+        if known is None:
+            added.append(line)
+        elif _same(known[1], line):
+            unchanged += 1
+        else:
+            changed.append(known[0])
+            added.append(line)
+    gone = removed + changed
+    for at in range(0, len(gone), 500):
+        conn.execute(delete(cost_lines).where(cost_lines.c.id.in_(gone[at : at + 500])))
+    if added:
+        conn.execute(insert(cost_lines), [_record_values(line) for line in added])
+    return CostLineChange(
+        added=len(added) - len(changed), removed=len(removed), changed=len(changed), unchanged=unchanged
+    )
+
+
+def _same(a: CostLine, b: CostLine) -> bool:
+    return all(getattr(a, name) == getattr(b, name) for name in _COMPARED)
