@@ -36,6 +36,15 @@ class CollectorUnavailable(CollectorError):  # noqa: N818  (a state, not a fault
     """The source cannot be read at all right now (no library, no driver, no permission)."""
 
 
+class BillingUnavailable(CollectorUnavailable):
+    """A billing source cannot be read: no credentials, a permission denied, the API unreachable.
+    `permission` names what to grant (`ce:GetCostAndUsage`, `bigquery.jobs.create`), when that is the fix."""
+
+    def __init__(self, message: str, *, fix: str | None = None, permission: str | None = None) -> None:
+        super().__init__(message, kind="billing", fix=fix)
+        self.permission = permission
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One item of a pass that could not be read; the others were."""
