@@ -62,15 +62,21 @@ class MonthWindow:
     partial: bool
 
 
-def month_window(month: str, tz: ZoneInfo, now: datetime) -> MonthWindow:
-    """`2026-10` in tz: [its first midnight, the next month's first midnight), or up to now."""
+def month_start(month: str, tz: ZoneInfo) -> datetime:
+    """`2026-10` in tz: its first midnight; MonthError for anything that is not a month."""
     match = MONTH_PATTERN.match(month.strip())
     if match is None:
         raise MonthError(f"{month!r} is not a month; write it as YYYY-MM, e.g. 2026-10")
     year, number = int(match.group(1)), int(match.group(2))
     if not MIN_YEAR <= year <= MAX_YEAR:
         raise MonthError(f"{month!r}: the year must be from {MIN_YEAR} to {MAX_YEAR}")
-    start = datetime(year, number, 1, tzinfo=tz)
+    return datetime(year, number, 1, tzinfo=tz)
+
+
+def month_window(month: str, tz: ZoneInfo, now: datetime) -> MonthWindow:
+    """`2026-10` in tz: [its first midnight, the next month's first midnight), or up to now."""
+    start = month_start(month, tz)
+    year, number = start.year, start.month
     following = datetime(year + number // 12, number % 12 + 1, 1, tzinfo=tz)
     if now <= start:
         raise MonthError(f"{month} has not begun yet (it is {now.astimezone(tz):%Y-%m-%d %H:%M} in {tz.key})")

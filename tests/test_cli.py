@@ -55,6 +55,30 @@ def test_breakeven_json_agrees_with_hand_arithmetic() -> None:
     assert "together:meta-llama/Llama-3-70b-chat-hf is cheaper" in data["verdict"]
 
 
+def test_breakeven_bills_a_named_calendar_month_or_says_it_used_730(tmp_path: Path) -> None:
+    volumes = ["breakeven", "--prompt-tokens", "1M", "--generation-tokens", "1M", "--gpus", "1"]
+    volumes += ["--gpu-hourly-usd", "2", "--json"]
+    average = json.loads(run(*volumes).stdout)["self_hosted"]
+    assert (average["hours"], average["monthly_usd"]) == (730, 1460.00)
+    assert "year's average month" in average["hours_basis"]
+    config = tmp_path / "auditor.toml"
+    config.write_text('timezone = "Europe/Berlin"\n')
+    october = run(*volumes, "--month", "2026-10", "--config", str(config))
+    assert october.returncode == 0, october.stderr
+    berlin = json.loads(october.stdout)["self_hosted"]
+    # October in Berlin ends daylight saving time: 745 real hours.
+    assert (berlin["hours"], berlin["monthly_usd"], berlin["hours_basis"]) == (
+        745,
+        1490.00,
+        "2026-10 in Europe/Berlin",
+    )
+    both = run(*volumes, "--month", "2026-10", "--hours", "700")
+    assert both.returncode == 2
+    assert both.stderr.strip().splitlines() == ["auditor: error: give --hours or --month, not both"]
+    bad = run(*volumes, "--month", "2026-13")
+    assert bad.returncode == 2 and "--month" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_breakeven_table_and_tco() -> None:
     result = run(*DESIGN_EXAMPLE, "--overhead-usd-month", "25000", "--api", "openai:gpt-4o")
     assert result.returncode == 0, result.stderr

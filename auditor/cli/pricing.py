@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
@@ -25,7 +26,7 @@ from auditor.cli.common import (
     load_config_or_exit,
 )
 from auditor.config import Config
-from auditor.costing import ApiComparison, WhatIf
+from auditor.costing import ApiComparison, WhatIf, month_hours
 from auditor.gpu_prices import PRICING_KINDS, find_gpu_price
 from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
 from auditor.units import (
@@ -36,8 +37,10 @@ from auditor.units import (
     parse_token_count,
     parse_usd,
 )
+from reports.monthly import MonthError, month_start
 
-DEFAULT_HOURS = "730"
+AVERAGE_MONTH_HOURS = Decimal(730)
+"""8,760 h ÷ 12: the what-if's month when no calendar month is named."""
 
 
 def _api_prices(catalog: ApiPriceCatalog, refs: Sequence[str], config: Config | None) -> list[ApiPrice]:
@@ -91,8 +94,17 @@ def breakeven(
         str, typer.Option(help="With --instance: on_demand, reserved_1y, reserved_3y or spot.")
     ] = "on_demand",
     hours: Annotated[
-        str, typer.Option(help="Billed hours a month (730 is a year's average month).")
-    ] = DEFAULT_HOURS,
+        str | None,
+        typer.Option(help="Billed hours a month. Default: 730, a year's average month.", show_default=False),
+    ] = None,
+    month: Annotated[
+        str | None,
+        typer.Option(
+            help="Bill a calendar month's real hours instead (YYYY-MM, in the config's timezone): "
+            "744 for January, 745 for October in Europe/Berlin.",
+            show_default=False,
+        ),
+    ] = None,
     capacity_tokens_per_s: Annotated[
         float | None,
         typer.Option(help="Sustained peak tokens/s of the deployment: gives break-even utilization."),
@@ -116,7 +128,6 @@ def breakeven(
     prompt = _parse("--prompt-tokens", parse_token_count, prompt_tokens)
     generation = _parse("--generation-tokens", parse_token_count, generation_tokens)
     overhead = _parse("--overhead-usd-month", parse_usd, overhead_usd_month)
-    month_hours = _parse("--hours", lambda t: parse_positive(t, "hours", maximum=Decimal(744)), hours)
     if capacity_tokens_per_s is not None and not (
         capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)
     ):
@@ -124,6 +135,7 @@ def breakeven(
     if gpus is not None and gpus <= 0:
         fatal("--gpus: must be 1 or more")
     config = load_config_or_exit(config_path, required=False)
+    billed_hours, hours_basis = _month_hours(hours, month, config)
     notes: list[str] = []
     gpu_count, rate = _self_hosted_rate(gpus, gpu_hourly_usd, instance, pricing, notes)
     what_if = WhatIf(
@@ -131,7 +143,7 @@ def breakeven(
         generation_tokens=generation,
         gpus=gpu_count,
         gpu_hourly_usd=rate,
-        hours=month_hours,
+        hours=billed_hours,
         overhead_usd_month=overhead,
         capacity_tokens_per_s=capacity_tokens_per_s,
     )
@@ -139,11 +151,27 @@ def breakeven(
     comparisons = what_if.compare(prices)
     verdict = breakeven_verdict(what_if, comparisons)
     if as_json:
-        print(json.dumps(_breakeven_json(what_if, comparisons, verdict), indent=2))
+        print(json.dumps(_breakeven_json(what_if, comparisons, verdict, hours_basis), indent=2))
         return
     for note in notes:
         print(note)
-    _print_breakeven(what_if, comparisons, verdict)
+    _print_breakeven(what_if, comparisons, verdict, hours_basis)
+
+
+def _month_hours(hours: str | None, month: str | None, config: Config | None) -> tuple[Decimal, str]:
+    """(hours billed in the what-if's month, what they are): given, a calendar month's, or 730."""
+    if hours is not None and month is not None:
+        fatal("give --hours or --month, not both")
+    if hours is not None:
+        return _parse("--hours", lambda t: parse_positive(t, "hours", maximum=Decimal(745)), hours), "given"
+    if month is None:
+        return AVERAGE_MONTH_HOURS, "a year's average month; --month YYYY-MM bills a calendar month"
+    tz = config.tz if config is not None else ZoneInfo("UTC")
+    try:
+        start = month_start(month, tz)
+    except MonthError as exc:
+        fatal(f"--month: {exc}")
+    return month_hours(start, tz), f"{month} in {tz.key}"
 
 
 def _self_hosted_rate(
@@ -174,13 +202,16 @@ def _number(value: Decimal | None, places: str = "0.01") -> float | None:
     return None if value is None else float(value.quantize(Decimal(places)))
 
 
-def _breakeven_json(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str) -> dict[str, Any]:
+def _breakeven_json(
+    what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str, hours_basis: str
+) -> dict[str, Any]:
     return {
         "volume": {"prompt_tokens": what_if.prompt_tokens, "generation_tokens": what_if.generation_tokens},
         "self_hosted": {
             "gpus": what_if.gpus,
             "gpu_hourly_usd": float(what_if.gpu_hourly_usd),
             "hours": float(what_if.hours),
+            "hours_basis": hours_basis,
             "monthly_usd": _number(what_if.monthly_usd),
             "overhead_usd_month": _number(what_if.overhead_usd_month),
             "monthly_tco_usd": _number(what_if.monthly_tco_usd),
@@ -207,7 +238,9 @@ def _breakeven_json(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdi
     }
 
 
-def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str) -> None:
+def _print_breakeven(
+    what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str, hours_basis: str
+) -> None:
     out = console()
     use = what_if.utilization
     capacity = (
@@ -222,7 +255,7 @@ def _print_breakeven(what_if: WhatIf, comparisons: Sequence[ApiComparison], verd
     )
     out.print(
         f"Self-hosted: {what_if.gpus} GPU × {format_usd(what_if.gpu_hourly_usd)}/GPU-hour "
-        f"× {what_if.hours} h "
+        f"× {what_if.hours} h{'' if hours_basis == 'given' else f' ({hours_basis})'} "
         f"= {format_usd(what_if.monthly_usd)}/month raw, {format_usd(what_if.monthly_tco_usd)}/month TCO",
         highlight=False,
     )
