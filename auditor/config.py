@@ -322,7 +322,73 @@ class FocusBigQuerySource(_Strict):
     """Billing periods read each sync: the current one and the one before (revised for weeks after)."""
 
 
-BillingSource = Annotated[FocusFilesSource | FocusS3Source | FocusBigQuerySource, Field(discriminator="kind")]
+class CostExplorerSource(_Strict):
+    """AWS Cost Explorer (`ce:GetCostAndUsage`), for accounts with no data export: daily GPU instance
+    spend grouped by one cost-allocation tag and the instance type. AWS charges $0.01 a request (each
+    page); a sync reads the current and previous month (AWS revises them) and older days only once."""
+
+    kind: Literal["aws_cost_explorer"]
+    name: Name
+    tag_key: str | None = Field("deployment", min_length=1, max_length=128)
+    """The cost-allocation tag (activated in the Billing console) whose value names the deployment;
+    None groups by linked account instead (lines are then attributed by `billing.attribution`)."""
+    account_id: str | None = Field(None, pattern=r"^\d{12}$")
+    """The billing (payer) account the lines belong to; default: the credentials' own account."""
+    linked_accounts: list[Annotated[str, Field(pattern=r"^\d{12}$")]] = Field(default_factory=list)
+    """Only these member accounts (default: every account the credentials see)."""
+    instance_families: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,15}$")]] = Field(
+        default_factory=list
+    )
+    """GPU instance families (`g4dn`) besides those of the price catalog and `billing.gpu_instance_types`."""
+    profile: str | None = None
+    """A named profile of ~/.aws/config (default: the standard credential chain)."""
+    region: str = "us-east-1"
+    """Cost Explorer's endpoint region (its API lives in us-east-1)."""
+
+
+class GcpBillingExportSource(_Strict):
+    """Google Cloud's standard billing export in BigQuery (`gcp_billing_export_v1_*`): actual spend,
+    credits included, of Compute Engine GPUs and GPU machine families."""
+
+    kind: Literal["gcp_billing_export"]
+    name: Name
+    table: str = Field(pattern=r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$")
+    """`project.dataset.gcp_billing_export_v1_XXXXXX_XXXXXX_XXXXXX`."""
+    project: str | None = None
+    """The project that runs (and pays for) the query; default the table's."""
+    label_key: str | None = Field("deployment", min_length=1, max_length=63)
+    """The resource label whose value names the deployment."""
+    machine_families: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,9}$")]] = Field(
+        default_factory=lambda: ["a2", "a3", "a4", "g2", "g4"]
+    )
+    """Machine families whose cores and RAM are GPU cost too (their lines are read with the GPU SKUs)."""
+    location: str | None = None
+    api_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+    """BigQuery's address, when not Google's own."""
+
+
+class GcpCatalogSource(_Strict):
+    """List prices from the Cloud Catalog API (free) for GCP deployments with no billing export: each
+    day's GPU-hours (GPUs × active hours) × the region's on-demand GPU price. An estimate, labelled so."""
+
+    kind: Literal["gcp_catalog"]
+    name: Name
+    region: str = Field(pattern=r"^[a-z]+-[a-z]+\d+$")
+    """Where the GPUs run (`us-central1`): list prices differ by region."""
+    deployments: list[Name] = Field(default_factory=list)
+    """The deployments it prices (default: every deployment with `price.source = "gcp"`)."""
+    api_endpoint: str | None = Field(None, pattern=r"^https?://\S+$")
+
+
+BillingSource = Annotated[
+    FocusFilesSource
+    | FocusS3Source
+    | FocusBigQuerySource
+    | CostExplorerSource
+    | GcpBillingExportSource
+    | GcpCatalogSource,
+    Field(discriminator="kind"),
+]
 """One `[[billing.sources]]` entry; `kind` says which (helpers add Cost Explorer and GCP kinds)."""
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
@@ -355,6 +421,15 @@ class BillingConfig(_Strict):
     gpu_sku_keywords: list[str] = Field(default_factory=list)
     """More words that mark a SKU as a GPU (accelerator) SKU, besides `GPU`, `Nvidia`, `Tesla`."""
     sources: list[BillingSource] = Field(default_factory=list)
+    sync_cron: str = "17 7 * * *"
+    """When the daemon syncs the API sources (Cost Explorer, the GCP export and catalog), in cron syntax,
+    in `timezone`: daily, after AWS's and Google's overnight refresh."""
+
+    @field_validator("sync_cron")
+    @classmethod
+    def _sync_crontab(cls, value: str) -> str:
+        cron_kwargs(value, "UTC")
+        return value
 
     @model_validator(mode="after")
     def _unique_sources(self) -> Self:
@@ -813,6 +888,9 @@ _PRICE_MODELS: dict[str, type[BaseModel]] = {
     "focus": FocusPrice,
 }
 _BILLING_SOURCE_MODELS: dict[str, type[BaseModel]] = {
+    "aws_cost_explorer": CostExplorerSource,
+    "gcp_billing_export": GcpBillingExportSource,
+    "gcp_catalog": GcpCatalogSource,
     "focus_files": FocusFilesSource,
     "focus_s3": FocusS3Source,
     "focus_bigquery": FocusBigQuerySource,

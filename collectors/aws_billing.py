@@ -16,7 +16,7 @@ become `BillingUnavailable`, one line naming the IAM action to grant; credential
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
@@ -166,8 +166,9 @@ class CostExplorer:
             "GroupBy": [first, {"Type": "DIMENSION", "Key": "INSTANCE_TYPE"}],
         }
 
-    def fetch(self, start: date, end: date) -> CeFetch:
-        """Every group of every day in [start, end), all pages. Raises BillingUnavailable."""
+    def fetch(self, start: date, end: date, on_page: Callable[[int], object] | None = None) -> CeFetch:
+        """Every group of every day in [start, end), all pages (`on_page` hears each page's number).
+        Raises BillingUnavailable."""
         if not start < end:
             raise ValueError(f"empty window {start}..{end}")
         arguments = self.request(start, end)
@@ -178,6 +179,8 @@ class CostExplorer:
             page_arguments = dict(arguments, NextPageToken=token) if token else arguments
             answer = self._call(page_arguments)
             requests += 1
+            if on_page is not None:
+                on_page(requests)
             retries += int(answer.get("ResponseMetadata", {}).get("RetryAttempts", 0) or 0)
             rows.extend(self.parse(answer))
             token = answer.get("NextPageToken") or None

@@ -1,0 +1,356 @@
+"""`billing sync` end to end below the CLI: Cost Explorer through moto, the GCP export and catalog through
+the real clients against a local server, into a real store; the days read, attribution, what a
+re-sync and a revision do (hypothesis), and what each sync records."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.auth.credentials import AnonymousCredentials
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto import mock_aws
+from moto.ce.models import ce_backends
+
+from auditor.cli.billing_sync import BillingClients, api_sources, attribute, sync_sources
+from auditor.config import Config, parse_config
+from auditor.errors import BadInputError
+from auditor.gpu_prices import load_gpu_prices
+from auditor.model import CostBasis
+from auditor.store import Store
+from collectors import gcp_billing
+from collectors.aws_billing import ce_client
+from tests.gcpkit import GoogleServer, google_server
+from tests.test_gcp_billing import EXPORT_FIELDS, TABLE, catalog_pages
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp()
+MOTO_ACCOUNT = "123456789012"
+DEPLOYMENTS = """
+[[deployments]]
+name = "llama-70b"
+model = "meta-llama/Llama-3.1-70B-Instruct"
+gpu_type = "H100"
+gpus = [{host = "gpu-1", indexes = [0, 1, 2, 3, 4, 5, 6, 7]}]
+price = {source = "aws", tags = {deployment = "llama-70b"}}
+
+[[deployments]]
+name = "qwen"
+model = "Qwen/Qwen2.5-7B-Instruct"
+gpu_type = "A100-40GB"
+gpus = [{host = "gpu-2", indexes = [0]}]
+price = {source = "gcp", labels = {app = "qwen"}}
+"""
+AWS_SOURCE = """
+[[billing.sources]]
+kind = "aws_cost_explorer"
+name = "aws-ce"
+account_id = "999988887777"
+"""
+
+
+def config(extra: str = "") -> Config:
+    return parse_config(DEPLOYMENTS + AWS_SOURCE + extra)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(f"sqlite:///{tmp_path / 'auditor.db'}")
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        yield
+
+
+def ce_day(day: date, groups: list[tuple[str, str, str, str]], *, estimated: bool = False) -> dict[str, Any]:
+    """One day of Cost Explorer's answer: (tag value, instance type, amortized, unblended) groups."""
+    return {
+        "TimePeriod": {"Start": day.isoformat(), "End": (day + timedelta(days=1)).isoformat()},
+        "Total": {},
+        "Estimated": estimated,
+        "Groups": [
+            {
+                "Keys": [f"deployment${tag}", instance_type],
+                "Metrics": {
+                    "AmortizedCost": {"Amount": amortized, "Unit": "USD"},
+                    "UnblendedCost": {"Amount": unblended, "Unit": "USD"},
+                    "UsageQuantity": {"Amount": "24", "Unit": "Hrs"},
+                },
+            }
+            for tag, instance_type, amortized, unblended in groups
+        ],
+    }
+
+
+def queue(*pages: dict[str, Any]) -> None:
+    backend = ce_backends[MOTO_ACCOUNT]["global"]
+    backend.cost_usage_results.clear()  # a new sync is a new answer, even for the same request
+    backend.cost_usage_results_queue.extend(pages)
+
+
+def sync(cfg: Config, store: Store, now: float = NOW, **kw: Any) -> Any:
+    return sync_sources(cfg, store, gpu_catalog=load_gpu_prices(), now=lambda: now, **kw)
+
+
+def test_cost_explorer_lines_land_attributed_with_their_focus_costs(aws: None, store: Store) -> None:
+    queue(
+        {
+            "ResultsByTime": [
+                ce_day(date(2026, 10, 1), [("llama-70b", "p5.48xlarge", "1000.00", "1320.96")])
+            ],
+            "NextPageToken": "2",
+        },
+        {
+            "ResultsByTime": [
+                ce_day(date(2026, 11, 19), [("", "p5.48xlarge", "12.5", "12.5")], estimated=True)
+            ]
+        },
+    )
+    (outcome,), failures = sync(config(), store)
+    assert not failures
+    assert (outcome.start, outcome.end) == (date(2026, 10, 1), date(2026, 11, 21))  # previous month..today
+    assert outcome.requests == 2 and outcome.request_cost_usd == Decimal("0.02")
+    assert outcome.by_deployment == {"llama-70b": Decimal("1000.00"), None: Decimal("12.5")}
+    tagged, untagged = store.cost_lines(date(2026, 10, 1), date(2026, 12, 1))
+    assert tagged.deployment == "llama-70b" and untagged.deployment is None  # unattributed, kept
+    assert (tagged.billed_cost, tagged.effective_cost, tagged.amount_usd) == (
+        Decimal("1320.96"),
+        Decimal("1000.00"),
+        Decimal("1000.00"),
+    )
+    assert tagged.gpu_hours == Decimal(24 * 8)  # 24 instance-hours of an 8-GPU p5.48xlarge
+    assert (
+        tagged.account == "999988887777" and tagged.provider == "AWS" and tagged.basis is CostBasis.AMORTIZED
+    )
+    assert untagged.estimated and not tagged.estimated
+    (record,) = store.billing_syncs("aws-ce")
+    assert record.kind == "aws_cost_explorer" and record.requests == 2 and record.lines_added == 2
+
+
+def test_the_next_sync_rereads_two_months_not_older_days(aws: None, store: Store) -> None:
+    calls: list[dict[str, Any]] = []
+
+    def client(source: Any) -> Any:
+        built = ce_client(region=source.region)
+        built.meta.events.register(
+            "provide-client-params.ce.GetCostAndUsage", lambda params, **_: calls.append(dict(params))
+        )
+        return built
+
+    clients = BillingClients(cost_explorer=client)
+    queue({"ResultsByTime": []})
+    sync(config(), store, since=date(2026, 3, 1), clients=clients)
+    queue({"ResultsByTime": []})
+    later = datetime(2026, 12, 3, 12, 0, tzinfo=UTC).timestamp()
+    sync(config(), store, now=later, clients=clients)
+    first, second = (c["TimePeriod"] for c in calls)
+    assert first == {"Start": "2026-03-01", "End": "2026-11-21"}
+    assert second == {"Start": "2026-11-01", "End": "2026-12-04"}  # March..October are final: not re-read
+
+
+money = st.decimals(min_value=Decimal("-50"), max_value=Decimal("5000"), places=6, allow_nan=False)
+days_strategy = st.lists(
+    st.tuples(st.integers(0, 50), st.sampled_from(["llama-70b", "", "other"]), money), max_size=12
+)
+
+
+def _answer(rows: list[tuple[int, str, Decimal]]) -> dict[str, Any]:
+    by_day: dict[date, list[tuple[str, str, str, str]]] = {}
+    seen = set()
+    for offset, tag, amount in rows:
+        day = date(2026, 10, 1) + timedelta(days=offset)
+        if (day, tag) in seen:
+            continue  # Cost Explorer gives one group per tag value and instance type a day
+        seen.add((day, tag))
+        by_day.setdefault(day, []).append((tag, "p5.48xlarge", str(amount), str(amount)))
+    return {"ResultsByTime": [ce_day(d, g) for d, g in sorted(by_day.items())]}
+
+
+def _total(store: Store) -> dict[str | None, Decimal]:
+    totals: dict[str | None, Decimal] = {}
+    for line in store.cost_lines(date(2026, 1, 1), date(2027, 1, 1)):
+        totals[line.deployment] = totals.get(line.deployment, Decimal(0)) + line.amount_usd
+    return totals
+
+
+def _expected(answer: dict[str, Any]) -> dict[str | None, Decimal]:
+    totals: dict[str | None, Decimal] = {}
+    for result in answer["ResultsByTime"]:
+        for group in result["Groups"]:
+            tag = group["Keys"][0].split("$", 1)[1]
+            who = tag if tag == "llama-70b" else None
+            totals[who] = totals.get(who, Decimal(0)) + Decimal(group["Metrics"]["AmortizedCost"]["Amount"])
+    return totals
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=days_strategy, revised=days_strategy)
+def test_a_resync_changes_nothing_and_a_revision_corrects_never_doubles(
+    aws: None, store: Store, first: list[Any], revised: list[Any]
+) -> None:
+    cfg = config()
+    client = ce_client()  # one client for every example: building one takes a third of a second
+    clients = BillingClients(cost_explorer=lambda _source: client)
+    store.replace_cost_lines("aws-ce", None, date(2000, 1, 1), date(2100, 1, 1), [])  # a fresh example
+    answer = _answer(first)
+    queue(answer)
+    sync(cfg, store, clients=clients)
+    before = store.cost_lines(date(2026, 1, 1), date(2027, 1, 1))
+    queue(answer)  # the same bill again
+    ((outcome,), _) = sync(cfg, store, clients=clients)
+    assert not outcome.change.changed_anything
+    assert store.cost_lines(date(2026, 1, 1), date(2027, 1, 1)) == before
+    assert _total(store) == _expected(answer)
+    restated = _answer(revised)
+    queue(restated)  # AWS revised the days: the store holds the revision, once
+    sync(cfg, store, clients=clients)
+    assert _total(store) == _expected(restated)
+
+
+def test_attribution_by_tags_or_by_a_deployment_tag_naming_one() -> None:
+    cfg = config()
+    assert attribute(cfg, {"deployment": "llama-70b"}) == "llama-70b"
+    assert attribute(cfg, {"app": "qwen"}) == "qwen"  # the GCP deployment's labels
+    assert attribute(cfg, {"deployment": "qwen"}) == "qwen"  # a deployment tag naming a deployment
+    assert attribute(cfg, {"deployment": "nobody"}) is None
+    assert attribute(cfg, {}) is None
+
+
+def test_a_non_usd_bill_without_a_rate_is_refused(aws: None, store: Store) -> None:
+    answer = ce_day(date(2026, 11, 2), [("llama-70b", "p5.48xlarge", "10", "10")])
+    for metric in answer["Groups"][0]["Metrics"].values():
+        metric["Unit"] = "EUR" if metric is not answer["Groups"][0]["Metrics"]["UsageQuantity"] else "Hrs"
+    queue({"ResultsByTime": [answer]})
+    with pytest.raises(BadInputError, match=r"bills in EUR.*billing\.currency_rates\.EUR"):
+        sync(config(), store)
+    queue({"ResultsByTime": [answer]})
+    sync(config("\n[billing.currency_rates]\nEUR = 1.08\n"), store)
+    (line,) = store.cost_lines(date(2026, 11, 1), date(2026, 12, 1))
+    assert line.amount_usd == Decimal("10.80") and line.billing_currency == "EUR" and line.billed_cost == 10
+
+
+def test_one_source_failing_leaves_the_others_syncing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: Store
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    with google_server(catalog_pages()) as google:
+        cfg = config(CATALOG_SOURCE)
+        outcomes, failures = sync(cfg, store, clients=_google_clients(google))
+    ((name, error),) = failures
+    assert name == "aws-ce" and error.permission == "ce:GetCostAndUsage"
+    assert [o.source for o in outcomes] == ["gcp-list"]
+
+
+def test_only_api_sources_sync_and_a_wrong_name_is_one_line() -> None:
+    cfg = config()
+    assert [s.name for s in api_sources(cfg)] == ["aws-ce"]
+    with pytest.raises(BadInputError, match="no source 'nope'"):
+        api_sources(cfg, "nope")
+
+
+# -- GCP ---------------------------------------------------------------------------------------------
+
+EXPORT_SOURCE = f"""
+[[billing.sources]]
+kind = "gcp_billing_export"
+name = "gcp-bill"
+table = "{TABLE}"
+label_key = "app"
+"""
+CATALOG_SOURCE = """
+[[billing.sources]]
+kind = "gcp_catalog"
+name = "gcp-list"
+region = "us-central1"
+"""
+
+
+def _google_clients(server: GoogleServer) -> BillingClients:
+    anonymous = AnonymousCredentials()  # type: ignore[no-untyped-call]
+    return BillingClients(
+        bigquery=lambda s: gcp_billing.bigquery_client(
+            "billing-proj", credentials=anonymous, endpoint=server.url
+        ),
+        catalog=lambda s: gcp_billing.catalog_client(credentials=anonymous, endpoint=server.url),
+    )
+
+
+@pytest.fixture
+def google(monkeypatch: pytest.MonkeyPatch) -> Iterator[GoogleServer]:
+    monkeypatch.setenv("NO_GCE_CHECK", "true")
+    with google_server(catalog_pages()) as server:
+        yield server
+
+
+def test_gcp_export_lines_are_net_of_credits_and_attributed_by_label(
+    google: GoogleServer, store: Store
+) -> None:
+    cfg = parse_config(DEPLOYMENTS + EXPORT_SOURCE)
+    google.queue_result(
+        EXPORT_FIELDS,
+        [
+            [date(2026, 10, 30), "0123AB", "ml-prod", "qwen", "039F-D0DA-4055",
+             "Nvidia Tesla A100 GPU running in Americas", "us-central1", "a2-highgpu-1g", "USD", "hour",
+             "70.413792", "-21.124138", "24"],
+            [date(2026, 11, 19), "0123AB", "ml-prod", None, "2922-40C5-B19F",
+             "A2 Instance Core running in Americas", "us-central1", "a2-highgpu-1g", "USD", "hour",
+             "9.104", "0", "288"],
+        ],
+    )  # fmt: skip
+    (outcome,), failures = sync(cfg, store, clients=_google_clients(google))
+    assert not failures and outcome.requests == 0
+    gpu, cores = store.cost_lines(date(2026, 10, 1), date(2026, 12, 1))
+    assert gpu.deployment == "qwen" and cores.deployment is None
+    assert gpu.amount_usd == gpu.billed_cost == Decimal("49.289654")
+    assert gpu.gpu_hours == 24 and cores.gpu_hours is None  # cores and RAM are not GPU-hours
+    assert gpu.sub_account == "ml-prod" and gpu.region == "us-central1" and gpu.sku_id == "039F-D0DA-4055"
+    assert not gpu.estimated and cores.estimated  # the invoice month is still open
+
+
+def test_gcp_catalog_prices_active_gpu_hours_as_a_labelled_estimate(
+    google: GoogleServer, store: Store, tmp_path: Path
+) -> None:
+    cfg = parse_config(DEPLOYMENTS.replace('price = {source = "gcp", labels = {app = "qwen"}}',
+                                           'price = {source = "gcp", labels = {app = "qwen"}}\n'
+                                           'active_from = 2026-11-18\nactive_until = 2026-11-19T12:00:00Z')
+                       + CATALOG_SOURCE)  # fmt: skip
+    clients = _google_clients(google)
+    (outcome,), _ = sync(cfg, store, clients=clients, cache_dir=tmp_path)
+    lines = store.cost_lines(date(2026, 10, 1), date(2026, 12, 1))
+    assert [(line.day, line.gpu_hours) for line in lines] == [
+        (date(2026, 11, 18), 24),
+        (date(2026, 11, 19), 12),
+    ]
+    assert all(
+        line.basis is CostBasis.LIST and line.estimated and line.deployment == "qwen" for line in lines
+    )
+    assert lines[0].amount_usd == Decimal("2.933908") * 24 == lines[0].list_cost
+    assert outcome.by_deployment == {"qwen": Decimal("2.933908") * 36}
+    catalog_requests = len([r for r in google.requests if r.path.endswith("/skus")])
+    (again,), _ = sync(cfg, store, clients=clients, cache_dir=tmp_path)
+    assert len([r for r in google.requests if r.path.endswith("/skus")]) == catalog_requests  # cached
+    assert not again.change.changed_anything and "list prices from the cache" in again.notes
+
+
+def test_gcp_catalog_without_a_price_for_the_region_estimates_nothing(
+    google: GoogleServer, store: Store
+) -> None:
+    cfg = parse_config(DEPLOYMENTS + CATALOG_SOURCE.replace("us-central1", "europe-west4"))
+    (outcome,), _ = sync(cfg, store, clients=_google_clients(google))
+    assert outcome.lines == 0 and "no estimate" in outcome.notes[0]
