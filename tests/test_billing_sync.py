@@ -334,8 +334,8 @@ def test_gcp_catalog_prices_active_gpu_hours_as_a_labelled_estimate(
     (outcome,), _ = sync(cfg, store, clients=clients, cache_dir=tmp_path)
     lines = store.cost_lines(date(2026, 10, 1), date(2026, 12, 1))
     assert [(line.day, line.gpu_hours) for line in lines] == [
-        (date(2026, 11, 18), 24),
-        (date(2026, 11, 19), 12),
+        (date(2026, 11, 18), Decimal(24)),
+        (date(2026, 11, 19), Decimal(12)),
     ]
     assert all(
         line.basis is CostBasis.LIST and line.estimated and line.deployment == "qwen" for line in lines
