@@ -378,11 +378,7 @@ class FocusImport:
 
 
 def _as_text(column: pa.Array) -> pa.Array:
-    return (
-        column
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
-        else pc.cast(column, pa.string())
-    )
+    return column if column.type == pa.string() else pc.cast(column, pa.string())
 
 
 def _project(names: Sequence[str], shown: str) -> list[str]:
