@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pytest
@@ -290,7 +289,8 @@ def test_an_s3_export_is_read_through_its_manifest_and_a_redelivered_month_repla
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     config = _config(
         tmp_path,
-        '\n[[billing.sources]]\nkind = "focus_s3"\nname = "aws-export"\nbucket = "bills"\nprefix = "focus/gpu-export"\n',
+        '\n[[billing.sources]]\nkind = "focus_s3"\nname = "aws-export"\n'
+        'bucket = "bills"\nprefix = "focus/gpu-export"\n',
     )
     source = config.billing.source("aws-export")
     rows = pd.read_csv(FIXTURE, dtype=str, keep_default_na=False)
@@ -346,8 +346,8 @@ def test_s3_without_a_manifest_or_without_access_says_what_to_do(
         s3.create_bucket(Bucket="bills")
         with pytest.raises(FocusError, match=r"s3://bills/p/e/metadata/: no AWS Data Exports manifest"):
             sync_s3(store, config, config.billing.source("x"), CATALOG, client=s3)  # type: ignore[arg-type]
+        other = config.billing.source("x").model_copy(update={"bucket": "missing"})
         with pytest.raises(UnavailableError, match="no bucket missing"):
-            other = config.billing.source("x").model_copy(update={"bucket": "missing"})
             sync_s3(store, config, other, CATALOG, client=s3)  # type: ignore[arg-type]
 
 
@@ -366,7 +366,8 @@ def test_a_bigquery_focus_view_is_queried_filtered_and_imported(
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     config = _config(
         tmp_path,
-        '\n[[billing.sources]]\nkind = "focus_bigquery"\nname = "gcp-focus"\ntable = "proj.billing.focus_v1"\n',
+        '\n[[billing.sources]]\nkind = "focus_bigquery"\nname = "gcp-focus"\n'
+        'table = "proj.billing.focus_v1"\n',
     )
     source = config.billing.source("gcp-focus")
     fields = [
@@ -395,8 +396,9 @@ def test_a_bigquery_focus_view_is_queried_filtered_and_imported(
             fields,
             [
                 ["29.387080", "18.513656", "29.387080", "USD", "0123AB-456789-CDEF01", period,
-                 str(start), str(start + 3600 * 10**6), "Usage", "Nvidia Tesla A100 GPU running in Americas", "8", "hour",
-                 "ml-prod", "//compute.googleapis.com/projects/ml-prod/zones/us-central1-a/instances/llama-node-1",
+                 str(start), str(start + 3600 * 10**6), "Usage", "Nvidia Tesla A100 GPU running in Americas",
+                 "8", "hour", "ml-prod",
+                 "//compute.googleapis.com/projects/ml-prod/zones/us-central1-a/instances/node-1",
                  "039F-D0DA-4055", '[{"key": "k8s-label/application", "value": "BrightPathMatrix"}]'],
             ],
         )  # fmt: skip
