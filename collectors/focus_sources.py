@@ -218,7 +218,7 @@ def sync_s3(
                 if period is None:
                     continue
                 known = newest.get(period)
-                if known is None or obj["LastModified"] > known["LastModified"]:
+                if known is None or (obj["LastModified"], key) > (known["LastModified"], known["Key"]):
                     newest[period] = obj
         if not newest:
             raise FocusError(

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from auditor.attribution import Attributor
-from auditor.config import Config, parse_config
+from auditor.config import Config, FocusBigQuerySource, FocusS3Source, parse_config
 from auditor.errors import BadInputError
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostLine, CostMetric
@@ -293,6 +293,7 @@ def test_an_s3_export_is_read_through_its_manifest_and_a_redelivered_month_repla
         'bucket = "bills"\nprefix = "focus/gpu-export"\n',
     )
     source = config.billing.source("aws-export")
+    assert isinstance(source, FocusS3Source)
     rows = pd.read_csv(FIXTURE, dtype=str, keep_default_na=False)
     data = "focus/gpu-export/data/BILLING_PERIOD=2024-09"
     meta = "focus/gpu-export/metadata/BILLING_PERIOD=2024-09"
@@ -319,7 +320,7 @@ def test_an_s3_export_is_read_through_its_manifest_and_a_redelivered_month_repla
         s3.upload_file(str(part3), "bills", f"{data}/redelivery/gpu-export-00001.snappy.parquet")
         s3.put_object(
             Bucket="bills",
-            Key=f"{meta}/redelivery/gpu-export-Manifest.json",
+            Key=f"{meta}/gpu-export-Manifest.json",  # overwritten, as Data Exports does
             Body=_manifest("bills", [f"{data}/redelivery/gpu-export-00001.snappy.parquet"]),
         )
         second = sync_s3(store, config, source, CATALOG, client=s3)
@@ -341,14 +342,16 @@ def test_s3_without_a_manifest_or_without_access_says_what_to_do(
     config = _config(
         tmp_path, '\n[[billing.sources]]\nkind = "focus_s3"\nname = "x"\nbucket = "bills"\nprefix = "p/e"\n'
     )
+    source = config.billing.source("x")
+    assert isinstance(source, FocusS3Source)
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="bills")
         with pytest.raises(FocusError, match=r"s3://bills/p/e/metadata/: no AWS Data Exports manifest"):
-            sync_s3(store, config, config.billing.source("x"), CATALOG, client=s3)  # type: ignore[arg-type]
-        other = config.billing.source("x").model_copy(update={"bucket": "missing"})
+            sync_s3(store, config, source, CATALOG, client=s3)
+        other = source.model_copy(update={"bucket": "missing"})
         with pytest.raises(UnavailableError, match="no bucket missing"):
-            sync_s3(store, config, other, CATALOG, client=s3)  # type: ignore[arg-type]
+            sync_s3(store, config, other, CATALOG, client=s3)
 
 
 # -- BigQuery: the real client against a local server -------------------------------------------------
@@ -370,6 +373,7 @@ def test_a_bigquery_focus_view_is_queried_filtered_and_imported(
         'table = "proj.billing.focus_v1"\n',
     )
     source = config.billing.source("gcp-focus")
+    assert isinstance(source, FocusBigQuerySource)
     fields = [
         ("BilledCost", "NUMERIC"),
         ("EffectiveCost", "NUMERIC"),
@@ -407,7 +411,7 @@ def test_a_bigquery_focus_view_is_queried_filtered_and_imported(
             credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
             client_options=ClientOptions(api_endpoint=server.url),
         )
-        result = sync_bigquery(store, config, source, CATALOG, client=client, today=date(2026, 11, 20))  # type: ignore[arg-type]
+        result = sync_bigquery(store, config, source, CATALOG, client=client, today=date(2026, 11, 20))
         queries = [
             r.body["configuration"]["query"] for r in server.queries() if r.body and "configuration" in r.body
         ]
