@@ -2,7 +2,8 @@
 
 Each source answers for itself (the collectors' own `status()`, turned into `Check`s by the
 composition root); this module holds what the checks share: the store, looked at read-only
-(doctor creates nothing: no directory, no file, no table), Slack's token, billing credentials, and
+(doctor creates nothing: no directory, no file, no table), Slack's token, a billing source for each
+bill-priced deployment, and
 how the result is printed. Every check is bounded in time: endpoints by the daemon's scrape
 deadline, PostgreSQL by its connect timeout.
 """
@@ -109,64 +110,40 @@ def _check_slack(config: Config, env: Mapping[str, str]) -> Check | None:
     )
 
 
-def _aws_credentials(env: Mapping[str, str]) -> str | None:
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        return "AWS_ACCESS_KEY_ID in the environment"
-    for var in ("AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_PROFILE"):
-        if env.get(var):
-            return f"${var}"
-    shared = Path(
-        env.get("AWS_SHARED_CREDENTIALS_FILE") or Path(env.get("HOME", "/nonexistent")) / ".aws/credentials"
-    )
-    return f"{shared}" if shared.is_file() else None
+_SERVES = {
+    "aws": ("aws_cost_explorer", "focus_s3", "focus_files"),
+    "gcp": ("gcp_billing_export", "gcp_catalog", "focus_bigquery", "focus_files"),
+}
+"""The billing source kinds that can price a deployment of each `price.source`."""
 
 
-def _gcp_credentials(env: Mapping[str, str]) -> str | None:
-    path = env.get("GOOGLE_APPLICATION_CREDENTIALS")
-    if path and Path(path).is_file():
-        return path
-    adc = Path(env.get("HOME", "/nonexistent")) / ".config/gcloud/application_default_credentials.json"
-    return str(adc) if adc.is_file() else None
-
-
-def _check_billing(config: Config, env: Mapping[str, str]) -> list[Check]:
+def _check_billing(config: Config) -> list[Check]:
+    """A deployment priced from a bill needs a billing source that can bring that bill in; each
+    configured source is then checked for real by the composition root (a cheap authenticated call)."""
+    kinds = {s.kind for s in config.billing.sources}
     checks = []
-    sources = {d.price.source for d in config.deployments}
-    if "aws" in sources:
-        found = _aws_credentials(env)
-        checks.append(
-            Check("billing aws", True, f"credentials: {found}")
-            if found
-            else Check(
-                "billing aws",
-                False,
-                "no AWS credentials in the environment or ~/.aws",
-                "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the EnvironmentFile "
-                "(an instance role is not visible to this check)",
+    for source, serving in _SERVES.items():
+        priced = [d.name for d in config.deployments if d.price.source == source]
+        if priced and not kinds & set(serving):
+            checks.append(
+                Check(
+                    f"billing {source}",
+                    False,
+                    f"{', '.join(priced)} priced from the {source.upper()} bill, but no billing source "
+                    "brings that bill in: they show no billing data",
+                    f"add a [[billing.sources]] of kind {' or '.join(serving[:2])} (README: Billing)",
+                )
             )
-        )
-    if "gcp" in sources:
-        found = _gcp_credentials(env)
-        checks.append(
-            Check("billing gcp", True, f"credentials: {found}")
-            if found
-            else Check(
-                "billing gcp",
-                False,
-                "no Google credentials found",
-                "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file",
-            )
-        )
     return checks
 
 
 def general_checks(config: Config, env: Mapping[str, str]) -> list[Check]:
-    """The checks that do not depend on a collector: the store, Slack, billing credentials."""
+    """The checks that do not depend on a collector: the store, Slack, a billing source for each bill."""
     checks = [check_packages(), check_store(config)]
     slack = _check_slack(config, env)
     if slack is not None:
         checks.append(slack)
-    checks.extend(_check_billing(config, env))
+    checks.extend(_check_billing(config))
     return checks
 
 

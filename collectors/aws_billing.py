@@ -95,17 +95,25 @@ def ce_client(*, region: str = "us-east-1", profile: str | None = None, max_atte
     """A Cost Explorer client with botocore's adaptive retries (throttling slows the client down)."""
     import boto3  # a heavy import: only where billing is used
     from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError
 
-    session = boto3.session.Session(profile_name=profile) if profile else boto3.session.Session()
-    return session.client(
-        "ce",
-        region_name=region,
-        config=BotoConfig(
-            retries={"mode": "adaptive", "max_attempts": max_attempts},
-            connect_timeout=10,
-            read_timeout=60,
-        ),
-    )
+    try:
+        session = boto3.session.Session(profile_name=profile)
+        return session.client(
+            "ce",
+            region_name=region,
+            config=BotoConfig(
+                retries={"mode": "adaptive", "max_attempts": max_attempts},
+                connect_timeout=10,
+                read_timeout=60,
+            ),
+        )
+    except BotoCoreError as exc:  # an unknown profile, a malformed ~/.aws/config
+        raise BillingUnavailable(
+            f"AWS client cannot be set up ({type(exc).__name__}: {exc})",
+            fix="check AWS_PROFILE / the source's profile and ~/.aws/config",
+            permission=PERMISSION,
+        ) from None
 
 
 def plan_days(

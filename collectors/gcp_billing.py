@@ -126,14 +126,16 @@ class ExportFetch:
 def bigquery_client(
     project: str, *, credentials: Any = None, endpoint: str | None = None, location: str | None = None
 ) -> Any:
-    """A BigQuery client: the standard Google credential chain unless `credentials` is given."""
+    """A BigQuery client: the standard Google credential chain unless `credentials` is given
+    (BillingUnavailable when there are none)."""
     from google.api_core.client_options import ClientOptions
     from google.cloud import bigquery
 
     options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-    return bigquery.Client(
-        project=project, credentials=credentials, client_options=options, location=location
-    )
+    with _google_errors(f"BigQuery (project {project})"):
+        return bigquery.Client(
+            project=project, credentials=credentials, client_options=options, location=location
+        )
 
 
 def catalog_client(*, credentials: Any = None, endpoint: str | None = None) -> Any:
@@ -142,7 +144,10 @@ def catalog_client(*, credentials: Any = None, endpoint: str | None = None) -> A
     from google.cloud import billing_v1
 
     options = ClientOptions(api_endpoint=endpoint) if endpoint else None
-    return billing_v1.CloudCatalogClient(credentials=credentials, transport="rest", client_options=options)
+    with _google_errors("the Cloud Catalog", CATALOG_PERMISSION):
+        return billing_v1.CloudCatalogClient(
+            credentials=credentials, transport="rest", client_options=options
+        )
 
 
 def gpu_families_pattern(families: Iterable[str]) -> str:

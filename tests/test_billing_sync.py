@@ -17,8 +17,16 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from moto.ce.models import ce_backends
 
-from auditor.cli.billing_sync import BillingClients, api_sources, attribute, sync_sources
+from auditor.cli.billing_sync import (
+    BillingClients,
+    api_sources,
+    attribute,
+    billing_checks,
+    billing_jobs,
+    sync_sources,
+)
 from auditor.config import Config, parse_config
+from auditor.doctor import general_checks
 from auditor.errors import BadInputError
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis
@@ -354,3 +362,44 @@ def test_gcp_catalog_without_a_price_for_the_region_estimates_nothing(
     cfg = parse_config(DEPLOYMENTS + CATALOG_SOURCE.replace("us-central1", "europe-west4"))
     (outcome,), _ = sync(cfg, store, clients=_google_clients(google))
     assert outcome.lines == 0 and "no estimate" in outcome.notes[0]
+
+
+# -- the daemon's job and doctor ---------------------------------------------------------------------
+
+
+def test_the_daily_job_logs_a_refused_source_in_one_line_and_never_raises(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    (job,) = billing_jobs(config(), store, load_gpu_prices(), now=lambda: NOW)
+    assert job.name == "billing-sync" and job.run_at_start  # never synced: at start too
+    assert job.cron is not None
+    assert {k: job.cron[k] for k in ("minute", "hour", "day")} == {"minute": "17", "hour": "7", "day": "*"}
+    job.func()  # no credentials: logged, not raised (the daemon's other jobs are not affected)
+    (line,) = [r for r in caplog.records if r.name == "auditor.billing"]
+    assert "aws-ce" in line.getMessage() and "ce:GetCostAndUsage" in line.getMessage()
+    assert "\n" not in line.getMessage()
+    assert billing_jobs(parse_config(DEPLOYMENTS), store, []) == []  # no API source: no job
+
+
+def test_doctor_makes_one_cheap_real_call_per_source(aws: None, google: GoogleServer) -> None:
+    queue({"ResultsByTime": []})
+    google.fail("/jobs", 403, "Access Denied: User does not have bigquery.jobs.create permission.")
+    cfg = config(EXPORT_SOURCE + CATALOG_SOURCE)
+    ce, export, catalog = billing_checks(cfg, load_gpu_prices(), _google_clients(google))
+    assert ce.ok and ce.source == "billing aws-ce" and "$0.01" in ce.detail
+    assert not export.ok and "bigquery.jobs.create" in export.detail and export.fix
+    assert catalog.ok
+
+
+def test_doctor_fails_a_bill_priced_deployment_with_no_source_to_bring_its_bill() -> None:
+    checks = general_checks(parse_config(DEPLOYMENTS), {})
+    billing = {c.source: c for c in checks if c.source.startswith("billing")}
+    assert not billing["billing aws"].ok and "llama-70b" in billing["billing aws"].detail
+    assert "aws_cost_explorer" in (billing["billing aws"].fix or "")
+    assert not billing["billing gcp"].ok
+    assert not [c for c in general_checks(config(EXPORT_SOURCE), {}) if c.source.startswith("billing")]

@@ -33,6 +33,9 @@ from auditor.config import (
     GcpCatalogSource,
     GcpPrice,
 )
+from auditor.cron import cron_kwargs
+from auditor.daemon import JobSpec
+from auditor.doctor import Check
 from auditor.errors import BadInputError, UnavailableError
 from auditor.gpu_prices import GpuPrice
 from auditor.model import CostBasis, CostLine
@@ -307,10 +310,8 @@ def _caller_account(source: CostExplorerSource) -> str:
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
-    session = (
-        boto3.session.Session(profile_name=source.profile) if source.profile else boto3.session.Session()
-    )
     try:
+        session = boto3.session.Session(profile_name=source.profile)
         return str(session.client("sts", region_name=source.region).get_caller_identity()["Account"])
     except NoCredentialsError:
         raise aws_billing.no_credentials(aws_billing.PERMISSION) from None
@@ -561,3 +562,71 @@ def _days(start: date, end: date) -> Iterable[date]:
 def unavailable(exc: BillingUnavailable, source: str) -> UnavailableError:
     """A billing source's failure as the CLI's one line (exit 1), naming the source."""
     return UnavailableError(f"billing source {source!r}: {exc.message}", exc.fix)
+
+
+# -- the daemon's daily job ----------------------------------------------------------------------
+
+DAY_S = 86400
+
+
+def billing_jobs(
+    config: Config,
+    store: Store,
+    gpu_catalog: Sequence[GpuPrice],
+    *,
+    clients: BillingClients | None = None,
+    cache_dir: Path | None = None,
+    now: Callable[[], float] = time.time,
+) -> list[JobSpec]:
+    """The daemon's billing job: every API source synced on `billing.sync_cron` (daily), and at
+    start-up when no sync ran in the last day. A source that fails is one log line naming the
+    permission; the other sources sync, and sampling never waits for billing (its own job)."""
+    if not api_sources(config):
+        return []
+
+    def run() -> None:
+        outcomes, failures = sync_sources(
+            config, store, gpu_catalog=gpu_catalog, clients=clients, cache_dir=cache_dir, now=now
+        )
+        for outcome in outcomes:
+            for note in outcome.notes:
+                log.warning("billing sync %s: %s", outcome.source, note)
+        # Failures are already logged, one line each (sync_sources); the next run is tomorrow's.
+        del failures
+
+    last = max((s.synced_ts for s in store.billing_syncs() if s.kind in API_KINDS), default=None)
+    missed = last is None or now() - last > DAY_S
+    cron = cron_kwargs(config.billing.sync_cron, config.timezone)
+    return [JobSpec("billing-sync", run, cron=cron, run_at_start=missed)]
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+
+
+def billing_checks(
+    config: Config, gpu_catalog: Sequence[GpuPrice], clients: BillingClients | None = None
+) -> list[Check]:
+    """Each API source checked for real: one cheap authenticated call (Cost Explorer: one $0.01
+    request; BigQuery: a dry run of the sync's query, free; Cloud Catalog: one page, free)."""
+    clients = clients or BillingClients()
+    checks = []
+    for source in api_sources(config):
+        name = f"billing {source.name}"
+        try:
+            if isinstance(source, CostExplorerSource):
+                detail = aws_billing.CostExplorer(
+                    clients.cost_explorer(source),
+                    families=aws_gpu_families(config, source, gpu_catalog) or ["p5"],
+                    tag_key=source.tag_key,
+                ).check()
+            elif isinstance(source, GcpBillingExportSource):
+                detail = gcp_billing.BillingExport(
+                    clients.bigquery(source), source.table, label_key=source.label_key
+                ).check()
+            else:
+                detail = gcp_billing.SkuCatalog(clients.catalog(source)).check()
+        except BillingUnavailable as exc:
+            checks.append(Check(name, False, exc.message, exc.fix))
+            continue
+        checks.append(Check(name, True, detail))
+    return checks

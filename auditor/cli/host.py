@@ -16,6 +16,7 @@ import typer
 from auditor import daemon as daemon_module
 from auditor import logs
 from auditor.alert_jobs import alert_cycle, digest_cron_kwargs, digest_cycle, digest_due
+from auditor.cli.billing_sync import billing_checks, billing_jobs
 from auditor.cli.common import (
     EXIT_FINDING,
     EXIT_USAGE,
@@ -128,7 +129,7 @@ def daemon(
         server_collectors=servers,
         state=state,
         figures=figures,
-        extra_jobs=alert_jobs(config, store, apis, gpus),
+        extra_jobs=[*alert_jobs(config, store, apis, gpus), *billing_jobs(config, store, gpus)],
     )
     try:
         code = daemon_module.run(runner)
@@ -265,12 +266,17 @@ def _endpoint_checks(
 def run_checks(
     config: Config, host: str, env: Mapping[str, str], fetch: Callable[[str, float], str] = fetch_metrics
 ) -> list[Check]:
-    return [_nvml_check(config, host), *_endpoint_checks(config, host, fetch), *general_checks(config, env)]
+    return [
+        _nvml_check(config, host),
+        *_endpoint_checks(config, host, fetch),
+        *general_checks(config, env),
+        *billing_checks(config, gpu_catalog()),
+    ]
 
 
 @app.command()
 def doctor(config_path: ConfigOption = None, host: HostOption = None, as_json: JsonOption = False) -> None:
-    """Check every configured source: NVML, inference servers, the store, Slack, billing credentials.
+    """Check every configured source: NVML, inference servers, the store, Slack, billing sources.
 
     Looks only: creates no store, and gives up on each source after the daemon's own deadlines."""
     config = require_config(config_path)
