@@ -1,0 +1,372 @@
+"""deploy/kubernetes/ and deploy/Dockerfile: every manifest valid for Kubernetes 1.30 (kubernetes-validate,
+strict), the ServiceMonitor against the fields of its CRD, and the objects agreeing with each other, with
+the auditor's config they carry, with the README's secret commands and with the image the Dockerfile
+builds. No cluster and no docker: what can be checked offline is."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from auditor.config import DEFAULT_EXPORTER_PORT, load_config
+from tests.test_host_install import SOURCES
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+MANIFESTS = DEPLOY / "kubernetes"
+KUBERNETES = "1.30"
+NAMESPACE = "gpu-auditor"
+SERVICEMONITOR_SCHEMA = (
+    Path(__file__).parent / "fixtures" / "kubernetes" / "servicemonitor-v1-subset.schema.json"
+)
+CONFIG_KEY = "auditor.toml"
+
+Obj = dict[str, Any]
+
+
+def _objects() -> list[tuple[Path, Obj]]:
+    found = []
+    for path in sorted(MANIFESTS.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                found.append((path, doc))
+    return found
+
+
+OBJECTS = _objects()
+
+
+def _of_kind(*kinds: str) -> list[Obj]:
+    return [obj for _, obj in OBJECTS if obj["kind"] in kinds]
+
+
+def _named(kind: str, name: str) -> Obj:
+    [obj] = [o for o in _of_kind(kind) if o["metadata"]["name"] == name]
+    return obj
+
+
+def _validate_servicemonitor(obj: Obj) -> None:
+    jsonschema.validate(obj, json.loads(SERVICEMONITOR_SCHEMA.read_text()))
+    # Its metadata is a plain ObjectMeta: check it as a built-in kind's.
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, KUBERNETES, strict=True
+    )
+
+
+def _validate_prometheusrule(obj: Obj) -> None:
+    """The CRD's outer shape; its groups are checked by promtool, as the same groups in deploy/prometheus."""
+    assert set(obj) == {"apiVersion", "kind", "metadata", "spec"}
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1" and set(obj["spec"]) == {"groups"}
+    kubernetes_validate.validate(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": obj["metadata"]}, KUBERNETES, strict=True
+    )
+
+
+def _validate(obj: Obj) -> None:
+    if obj["kind"] == "ServiceMonitor":
+        _validate_servicemonitor(obj)
+    elif obj["kind"] == "PrometheusRule":
+        _validate_prometheusrule(obj)
+    else:
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+RULE_FILES = [DEPLOY / "prometheus" / "recording.yaml", DEPLOY / "prometheus" / "alerts.yaml"]
+PROMETHEUS_RULE = MANIFESTS / "prometheusrule.yaml"
+
+
+def _block_strings(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def prometheus_rule() -> str:
+    """deploy/kubernetes/prometheusrule.yaml: the rule files' groups as one PrometheusRule."""
+    groups = [g for path in RULE_FILES for g in yaml.safe_load(path.read_text())["groups"]]
+    rule = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "gpu-auditor",
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/name": "gpu-auditor"},
+        },
+        "spec": {"groups": groups},
+    }
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(str, _block_strings)
+    head = (
+        "# deploy/prometheus/recording.yaml and alerts.yaml as one PrometheusRule (Prometheus Operator).\n"
+        "# Generated: python -m tests.test_deploy_kubernetes > deploy/kubernetes/prometheusrule.yaml\n"
+        "# (tests/test_deploy_kubernetes.py fails when it differs from the rule files).\n"
+    )
+    return head + yaml.dump(rule, Dumper=Dumper, sort_keys=False, width=110)
+
+
+def test_the_prometheusrule_holds_the_rule_files_groups() -> None:
+    assert PROMETHEUS_RULE.read_text() == prometheus_rule()
+
+
+def test_the_manifests_are_the_expected_objects() -> None:
+    kinds = sorted((obj["kind"], obj["metadata"]["name"]) for _, obj in OBJECTS)
+    assert ("DaemonSet", "gpu-auditor-host") in kinds
+    assert ("Namespace", NAMESPACE) in kinds
+    assert {k for k, _ in kinds} == {
+        "Namespace",
+        "ConfigMap",
+        "DaemonSet",
+        "Service",
+        "ServiceMonitor",
+        "PrometheusRule",
+    }
+    for _, obj in OBJECTS:
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize(
+    "obj", [o for _, o in OBJECTS], ids=[f"{p.relative_to(MANIFESTS)}:{o['kind']}" for p, o in OBJECTS]
+)
+def test_each_manifest_is_valid(obj: Obj) -> None:
+    _validate(obj)
+
+
+def test_the_validation_catches_a_misspelt_or_misplaced_field() -> None:
+    """The checks above can fail: strict schemas reject what the API server would silently drop."""
+    daemonset = copy.deepcopy(_named("DaemonSet", "gpu-auditor-host"))
+    daemonset["spec"]["template"]["spec"]["runtimeClass"] = "nvidia"  # runtimeClassName
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(daemonset)
+    daemonset = copy.deepcopy(_named("DaemonSet", "gpu-auditor-host"))
+    daemonset["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "9478"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(daemonset)
+    monitor = copy.deepcopy(_of_kind("ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(monitor)
+    monitor = copy.deepcopy(_of_kind("ServiceMonitor")[0])
+    monitor["spec"]["endpoints"][0]["basicauth"] = monitor["spec"]["endpoints"][0].pop("basicAuth")
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(monitor)
+    monitor = copy.deepcopy(_of_kind("ServiceMonitor")[0])
+    monitor["metadata"]["labels"] = {"app.kubernetes.io/name": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        _validate(monitor)
+
+
+# -- the objects agree with each other ------------------------------------------------------------
+
+
+def _workloads() -> list[Obj]:
+    return _of_kind("DaemonSet", "Deployment")
+
+
+def _auditor_container(workload: Obj) -> Obj:
+    [container] = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == "auditor"]
+    assert isinstance(container, dict)
+    return container
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _config_of(workload: Obj, tmp_path: Path) -> tuple[Obj, Any]:
+    """(the ConfigMap the workload mounts at /etc/auditor, the auditor config in it, fully checked)."""
+    spec = workload["spec"]["template"]["spec"]
+    [mount] = [m for m in _auditor_container(workload)["volumeMounts"] if m["mountPath"] == "/etc/auditor"]
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    config_map = _named("ConfigMap", volume["configMap"]["name"])
+    args = _auditor_container(workload)["args"]
+    assert args[args.index("--config") + 1] == f"/etc/auditor/{CONFIG_KEY}"
+    path = tmp_path / CONFIG_KEY
+    path.write_text(config_map["data"][CONFIG_KEY])
+    return config_map, load_config(path, references=True)
+
+
+@pytest.mark.parametrize("kind", ["DaemonSet"])
+def test_service_servicemonitor_pods_and_config_fit_together(kind: str, tmp_path: Path) -> None:
+    [workload] = _of_kind(kind)
+    pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+    assert _matches(workload["spec"]["selector"]["matchLabels"], pod_labels)
+    container = _auditor_container(workload)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    _, config = _config_of(workload, tmp_path)
+    # The exporter listens where the pod says it does, on the pod's address.
+    host, _, port = config.daemon.exporter_listen.rpartition(":")
+    assert host == "0.0.0.0" and int(port) == ports["metrics"] == DEFAULT_EXPORTER_PORT  # noqa: S104
+    [service] = [s for s in _of_kind("Service") if _matches(s["spec"]["selector"], pod_labels)]
+    [service_port] = [p for p in service["spec"]["ports"] if p["targetPort"] == "metrics"]
+    [monitor] = [
+        m
+        for m in _of_kind("ServiceMonitor")
+        if _matches(m["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
+    ]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == service_port["name"]
+    # Basic auth: the daemon checks the password Prometheus sends, both from one Secret key.
+    assert config.daemon.exporter_basic_auth_user is not None
+    env = {e["name"]: e for e in container["env"]}
+    reference = env[config.daemon.exporter_basic_auth_password_env]["valueFrom"]["secretKeyRef"]
+    assert endpoint["basicAuth"]["password"] == {"name": reference["name"], "key": reference["key"]}
+    assert endpoint["basicAuth"]["username"]["name"] == reference["name"]
+    # The liveness probe cannot send credentials: it checks the port, never /metrics.
+    assert "tcpSocket" in container["livenessProbe"]
+
+
+def test_host_mode_sees_the_nodes_gpus_through_the_nvidia_runtime(tmp_path: Path) -> None:
+    daemonset = _named("DaemonSet", "gpu-auditor-host")
+    spec = daemonset["spec"]["template"]["spec"]
+    assert spec["runtimeClassName"] == "nvidia"
+    container = _auditor_container(daemonset)
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
+    assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"]["value"].split(",")  # NVML's capability
+    # The host's name is the node's: what dcgm-exporter puts in Hostname (its NODE_NAME).
+    assert env["AUDITOR_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # No GPU taken from a workload.
+    assert "nvidia.com/gpu" not in json.dumps(container.get("resources", {}))
+    _, config = _config_of(daemonset, tmp_path)
+    assert config.deployments
+    assert all(selector.host for d in config.deployments for selector in d.gpus)
+    # The SQLite store is on the mounted state volume.
+    [state] = [m for m in container["volumeMounts"] if m["name"] == "state"]
+    assert config.store.url == f"sqlite:///{state['mountPath']}/auditor.db"
+
+
+def _secret_references() -> Iterator[tuple[str, str]]:
+    for workload in _workloads():
+        for container in workload["spec"]["template"]["spec"]["containers"]:
+            for variable in container.get("env", []):
+                reference = variable.get("valueFrom", {}).get("secretKeyRef")
+                if reference:
+                    yield reference["name"], reference["key"]
+        for volume in workload["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:
+                for item in volume["secret"].get("items", [{"key": "*"}]):
+                    yield volume["secret"]["secretName"], item["key"]
+    for monitor in _of_kind("ServiceMonitor"):
+        for endpoint in monitor["spec"]["endpoints"]:
+            for selector in endpoint.get("basicAuth", {}).values():
+                yield selector["name"], selector["key"]
+
+
+def _readme_secrets() -> dict[str, set[str]]:
+    """`kubectl create secret generic NAME --from-literal=KEY=… --from-file=KEY=…` in the README."""
+    created: dict[str, set[str]] = {}
+    text = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if "kubectl" in line and "create secret generic" in line:
+            words = shlex.split(line.split("#", 1)[0])
+            name = words[words.index("generic") + 1]
+            keys = {
+                re.split(r"[=]", w.split("=", 1)[1], maxsplit=1)[0]
+                for w in words
+                if w.startswith(("--from-literal=", "--from-file="))
+            }
+            created.setdefault(name, set()).update(keys)
+    return created
+
+
+def test_every_secret_the_manifests_reference_is_created_in_the_readme() -> None:
+    created = _readme_secrets()
+    referenced = set(_secret_references())
+    assert referenced
+    missing = {(name, key) for name, key in referenced if key not in created.get(name, set())}
+    assert not missing, f"README's Kubernetes section creates no {missing}"
+
+
+# -- the image ------------------------------------------------------------------------------------
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of deploy/Dockerfile, continuation lines joined."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    steps = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            instruction, _, arguments = line.partition(" ")
+            steps.append((instruction.upper(), arguments.strip()))
+    return steps
+
+
+def test_the_dockerfile_copies_what_the_wheel_is_built_from_and_runs_the_console_script() -> None:
+    steps = _dockerfile()
+    copied = []
+    for instruction, arguments in steps:
+        if instruction == "COPY" and not arguments.startswith("--from"):
+            *sources, _ = arguments.split()
+            copied += [s.rstrip("/") for s in sources]
+    for source in copied:
+        assert (ROOT / source).exists(), source
+    # Exactly the files tests/test_host_install.py builds and installs the wheel from.
+    assert sorted(copied) == sorted(SOURCES)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [(script, target)] = pyproject["project"]["scripts"].items()
+    assert target == "auditor.__main__:main"
+    run = " ".join(a for i, a in steps if i == "RUN")
+    venv = re.search(r"python -m venv (\S+)", run)
+    assert venv, run
+    assert f'{venv.group(1)}/bin/pip install --no-cache-dir ".[postgres]"' in run
+    assert "postgres" in pyproject["project"]["optional-dependencies"]  # fleet mode's store
+    [entrypoint] = [json.loads(a) for i, a in steps if i == "ENTRYPOINT"]
+    assert entrypoint == [f"{venv.group(1)}/bin/{script}"]
+    [cmd] = [json.loads(a) for i, a in steps if i == "CMD"]
+    assert cmd == ["daemon", "--config", f"/etc/auditor/{CONFIG_KEY}"]
+    [expose] = [a for i, a in steps if i == "EXPOSE"]
+    assert int(expose) == DEFAULT_EXPORTER_PORT
+    # The user the pods run as.
+    [user] = [a for i, a in steps if i == "USER"]
+    uid = int(user.split(":")[0])
+    for workload in _workloads():
+        assert workload["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+    # The state directory is where the default store URL goes (systemd's variable).
+    env = " ".join(a for i, a in steps if i == "ENV")
+    assert "STATE_DIRECTORY=/var/lib/auditor" in env
+    assert "NVIDIA_DRIVER_CAPABILITIES=utility" in env
+
+
+def test_the_dockerignore_keeps_out_nothing_the_image_copies() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ".venv" in ignored and ".git" in ignored
+    copied = {
+        a.split()[0].rstrip("/") for i, a in _dockerfile() if i == "COPY" and not a.startswith("--from")
+    }
+    copied |= set(SOURCES)
+    for pattern in ignored:
+        assert pattern.rstrip("/") not in copied, pattern
+
+
+def test_the_workloads_run_the_image_the_readme_builds() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    readme = (ROOT / "README.md").read_text()
+    image = f"gpu-auditor:{version}"
+    assert f"docker build -f deploy/Dockerfile -t {image} ." in readme
+    for workload in _workloads():
+        spec = workload["spec"]["template"]["spec"]
+        for container in spec["containers"] + spec.get("initContainers", []):
+            assert container["image"] == image, container["name"]
+
+
+if __name__ == "__main__":
+    print(prometheus_rule(), end="")
