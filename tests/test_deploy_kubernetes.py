@@ -19,6 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from auditor.cli.host import HOST_ENV
 from auditor.config import DEFAULT_EXPORTER_PORT, load_config
 from tests.test_host_install import SOURCES
 
@@ -238,7 +239,7 @@ def test_host_mode_sees_the_nodes_gpus_through_the_nvidia_runtime(tmp_path: Path
     assert env["NVIDIA_VISIBLE_DEVICES"]["value"] == "all"
     assert "utility" in env["NVIDIA_DRIVER_CAPABILITIES"]["value"].split(",")  # NVML's capability
     # The host's name is the node's: what dcgm-exporter puts in Hostname (its NODE_NAME).
-    assert env["AUDITOR_HOST"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert env[HOST_ENV]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     # No GPU taken from a workload.
     assert "nvidia.com/gpu" not in json.dumps(container.get("resources", {}))
     _, config = _config_of(daemonset, tmp_path)

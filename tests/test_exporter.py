@@ -129,6 +129,17 @@ def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
     return found
 
 
+def _served(state: ExporterState) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """One scrape of an exporter serving `state` over HTTP on loopback."""
+    port = free_port()
+    exporter = Exporter(state, f"127.0.0.1:{port}")
+    exporter.start()
+    try:
+        return _scrape(port)
+    finally:
+        exporter.stop()
+
+
 def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> None:
     state = ExporterState()
     state.set_gpu_samples(
@@ -160,13 +171,7 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
     )
     state.record_success("nvml", 1234.0)
     state.record_errors("inference", ["unreachable", "unreachable"], down=True)
-    port = free_port()
-    exporter = Exporter(state, f"127.0.0.1:{port}")
-    exporter.start()
-    try:
-        metrics = _scrape(port)
-    finally:
-        exporter.stop()
+    metrics = _served(state)
     util = {labels["UUID"]: v for labels, v in metrics["auditor_gpu_utilization_ratio"]}
     assert util == {"GPU-0": 1.0}  # GPU-1's utilization is unknown: not exported as 0
     assert {labels["UUID"]: v for labels, v in metrics["auditor_gpu_power_watts"]} == {
@@ -227,13 +232,7 @@ def test_gpu_labels_are_named_and_valued_as_dcgm_exporter_names_them() -> None:
             GpuSample(ts=1.0, host="h", gpu_uuid="GPU-x", gpu_index=3, power_w=70.0),
         ]
     )
-    port = free_port()
-    exporter = Exporter(state, f"127.0.0.1:{port}")
-    exporter.start()
-    try:
-        metrics = _scrape(port)
-    finally:
-        exporter.stop()
+    metrics = _served(state)
     keys = ("Hostname", "gpu", "UUID", "modelName")
     for name in (
         "auditor_gpu_info",
