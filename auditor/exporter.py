@@ -14,7 +14,7 @@ import ipaddress
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -45,6 +45,10 @@ class DeploymentFigures:
     idle_cost_month_usd: Decimal | None
     breakeven_utilization: dict[str, Decimal]
     """API model → the utilization at which self-hosting costs what that API would."""
+    utilization: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(window, measure) → the deployment's utilization over the window (0–1), for each of the design's
+    measures that is known (`gpu_util`, `sm_active`, `request_busy`, `throughput_util`). In both modes:
+    fleet mode exports no per-GPU series."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +155,13 @@ def deployment_figures(
                     for c in (day_cost.apis if day_cost else [])
                     if c.breakeven_utilization is not None
                 },
+                utilization={
+                    (window, measure): value
+                    for window, of in (("1h", cost), ("1d", day_cost))
+                    if of is not None
+                    for measure, value in asdict(of.measures).items()
+                    if value is not None
+                },
             )
         )
     return figures
@@ -256,6 +267,12 @@ def _deployment_families(deployments: Sequence[DeploymentFigures]) -> Iterator[M
         "Utilization at which self-hosting costs what the API would (last day's token mix)",
         labels=["deployment", "api"],
     )
+    utilization = GaugeMetricFamily(
+        "auditor_deployment_utilization_ratio",
+        "Utilization of the deployment's GPUs over the window (time-weighted over observed time), "
+        "by measure: gpu_util, sm_active, request_busy, throughput_util",
+        labels=["deployment", "window", "measure"],
+    )
     for d in deployments:
         _add(tokens, [d.deployment], d.tokens_per_s)
         _add(rate, [d.deployment], _number(d.cost_rate_usd_per_h))
@@ -264,7 +281,9 @@ def _deployment_families(deployments: Sequence[DeploymentFigures]) -> Iterator[M
         _add(idle, [d.deployment], _number(d.idle_cost_month_usd))
         for api, share in d.breakeven_utilization.items():
             _add(breakeven, [d.deployment, api], float(share))
-    yield from (tokens, rate, per_mtok, idle, breakeven)
+        for (window, measure), ratio in sorted(d.utilization.items()):
+            _add(utilization, [d.deployment, window, measure], ratio)
+    yield from (tokens, rate, per_mtok, idle, breakeven, utilization)
 
 
 def _add(family: Any, labels: list[str], value: float | None) -> None:

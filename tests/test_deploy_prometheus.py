@@ -58,7 +58,7 @@ def _promtool(*args: str | Path, cwd: Path | None = None) -> subprocess.Complete
 def test_promtool_check_rules() -> None:
     done = _promtool("check", "rules", *RULE_FILES)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 13 rules found" in done.stdout and "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 14 rules found" in done.stdout and "SUCCESS: 6 rules found" in done.stdout
 
 
 def test_promtool_test_rules() -> None:
@@ -141,6 +141,11 @@ def _state_at(ts: int, host: str) -> ExporterState:
                     "openai:gpt-4o": Decimal("0.4"),
                     "anthropic:claude-3-5-haiku": Decimal("0.9"),
                 },
+                utilization={
+                    ("1h", "gpu_util"): 0.9,
+                    ("1h", "sm_active"): 0.45,
+                    ("1h", "throughput_util"): 0.5,
+                },
             ),
             DeploymentFigures(
                 deployment="mistral",
@@ -149,6 +154,7 @@ def _state_at(ts: int, host: str) -> ExporterState:
                 cost_per_mtok_usd={"1h": Decimal("555.6"), "1d": None},
                 idle_cost_month_usd=Decimal("0.1") * minute,
                 breakeven_utilization={"openai:gpt-4o": Decimal("0.7")},
+                utilization={("1h", "gpu_util"): 0.2, ("1d", "gpu_util"): 0.25},
             ),
         ]
     )
@@ -353,6 +359,18 @@ def test_dcgm_series_join_the_auditors_deployment_on_uuid(prometheus: PromServer
         at=before,
     )
     assert {s["metric"]["deployment"] for s in joined} == {"llama", "mistral"}
+
+
+@pytest.mark.slow
+def test_utilization_by_deployment_is_the_last_hours_by_measure(prometheus: PromServer) -> None:
+    result = prometheus.query("deployment:auditor_utilization_ratio:max", at=END)
+    found = {(s["metric"]["deployment"], s["metric"]["measure"]): float(s["value"][1]) for s in result}
+    assert found == {
+        ("llama", "gpu_util"): 0.9,
+        ("llama", "sm_active"): 0.45,
+        ("llama", "throughput_util"): 0.5,
+        ("mistral", "gpu_util"): 0.2,  # its day's 0.25 is another window
+    }
 
 
 @pytest.mark.slow

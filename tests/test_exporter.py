@@ -111,6 +111,14 @@ def test_deployment_figures_agree_with_hand_arithmetic(store: Store) -> None:
     per_mtok = figures.cost_per_mtok_usd["1h"]
     assert per_mtok is not None and abs(per_mtok - Decimal(5) / Decimal(360_000) * 10**6) < Decimal("1e-6")
     assert figures.idle_cost_month_usd is not None and figures.idle_cost_month_usd == 0  # busy all along
+    # The design's measures that are known: NVML's 80%, a request running all the time, and the
+    # throughput at its measured capacity (no capacity configured: a steady 100 tokens/s is its own
+    # sustained peak). No GPM: no sm_active.
+    assert figures.utilization == {
+        (window, measure): pytest.approx(value)
+        for window in ("1h", "1d")
+        for measure, value in (("gpu_util", 0.8), ("request_busy", 1.0), ("throughput_util", 1.0))
+    }
 
 
 def test_deployment_without_data_has_unknown_figures(store: Store) -> None:
@@ -166,6 +174,7 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
                 {"1h": Decimal("13.89"), "1d": None},
                 Decimal("1.25"),
                 {"openai:gpt-4o": Decimal("0.4")},
+                {("1h", "sm_active"): 0.25, ("1h", "throughput_util"): 0.125},
             )
         ]
     )
@@ -185,6 +194,10 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
     assert metrics["auditor_idle_cost_usd_total"] == [({"deployment": "llama"}, 1.25)]
     assert metrics["auditor_breakeven_utilization_ratio"] == [
         ({"deployment": "llama", "api": "openai:gpt-4o"}, 0.4)
+    ]
+    assert metrics["auditor_deployment_utilization_ratio"] == [
+        ({"deployment": "llama", "window": "1h", "measure": "sm_active"}, 0.25),
+        ({"deployment": "llama", "window": "1h", "measure": "throughput_util"}, 0.125),
     ]
     assert metrics["auditor_collector_last_success_timestamp_seconds"] == [({"collector": "nvml"}, 1234.0)]
     assert metrics["auditor_collector_errors_total"] == [
