@@ -4,6 +4,10 @@ re-sync and a revision do (hypothesis), and what each sync records."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -17,14 +21,8 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from moto.ce.models import ce_backends
 
-from auditor.cli.billing_sync import (
-    BillingClients,
-    api_sources,
-    attribute,
-    billing_checks,
-    billing_jobs,
-    sync_sources,
-)
+from auditor.cli import main
+from auditor.cli.billing_sync import billing_checks, billing_jobs
 from auditor.config import Config, parse_config
 from auditor.doctor import general_checks
 from auditor.errors import BadInputError
@@ -33,6 +31,7 @@ from auditor.model import CostBasis
 from auditor.store import Store
 from collectors import gcp_billing
 from collectors.aws_billing import ce_client
+from collectors.billing_api import BillingClients, api_sources, sync_sources
 from tests.gcpkit import GoogleServer, google_server
 from tests.test_gcp_billing import EXPORT_FIELDS, TABLE, catalog_pages
 
@@ -226,15 +225,6 @@ def test_a_resync_changes_nothing_and_a_revision_corrects_never_doubles(
     assert _total(store) == _expected(restated)
 
 
-def test_attribution_by_tags_or_by_a_deployment_tag_naming_one() -> None:
-    cfg = config()
-    assert attribute(cfg, {"deployment": "llama-70b"}) == "llama-70b"
-    assert attribute(cfg, {"app": "qwen"}) == "qwen"  # the GCP deployment's labels
-    assert attribute(cfg, {"deployment": "qwen"}) == "qwen"  # a deployment tag naming a deployment
-    assert attribute(cfg, {"deployment": "nobody"}) is None
-    assert attribute(cfg, {}) is None
-
-
 def test_a_non_usd_bill_without_a_rate_is_refused(aws: None, store: Store) -> None:
     answer = ce_day(date(2026, 11, 2), [("llama-70b", "p5.48xlarge", "10", "10")])
     for metric in answer["Groups"][0]["Metrics"].values():
@@ -403,3 +393,78 @@ def test_doctor_fails_a_bill_priced_deployment_with_no_source_to_bring_its_bill(
     assert "aws_cost_explorer" in (billing["billing aws"].fix or "")
     assert not billing["billing gcp"].ok
     assert not [c for c in general_checks(config(EXPORT_SOURCE), {}) if c.source.startswith("billing")]
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The real command line, in this process (so that moto's AWS stands in for AWS)."""
+    with pytest.raises(SystemExit) as done:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+def _config_file(tmp_path: Path, extra: str = "") -> str:
+    path = tmp_path / "auditor.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "a.db"}"\n' + DEPLOYMENTS + AWS_SOURCE + extra)
+    return str(path)
+
+
+def test_billing_sync_command_prints_days_rows_requests_and_cost_by_deployment(
+    aws: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    today = date.today()  # noqa: DTZ011  (Cost Explorer's days: the command reads through today)
+    queue(
+        {
+            "ResultsByTime": [
+                ce_day(
+                    today,
+                    [("llama-70b", "p5.48xlarge", "40.5", "55.04"), ("", "g5.xlarge", "1.006", "1.006")],
+                )
+            ]
+        }
+    )
+    code, out, err = _cli(capsys, "billing", "sync", "-c", _config_file(tmp_path), "--json")
+    assert code == 0, err
+    (source,) = json.loads(out)["sources"]
+    assert source["source"] == "aws-ce" and source["requests"] == 1 and source["requests_usd"] == "0.01"
+    assert source["by_deployment"] == {"llama-70b": "40.5"} and source["unattributed_usd"] == "1.006"
+    assert source["days_read"] == (today - today.replace(day=1)).days + 1 + _previous_month_days(today)
+    code, out, _ = _cli(capsys, "billing", "sync", "-c", _config_file(tmp_path))
+    assert code == 0
+    assert "aws-ce: " in out and "1 paid request(s) ($0.01)" in out and "(nothing changed)" in out
+    assert "llama-70b" in out and "$40.50" in out and "unattributed" in out and "$41.51" in out
+
+
+def _previous_month_days(today: date) -> int:
+    last = today.replace(day=1) - timedelta(days=1)
+    return last.day
+
+
+def test_billing_sync_bad_options_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config_file = _config_file(tmp_path)
+    code, _, err = _cli(capsys, "billing", "sync", "-c", config_file, "--since", "last week")
+    assert code == 2 and err.count("\n") == 1 and "--since 'last week' is not a date" in err
+    code, _, err = _cli(capsys, "billing", "sync", "-c", config_file, "--source", "nope")
+    assert code == 2 and "no source 'nope'" in err and "aws-ce" in err
+
+
+def test_billing_sync_without_credentials_names_the_permission(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k != "AUDITOR_CONFIG"}
+    env |= {
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "auditor"), "billing", "sync", "-c", _config_file(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=240, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "auditor: billing source 'aws-ce': no AWS credentials found; the source needs ce:GetCostAndUsage; "
+        "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the EnvironmentFile, or give the "
+        "host an instance role"
+    ]

@@ -15,12 +15,24 @@ from collections.abc import Sequence
 
 import typer
 
-from auditor.cli import alerts, billing, failure, host, install, planning, prices, pricing, report, status
+from auditor.cli import (
+    alerts,
+    billing,
+    billing_sync,
+    failure,
+    host,
+    install,
+    planning,
+    prices,
+    pricing,
+    report,
+    status,
+)
 from auditor.cli.common import EXIT_USAGE, command
 from auditor.redact import redact, register_env_secrets
 
 # Imported for the commands they register; listed so that the import is explicit.
-COMMAND_MODULES = (pricing, prices, host, status, alerts, report, planning, install, billing)
+COMMAND_MODULES = (pricing, prices, host, status, alerts, report, planning, install, billing, billing_sync)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "AUDITOR_DEBUG"
 

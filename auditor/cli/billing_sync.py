@@ -1,567 +1,260 @@
-"""`auditor billing sync`, and the daemon's daily billing job: the API bill sources into the store.
+"""`auditor billing sync`, the daemon's daily billing job, and doctor's billing checks.
 
-The composition root of the billing collectors: it builds each configured API source's client (Cost
-Explorer, the BigQuery billing export, the Cloud Catalog), decides which days to read (`plan_days`:
-the current and previous month, which the clouds revise, and older days only once), turns what they
-read into FOCUS-shaped `CostLine`s, attributes each to a deployment (or leaves it unattributed), and
-replaces the source's lines for exactly those days in one transaction: a re-sync of the same days
-changes nothing, a revision corrects a day and never doubles it. Each sync is recorded with what it
-read, what it changed and what it cost (Cost Explorer: $0.01 a request).
+The composition root's side of the API bill sources (`collectors.billing_api` does the work): the
+command with its progress bar and summary (days read, rows, requests made and what they cost, $ by
+deployment), the daemon's job, and one cheap real call per source for `auditor doctor`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
+import os
+import sys
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import date, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from auditor.analysis import active_window
-from auditor.config import (
-    AwsPrice,
-    Config,
-    CostExplorerSource,
-    DeploymentConfig,
-    GcpBillingExportSource,
-    GcpCatalogSource,
-    GcpPrice,
-)
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from auditor.cli.billing import billing_app, metric_words, print_result, result_json
+from auditor.cli.common import ConfigOption, JsonOption, console, gpu_catalog, open_store, require_config
+from auditor.config import Config, CostExplorerSource, GcpBillingExportSource
 from auditor.cron import cron_kwargs
 from auditor.daemon import JobSpec
 from auditor.doctor import Check
-from auditor.errors import BadInputError, UnavailableError
+from auditor.errors import BadInputError
 from auditor.gpu_prices import GpuPrice
-from auditor.model import CostBasis, CostLine
-from auditor.store import BillingSync, CostLineChange, Store
+from auditor.store import Store
+from auditor.units import allocate_cents, format_usd
 from collectors import aws_billing, gcp_billing
+from collectors.billing_api import (
+    API_KINDS,
+    ApiSource,
+    BillingClients,
+    SyncOutcome,
+    api_sources,
+    aws_gpu_families,
+    log,
+    sync_source,
+    sync_sources,
+)
+from collectors.focus_sources import BillingResult, sync_focus_source
 from collectors.interface import BillingUnavailable
 
-log = logging.getLogger("auditor.billing")
-
-API_KINDS = ("aws_cost_explorer", "gcp_billing_export", "gcp_catalog")
-"""The billing source kinds `billing sync` reads (file and S3 exports are imported, not synced)."""
-ApiSource = CostExplorerSource | GcpBillingExportSource | GcpCatalogSource
-Progress = Callable[[str, int], None]
-"""(what is being done, pages or steps done so far)."""
+CACHE_ENV = "CACHE_DIRECTORY"
+"""systemd's CacheDirectory= (the unit sets it); else ~/.cache/gpu-auditor."""
 
 
-@dataclass(frozen=True)
-class BillingClients:
-    """How each source's client is built: the standard credential chains by default; tests point them
-    at moto or a local server."""
-
-    cost_explorer: Callable[[CostExplorerSource], Any] = field(
-        default=lambda s: aws_billing.ce_client(region=s.region, profile=s.profile)
-    )
-    caller_account: Callable[[CostExplorerSource], str] = field(default=lambda s: _caller_account(s))
-    bigquery: Callable[[GcpBillingExportSource], Any] = field(
-        default=lambda s: gcp_billing.bigquery_client(
-            s.project or s.table.split(".")[0], endpoint=s.api_endpoint, location=s.location
-        )
-    )
-    catalog: Callable[[GcpCatalogSource], Any] = field(
-        default=lambda s: gcp_billing.catalog_client(endpoint=s.api_endpoint)
-    )
+def cache_dir(env: dict[str, str] | None = None) -> Path:
+    """Where the Cloud Catalog's list prices are cached between syncs."""
+    env = dict(os.environ) if env is None else env
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV].split(":")[0])
+    base = Path(env.get("XDG_CACHE_HOME") or Path(env.get("HOME", "/nonexistent")) / ".cache")
+    return base / "gpu-auditor"
 
 
-@dataclass(frozen=True, slots=True)
-class SyncOutcome:
-    """One source's sync: the days read, what it read and changed, and what it cost."""
-
-    source: str
-    kind: str
-    start: date
-    end: date
-    """Exclusive."""
-    rows: int
-    lines: int
-    requests: int
-    """Paid requests (Cost Explorer pages); free APIs count 0."""
-    request_cost_usd: Decimal
-    change: CostLineChange
-    by_deployment: dict[str | None, Decimal]
-    """Cost (the configured metric, USD) of the window's lines per deployment; None: unattributed."""
-    estimated_days: int
-    notes: tuple[str, ...] = ()
-
-    @property
-    def days(self) -> int:
-        return (self.end - self.start).days
+# -- billing sync ----------------------------------------------------------------------------------
 
 
-def api_sources(config: Config, only: str | None = None) -> list[ApiSource]:
-    """The configured sources `billing sync` reads; `only` names one (BadInputError when it is not one)."""
-    chosen = [
-        s
-        for s in config.billing.sources
-        if isinstance(s, CostExplorerSource | GcpBillingExportSource | GcpCatalogSource)
-    ]
-    if only is None:
-        return chosen
-    for source in chosen:
-        if source.name == only:
-            return [source]
-    names = ", ".join(s.name for s in chosen) or "none configured"
-    others = [s.name for s in config.billing.sources if s.name == only]
-    why = f"{only!r} is a file export: use `auditor billing import`" if others else f"no source {only!r}"
-    raise BadInputError(f"billing sync: {why}", f"sources that sync: {names}")
-
-
-def sync_sources(
-    config: Config,
-    store: Store,
-    *,
-    only: str | None = None,
-    since: date | None = None,
-    gpu_catalog: Sequence[GpuPrice] = (),
-    clients: BillingClients | None = None,
-    cache_dir: Path | None = None,
-    now: Callable[[], float] = time.time,
-    progress: Callable[[ApiSource], Progress] | None = None,
-) -> tuple[list[SyncOutcome], list[tuple[str, BillingUnavailable]]]:
-    """Sync every API source (or the one named), each on its own: one that cannot be read (no
-    credentials, a permission refused) is a failure in the result, and the others still sync."""
-    clients = clients or BillingClients()
-    outcomes: list[SyncOutcome] = []
-    failures: list[tuple[str, BillingUnavailable]] = []
-    for source in api_sources(config, only):
-        try:
-            outcomes.append(
-                sync_source(
-                    config,
-                    store,
-                    source,
-                    since=since,
-                    gpu_catalog=gpu_catalog,
-                    clients=clients,
-                    cache_dir=cache_dir,
-                    now=now,
-                    progress=None if progress is None else progress(source),
-                )
-            )
-        except BillingUnavailable as exc:
-            log.error("billing sync %s: %s", source.name, exc)
-            failures.append((source.name, exc))
-    return outcomes, failures
-
-
-def sync_source(
-    config: Config,
-    store: Store,
-    source: ApiSource,
-    *,
-    since: date | None = None,
-    gpu_catalog: Sequence[GpuPrice] = (),
-    clients: BillingClients,
-    cache_dir: Path | None = None,
-    now: Callable[[], float] = time.time,
-    progress: Progress | None = None,
-) -> SyncOutcome:
-    started = now()
-    today = datetime.fromtimestamp(started, UTC).date()
-    if isinstance(source, GcpCatalogSource):
-        today = datetime.fromtimestamp(started, config.tz).date()
-    window = aws_billing.plan_days(today, _synced_through(store, source.name), since)
-    assert window is not None  # noqa: S101  (plan_days always reaches today)
-    start, end = window
-    report = progress or (lambda _what, _n: None)
-    if isinstance(source, CostExplorerSource):
-        lines, rows, requests, notes = _read_cost_explorer(
-            config, source, start, end, gpu_catalog, clients, report
-        )
-        origin = f"Cost Explorer GetCostAndUsage {start}..{end - timedelta(days=1)}"
-    elif isinstance(source, GcpBillingExportSource):
-        lines, rows, notes = _read_gcp_export(config, source, start, end, today, clients, report)
-        requests = 0
-        origin = f"BigQuery {source.table} {start}..{end - timedelta(days=1)}"
-    else:
-        lines, rows, notes = _estimate_gcp(config, store, source, start, end, clients, cache_dir, now, report)
-        requests = 0
-        origin = f"Cloud Catalog list prices in {source.region}"
-    report("writing", 0)
-    change = store.replace_cost_lines(source.name, None, start, end, lines)
-    period = (_utc_ts(start), _utc_ts(end))
-    store.record_billing_sync(
-        BillingSync(
-            source=source.name,
-            kind=source.kind,
-            synced_ts=now(),
-            origin=origin,
-            period_start_ts=period[0],
-            period_end_ts=period[1],
-            rows_read=rows,
-            lines_added=change.added,
-            lines_removed=change.removed,
-            lines_changed=change.changed,
-            lines_unchanged=change.unchanged,
-            requests=requests,
-        )
-    )
-    metric = config.billing.cost_metric
-    by_deployment: dict[str | None, Decimal] = defaultdict(Decimal)
-    for line in lines:
-        by_deployment[line.deployment] += line.costed(metric).amount_usd
-    outcome = SyncOutcome(
-        source=source.name,
-        kind=source.kind,
-        start=start,
-        end=end,
-        rows=rows,
-        lines=len(lines),
-        requests=requests,
-        request_cost_usd=aws_billing.REQUEST_USD * requests,
-        change=change,
-        by_deployment=dict(by_deployment),
-        estimated_days=len({line.day for line in lines if line.estimated}),
-        notes=tuple(notes),
-    )
-    log.info(
-        "billing sync %s: %s..%s, %d row(s), %d line(s) (+%d -%d ~%d), %d paid request(s)",
-        source.name,
-        start,
-        end - timedelta(days=1),
-        rows,
-        len(lines),
-        change.added,
-        change.removed,
-        change.changed,
-        requests,
-    )
-    return outcome
-
-
-def _synced_through(store: Store, source: str) -> date | None:
-    """The last day a previous sync of this source read (None: never synced)."""
-    ends = [s.period_end_ts for s in store.billing_syncs(source) if s.period_end_ts is not None]
-    if not ends:
+def _since(text: str | None, today: date) -> date | None:
+    if text is None:
         return None
-    return datetime.fromtimestamp(max(ends), UTC).date() - timedelta(days=1)
-
-
-def _utc_ts(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
-
-
-def _month_ts(day: date) -> int:
-    return _utc_ts(day.replace(day=1))
-
-
-def _key(*parts: object) -> str:
-    """A line's stable identity within its source: what identifies it, never its amounts."""
-    text = "\x1f".join("" if p is None else str(p) for p in parts)
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def _usd_rate(config: Config, currency: str, source: str) -> Decimal:
-    if currency == "USD":
-        return Decimal(1)
-    rate = config.billing.currency_rates.get(currency)
-    if rate is None:
-        raise BadInputError(
-            f"billing source {source!r} bills in {currency}, and no rate converts it to USD",
-            f"set billing.currency_rates.{currency} (USD per {currency}) in the config",
-        )
-    return rate
-
-
-# -- attribution ---------------------------------------------------------------------------------
-
-
-def attribute(config: Config, tags: Mapping[str, str]) -> str | None:
-    """The deployment a line's tags (or labels) name, or None (unattributed: shown, never dropped).
-
-    A deployment priced from the bill claims a line carrying all of its configured `tags` (AWS) or
-    `labels` (GCP); else a `deployment` tag (the first of `billing.attribution.tag_keys`) whose value
-    is a deployment's name claims it."""
-    if not tags:
-        return None
-    for deployment in config.deployments:
-        wanted = _wanted_tags(deployment)
-        if wanted and all(tags.get(k) == v for k, v in wanted.items()):
-            return deployment.name
-    names = {d.name for d in config.deployments}
-    for key in config.billing.attribution.tag_keys[:1]:
-        if tags.get(key) in names:
-            return tags[key]
-    return None
-
-
-def _wanted_tags(deployment: DeploymentConfig) -> dict[str, str]:
-    price = deployment.price
-    if isinstance(price, AwsPrice):
-        return price.tags
-    if isinstance(price, GcpPrice):
-        return price.labels
-    return dict(getattr(price, "tags", {}) or {})
-
-
-# -- AWS Cost Explorer ---------------------------------------------------------------------------
-
-
-def _caller_account(source: CostExplorerSource) -> str:
-    """The credentials' own account (STS GetCallerIdentity: free, and needs no permission)."""
-    import boto3
-    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
     try:
-        session = boto3.session.Session(profile_name=source.profile)
-        return str(session.client("sts", region_name=source.region).get_caller_identity()["Account"])
-    except NoCredentialsError:
-        raise aws_billing.no_credentials(aws_billing.PERMISSION) from None
-    except ClientError as exc:
-        raise aws_billing.client_error(exc, "sts:GetCallerIdentity", "STS") from None
-    except BotoCoreError as exc:
-        raise BillingUnavailable(
-            f"AWS STS cannot be reached ({type(exc).__name__})", fix="check the network"
+        day = date.fromisoformat(text)
+    except ValueError:
+        raise BadInputError(
+            f"--since {text!r} is not a date", "give YYYY-MM-DD, e.g. --since 2026-01-01"
         ) from None
+    if day > today:
+        raise BadInputError(f"--since {day} is in the future", f"give a day up to today ({today})")
+    return day
 
 
-def aws_gpu_families(
-    config: Config, source: CostExplorerSource, gpu_catalog: Sequence[GpuPrice]
-) -> list[str]:
-    catalog_types = [p.instance_type for p in gpu_catalog if p.provider == "aws"]
-    return aws_billing.gpu_families(
-        [*catalog_types, *config.billing.gpu_instance_types], extra=source.instance_families
-    )
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[ApiSource], Callable[[str, int], None]]]:
+    """A rich progress line per source on stderr (pages read, then writing); nothing when disabled."""
+    if not enabled:
+        yield lambda _source: lambda _what, _n: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+
+        def for_source(source: ApiSource) -> Callable[[str, int], None]:
+            task = bar.add_task(f"{source.name}: starting", total=None)
+
+            def update(what: str, n: int) -> None:
+                shown = f"{what} {n}" if what.endswith("pages") else what
+                bar.update(task, description=f"{source.name}: {shown}")
+
+            return update
+
+        yield for_source
 
 
-def _read_cost_explorer(
-    config: Config,
-    source: CostExplorerSource,
-    start: date,
-    end: date,
-    gpu_catalog: Sequence[GpuPrice],
-    clients: BillingClients,
-    report: Progress,
-) -> tuple[list[CostLine], int, int, list[str]]:
-    account = source.account_id or clients.caller_account(source)
-    explorer = aws_billing.CostExplorer(
-        clients.cost_explorer(source),
-        families=aws_gpu_families(config, source, gpu_catalog),
-        tag_key=source.tag_key,
-        linked_accounts=source.linked_accounts,
-    )
-    fetched = explorer.fetch(start, end, on_page=lambda n: report("Cost Explorer pages", n))
-    gpus = {p.instance_type: p.gpus for p in gpu_catalog if p.provider == "aws"}
-    lines = []
-    for row in fetched.rows:
-        rate = _usd_rate(config, row.currency, source.name)
-        tags = {source.tag_key: row.tag_value} if source.tag_key and row.tag_value else {}
-        per_instance = gpus.get(row.instance_type)
-        lines.append(
-            CostLine(
-                day=row.day,
-                source=source.name,
-                account=account,
-                resource="",
-                usage_type=row.instance_type,
-                amount_usd=row.amortized * rate,
-                deployment=attribute(config, tags),
-                usage_hours=row.usage_hours,
-                gpu_hours=None
-                if row.usage_hours is None or per_instance is None
-                else row.usage_hours * per_instance,
-                basis=CostBasis.AMORTIZED,
-                estimated=row.estimated,
-                charge_period_start_ts=_utc_ts(row.day),
-                charge_period_end_ts=_utc_ts(row.day + timedelta(days=1)),
-                billing_period_start_ts=_month_ts(row.day),
-                billed_cost=row.unblended,
-                effective_cost=row.amortized,
-                billing_currency=row.currency,
-                usd_rate=rate,
-                charge_category="Usage",
-                provider="AWS",
-                tags_json=json.dumps(tags, sort_keys=True) if tags else None,
-                line_key=_key("ce", account, row.day, row.instance_type, source.tag_key, row.tag_value),
-            )
+@billing_app.command("sync")
+def sync_command(
+    config_path: ConfigOption = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            help="Also read the days from this date (YYYY-MM-DD) not read before; the current and "
+            "previous month are always re-read (the clouds revise them)."
+        ),
+    ] = None,
+    source: Annotated[str | None, typer.Option(help="Sync only this [[billing.sources]] entry.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Bring the configured bills in: Cost Explorer, the GCP billing export, GCP list-price estimates, and
+    FOCUS exports in S3 or BigQuery. Prints, per source, the days read, rows, paid requests made
+    (Cost Explorer: $0.01 each) and the cost by deployment; re-syncing the same days changes nothing."""
+    config = require_config(config_path)
+    chosen = [s for s in config.billing.sources if source is None or s.name == source]
+    if not chosen:
+        names = ", ".join(s.name for s in config.billing.sources) or "none configured"
+        raise BadInputError(
+            f"billing sync: no source {source!r}"
+            if source
+            else "billing sync: no [[billing.sources]] configured",
+            f"sources: {names}"
+            if source
+            else "add one (README: Billing) or import FOCUS files with `billing import`",
         )
-    notes = []
-    if fetched.retries:
-        notes.append(f"{fetched.retries} throttled or failed request(s) retried by botocore")
-    return lines, len(fetched.rows), fetched.requests, notes
-
-
-# -- GCP billing export --------------------------------------------------------------------------
-
-GCP_REVISABLE_DAYS = 3
-"""The export loads usage hours to days late: the last days are marked estimated beside the open month."""
-
-
-def _read_gcp_export(
-    config: Config,
-    source: GcpBillingExportSource,
-    start: date,
-    end: date,
-    today: date,
-    clients: BillingClients,
-    report: Progress,
-) -> tuple[list[CostLine], int, list[str]]:
-    export = gcp_billing.BillingExport(
-        clients.bigquery(source), source.table, label_key=source.label_key, families=source.machine_families
-    )
-    report("BigQuery export", 0)
-    fetched = export.fetch(start, end)
-    report("BigQuery export", 1)
-    open_from = min(today.replace(day=1), today - timedelta(days=GCP_REVISABLE_DAYS))
-    lines = []
-    for row in fetched.rows:
-        rate = _usd_rate(config, row.currency, source.name)
-        tags = {source.label_key: row.label_value} if source.label_key and row.label_value else {}
-        hours = (
-            row.usage_amount if row.gpu_sku and (row.pricing_unit or "").lower() in {"hour", "h"} else None
-        )
-        net = row.net
-        lines.append(
-            CostLine(
-                day=row.day,
-                source=source.name,
-                account=row.billing_account,
-                resource="",
-                usage_type=row.sku_description,
-                amount_usd=net * rate,
-                deployment=attribute(config, tags),
-                usage_hours=row.usage_amount,
-                gpu_hours=hours,
-                basis=CostBasis.INVOICED,
-                estimated=row.day >= open_from,
-                charge_period_start_ts=_utc_ts(row.day),
-                charge_period_end_ts=_utc_ts(row.day + timedelta(days=1)),
-                billing_period_start_ts=_month_ts(row.day),
-                billed_cost=net,
-                effective_cost=net,
-                billing_currency=row.currency,
-                usd_rate=rate,
-                charge_category="Usage" if row.cost >= 0 else "Credit",
-                provider="Google Cloud",
-                sub_account=row.project or None,
-                region=row.region,
-                sku_id=row.sku_id or None,
-                tags_json=json.dumps(tags, sort_keys=True) if tags else None,
-                line_key=_key(
-                    "gcp",
-                    row.billing_account,
-                    row.project,
-                    row.day,
-                    row.sku_id,
-                    row.region,
-                    row.machine_spec,
-                    source.label_key,
-                    row.label_value,
-                ),
-            )
-        )
-    notes = [f"BigQuery billed {fetched.bytes_billed} byte(s)"] if fetched.bytes_billed else []
-    return lines, len(fetched.rows), notes
-
-
-# -- GCP list-price estimates --------------------------------------------------------------------
-
-
-def _estimate_gcp(
-    config: Config,
-    store: Store,
-    source: GcpCatalogSource,
-    start: date,
-    end: date,
-    clients: BillingClients,
-    cache_dir: Path | None,
-    now: Callable[[], float],
-    report: Progress,
-) -> tuple[list[CostLine], int, list[str]]:
-    catalog = gcp_billing.SkuCatalog(clients.catalog(source))
-    report("Cloud Catalog", 0)
-    if cache_dir is None:
-        skus, cached = catalog.gpu_skus(), False
+    catalog = gpu_catalog()
+    today = date.today()  # noqa: DTZ011  (only bounds --since)
+    first = _since(since, today + timedelta(days=1))
+    store = open_store(config)
+    outcomes: list[SyncOutcome] = []
+    imported: list[BillingResult] = []
+    failures: list[tuple[str, BillingUnavailable]] = []
+    try:
+        with _progress(not as_json and sys.stderr.isatty()) as progress:
+            for entry in chosen:
+                if entry.kind not in API_KINDS:
+                    imported.append(sync_focus_source(store, config, entry, catalog))
+                    continue
+                api = api_sources(config, entry.name)[0]
+                try:
+                    outcomes.append(
+                        sync_source(
+                            config,
+                            store,
+                            api,
+                            since=first,
+                            gpu_catalog=catalog,
+                            clients=BillingClients(),
+                            cache_dir=cache_dir(),
+                            progress=progress(api),
+                        )
+                    )
+                except BillingUnavailable as exc:
+                    failures.append((entry.name, exc))
+    finally:
+        store.close()
+    if as_json:
+        print(json.dumps(sync_json(config, outcomes, imported, failures), indent=2))
     else:
-        cache = gcp_billing.SkuCache(cache_dir / f"gcp_skus_{source.name}.json", catalog.gpu_skus, clock=now)
-        skus, cached = cache.skus()
-    report("Cloud Catalog", 1)
-    chosen = _estimated_deployments(config, source)
-    bounds = store.activity_bounds([d.name for d in chosen])
-    tz = config.tz
-    lines: list[CostLine] = []
-    notes = ["list prices from the cache"] if cached else []
-    for deployment in chosen:
-        sku = gcp_billing.gpu_hour_price(skus, deployment.gpu_type, source.region)
-        if sku is None:
-            notes.append(
-                f"{deployment.name}: the Cloud Catalog lists no on-demand {deployment.gpu_type} GPU in "
-                f"{source.region}: no estimate (it shows no billing data)"
-            )
-            continue
-        if sku.currency != "USD":
-            notes.append(f"{deployment.name}: {sku.sku_id} is priced in {sku.currency}: no estimate")
-            continue
-        for day in _days(start, end):
-            day_start = datetime(day.year, day.month, day.day, tzinfo=tz)
-            following = day + timedelta(days=1)
-            day_end = datetime(following.year, following.month, following.day, tzinfo=tz)
-            active = active_window(deployment, bounds.get(deployment.name), day_start, day_end, tz)
-            if active is None:
-                continue
-            seconds = int((active[1] - active[0]).total_seconds())
-            gpu_hours = Decimal(seconds) / Decimal(3600) * deployment.billed_gpus
-            amount = sku.price(gpu_hours)
-            lines.append(
-                CostLine(
-                    day=day,
-                    source=source.name,
-                    account="gcp-list-price",
-                    resource=deployment.name,
-                    usage_type=f"{sku.description} (list price)",
-                    amount_usd=amount,
-                    deployment=deployment.name,
-                    usage_hours=gpu_hours,
-                    gpu_hours=gpu_hours,
-                    basis=CostBasis.LIST,
-                    estimated=True,
-                    charge_period_start_ts=int(active[0].timestamp()),
-                    charge_period_end_ts=int(active[1].timestamp()),
-                    billing_period_start_ts=_month_ts(day),
-                    list_cost=amount,
-                    billing_currency="USD",
-                    charge_category="Usage",
-                    pricing_category="Standard",
-                    provider="Google Cloud",
-                    region=source.region,
-                    sku_id=sku.sku_id,
-                    line_key=_key("gcp-list", deployment.name, day, sku.sku_id, source.region),
-                )
-            )
-    return lines, len(skus), notes
+        for outcome in outcomes:
+            print_outcome(outcome, config)
+        for result in imported:
+            print_result(result, config)
+    for name, failure in failures:
+        print(f"auditor: billing source {name!r}: {failure}", file=sys.stderr)
+    if failures:
+        raise typer.Exit(1)
 
 
-def _estimated_deployments(config: Config, source: GcpCatalogSource) -> list[DeploymentConfig]:
-    if source.deployments:
-        wanted = set(source.deployments)
-        unknown = wanted - {d.name for d in config.deployments}
-        if unknown:
-            raise BadInputError(
-                f"billing source {source.name!r} names no such deployment: {', '.join(sorted(unknown))}",
-                "list deployments by their [[deployments]] name",
-            )
-        return [d for d in config.deployments if d.name in wanted]
-    return [d for d in config.deployments if isinstance(d.price, GcpPrice)]
+def _usd(value: Decimal) -> str:
+    return str(value)
 
 
-def _days(start: date, end: date) -> Iterable[date]:
-    day = start
-    while day < end:
-        yield day
-        day += timedelta(days=1)
+def outcome_json(outcome: SyncOutcome, config: Config) -> dict[str, Any]:
+    return {
+        "source": outcome.source,
+        "kind": outcome.kind,
+        "cost_metric": config.billing.cost_metric.value,
+        "first_day": outcome.start.isoformat(),
+        "last_day": (outcome.end - timedelta(days=1)).isoformat(),
+        "days_read": outcome.days,
+        "rows_read": outcome.rows,
+        "lines": {
+            "total": outcome.lines,
+            "added": outcome.change.added,
+            "removed": outcome.change.removed,
+            "changed": outcome.change.changed,
+            "unchanged": outcome.change.unchanged,
+        },
+        "estimated_days": outcome.estimated_days,
+        "requests": outcome.requests,
+        "requests_usd": _usd(outcome.request_cost_usd),
+        "by_deployment": {k: _usd(v) for k, v in sorted(outcome.by_deployment.items(), key=_order) if k},
+        "unattributed_usd": _usd(outcome.by_deployment.get(None, Decimal(0))),
+        "estimate": outcome.kind == "gcp_catalog",
+        "notes": list(outcome.notes),
+    }
 
 
-def unavailable(exc: BillingUnavailable, source: str) -> UnavailableError:
-    """A billing source's failure as the CLI's one line (exit 1), naming the source."""
-    return UnavailableError(f"billing source {source!r}: {exc.message}", exc.fix)
+def sync_json(
+    config: Config,
+    outcomes: Sequence[SyncOutcome],
+    imported: Sequence[BillingResult],
+    failures: Sequence[tuple[str, BillingUnavailable]],
+) -> dict[str, Any]:
+    return {
+        "sources": [outcome_json(o, config) for o in outcomes] + [result_json(r, config) for r in imported],
+        "failures": [
+            {"source": name, "error": exc.message, "fix": exc.fix, "permission": exc.permission}
+            for name, exc in failures
+        ],
+    }
+
+
+def _order(item: tuple[str | None, Decimal]) -> tuple[int, str]:
+    return (1, "") if item[0] is None else (0, item[0])
+
+
+def print_outcome(outcome: SyncOutcome, config: Config) -> None:
+    """One source's sync: the days read, rows, paid requests, what changed, and $ by deployment."""
+    change = outcome.change
+    last = outcome.end - timedelta(days=1)
+    paid = (
+        f"{outcome.requests} paid request(s) (${outcome.request_cost_usd})"
+        if outcome.kind == "aws_cost_explorer"
+        else "no paid requests"
+    )
+    print(
+        f"{outcome.source}: {outcome.days} days read ({outcome.start} … {last}), {outcome.rows:,} rows, "
+        f"{paid}; lines {change.added} added, {change.removed} removed, {change.changed} changed, "
+        f"{change.unchanged} unchanged"
+        + ("" if change.changed_anything else " (nothing changed)")
+        + (f"; {outcome.estimated_days} days still estimated" if outcome.estimated_days else "")
+    )
+    for note in outcome.notes:
+        print(f"  note: {note}")
+    items = sorted(outcome.by_deployment.items(), key=_order)
+    if not items:
+        return
+    shown, total = allocate_cents([v for _, v in items])
+    estimate = " — list-price ESTIMATE" if outcome.kind == "gcp_catalog" else ""
+    table = Table(title=f"{outcome.source} by deployment: {metric_words(config)}{estimate}")
+    table.add_column("deployment")
+    table.add_column("cost", justify="right")
+    for (name, _), amount in zip(items, shown, strict=True):
+        table.add_row(name or "unattributed", format_usd(amount))
+    table.add_row("total", format_usd(total), end_section=True)
+    console().print(table)
 
 
 # -- the daemon's daily job ----------------------------------------------------------------------
