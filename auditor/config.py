@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import date
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -184,6 +186,65 @@ class ServerEndpoint(_Strict):
     kind: Literal["auto", "vllm", "sglang", "tgi"] = "auto"
     model_name: str | None = None
     """Only the series with this model label (a server may serve several)."""
+
+
+def _valid_matchers(value: dict[str, str]) -> dict[str, str]:
+    """Prometheus label names; a `~` value must be a regular expression."""
+    for label, wanted in value.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", label):
+            raise ValueError(f"{label!r} is not a Prometheus label name")
+        if wanted.startswith("~"):
+            try:
+                re.compile(wanted[1:])
+            except re.error as exc:
+                raise ValueError(f"{label}: not a regular expression ({exc})") from None
+    return value
+
+
+Matchers = Annotated[dict[str, str], AfterValidator(_valid_matchers)]
+
+
+class FleetConfig(_Strict):
+    """Fleet mode: read DCGM and inference-server metrics from a Prometheus (or Thanos, Mimir,
+    VictoriaMetrics) instead of sampling this host. Secrets come from the environment or files."""
+
+    url: str = Field(pattern=r"^https?://\S+$")
+    """The Prometheus HTTP API's base URL (`/api/v1/...` is appended)."""
+    timeout_s: float = Field(30, gt=0, le=600)
+    retries: int = Field(3, ge=0, le=10)
+    """Attempts after the first for a query that times out, cannot connect or gets a 5xx/429."""
+    retry_backoff_s: float = Field(1, ge=0, le=60)
+    """The first wait between attempts; it doubles each time."""
+    basic_auth_user: str | None = Field(None, min_length=1, pattern=r"^[^:\s]+$")
+    basic_auth_password_env: str = "AUDITOR_PROMETHEUS_PASSWORD"  # noqa: S105  (a variable's name)
+    basic_auth_password_file: Path | None = None
+    bearer_token_env: str | None = None
+    """The name of the environment variable holding a bearer token (never the token itself)."""
+    bearer_token_file: Path | None = None
+    """A file holding a bearer token (a Kubernetes service account's, say); read at every start."""
+    ca_file: Path | None = None
+    """A PEM CA bundle to verify the server's certificate with (a private CA)."""
+    interval_s: float = Field(60, ge=10, le=3600)
+    """How often the daemon rolls the fleet up."""
+    reread_minutes: int = Field(10, ge=1, le=1440)
+    """Each roll-up re-reads this many trailing minutes: samples arrive late (scrape, remote write)."""
+    max_gap_s: float = Field(180, ge=60, le=86_400)
+    """Per-minute points of a series further apart than this leave unknown time between them."""
+    chunk_minutes: int = Field(360, ge=1, le=10_999)
+    """Minutes per query_range request (under Prometheus' 11,000 points per series)."""
+    gpu_matchers: Matchers = Field(default_factory=dict)
+    """Label matchers added to every DCGM query (`{job = "dcgm-exporter"}`); `~regex` for a regex."""
+    server_matchers: Matchers = Field(default_factory=dict)
+    """Label matchers added to every inference-server query."""
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> Self:
+        bearer = self.bearer_token_env is not None or self.bearer_token_file is not None
+        if self.bearer_token_env is not None and self.bearer_token_file is not None:
+            raise ValueError("give bearer_token_env or bearer_token_file, not both")
+        if bearer and self.basic_auth_user is not None:
+            raise ValueError("give basic_auth_user or a bearer token, not both")
+        return self
 
 
 class StaticPrice(_Strict):
@@ -474,8 +535,11 @@ class DeploymentConfig(_Strict):
     gpu_count: int | None = Field(None, gt=0, le=1_000_000)
     """GPUs billed; needed when a GPU selector takes a whole host."""
     gpus: list[GpuSelector] = Field(default_factory=list)
-    prometheus_matchers: dict[str, str] = Field(default_factory=dict)
-    """Label matchers that pick this deployment's GPUs in fleet mode (DCGM through PromQL)."""
+    prometheus_matchers: Matchers = Field(default_factory=dict)
+    """Label matchers that pick this deployment's GPUs in fleet mode (DCGM through PromQL): a value is
+    matched exactly, or as a fully anchored regex when it starts with `~` (`pod = "~llama-.*"`)."""
+    prometheus_server_matchers: Matchers | None = None
+    """The same for its inference servers' series; `prometheus_matchers` when not given."""
     servers: list[ServerEndpoint] = Field(default_factory=list)
     price: PriceSource
     overheads: Overheads = Field(default_factory=Overheads)
@@ -674,6 +738,8 @@ class Config(_Strict):
     report: ReportConfig = Field(default_factory=ReportConfig)
     billing: BillingConfig = Field(default_factory=BillingConfig)
     deployments: list[DeploymentConfig] = Field(default_factory=list)
+    fleet: FleetConfig | None = None
+    """Fleet mode (PromQL) instead of sampling this host's GPUs."""
 
     @field_validator("timezone")
     @classmethod
@@ -797,6 +863,8 @@ def secret_exposure(path: Path, config: Config) -> str | None:
     if not mode & 0o004:
         return None
     urls = {"store.url": config.store.url, "prices.update_url": config.prices.update_url or ""}
+    if config.fleet is not None:
+        urls["fleet.url"] = config.fleet.url
     for i, deployment in enumerate(config.deployments):
         for j, server in enumerate(deployment.servers):
             urls[f"deployments[{i}].servers[{j}].url"] = server.url

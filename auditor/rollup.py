@@ -79,6 +79,8 @@ class _GpuAcc:
     gpu_index: int
     deployment: str | None
     observed_s: float = 0.0
+    activity_s: float = 0.0
+    """Seconds with utilization or SM activity known (a MIG instance has the latter only)."""
     idle_s: float = 0.0
     loaded_s: float = 0.0
     util: _Weighted = field(default_factory=_Weighted)
@@ -139,6 +141,8 @@ def rollup_gpu(
             bucket.util.add(util, seconds)
             bucket.sm.add(sm, seconds)
             bucket.power.add(b.power_w, seconds)
+            if activity is not None:
+                bucket.activity_s += seconds
             if activity is not None and activity < idle_threshold:
                 bucket.idle_s += seconds
             if (b.process_count or 0) > 0 or (b.process_mem_bytes or 0) > 0:
@@ -157,7 +161,7 @@ def rollup_gpu(
             gpu_index=a.gpu_index,
             deployment=a.deployment,
             observed_s=a.observed_s,
-            util_observed_s=a.util.seconds,
+            util_observed_s=a.activity_s,
             idle_s=a.idle_s,
             loaded_s=a.loaded_s,
             gpu_util=a.util.mean,

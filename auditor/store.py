@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
@@ -843,6 +845,26 @@ class Store:
                 )
                 _insert_records(conn, table, rows)
             _refresh_tiers(conn, start_minute_ts, end_minute_ts)
+
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """Hold an exclusive lock named `name` across every process sharing this store, without
+        waiting: True when this process holds it. PostgreSQL: a session advisory lock (several fleet
+        replicas, one writer at a time); SQLite: always True (one host writes its file, and SQLite
+        serialises writers itself)."""
+        if self.engine.dialect.name != "postgresql":
+            yield True
+            return
+        key = zlib.crc32(f"gpu-auditor:{name}".encode())
+        with self.engine.connect() as conn:
+            held = bool(conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar())
+            conn.commit()
+            try:
+                yield held
+            finally:
+                if held:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                    conn.commit()
 
     def rebuild_tiers(self, start_ts: float, end_ts: float) -> None:
         """Recompute the roll-up tiers over [start, end) from the minute rows (after minutes were
