@@ -34,6 +34,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from auditor.config import Config
 from auditor.exporter import DeploymentFigures, ExporterState
+from auditor.fleet import FleetRollup
 from auditor.model import MINUTE_S, GpuSample, ServerSample
 from auditor.redact import redact
 from auditor.rollup import minute_floor, run_rollup
@@ -181,8 +182,13 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         extra_jobs: Sequence[JobSpec] = (),
+        fleet: FleetRollup | None = None,
     ) -> None:
         self.config = config
+        self.fleet = fleet
+        """Fleet mode: the fleet is read from Prometheus and rolled up; nothing is sampled here."""
+        if fleet is not None:
+            fleet.progress = self._fleet_progress
         self.store = store
         self.gpu_collectors = list(gpu_collectors)
         self.server_collectors = list(server_collectors)
@@ -201,6 +207,12 @@ class Daemon:
     # -- jobs -----------------------------------------------------------------------------------
 
     def jobs(self) -> list[JobSpec]:
+        if self.fleet is not None:
+            return [
+                JobSpec("fleet-rollup", self.rollup, interval_s=self.fleet_interval_s, run_at_start=True),
+                JobSpec("retention", self.retention, cron={"hour": 3, "minute": 17}, run_at_start=True),
+                *self.extra_jobs,
+            ]
         return [
             JobSpec(
                 "sample", self.sample, interval_s=self.config.daemon.sample_interval_s, run_at_start=True
@@ -280,8 +292,43 @@ class Daemon:
             return
         self.problems.update("store", [])
 
+    @property
+    def fleet_interval_s(self) -> float:
+        return self.config.fleet.interval_s if self.config.fleet is not None else MINUTE_S
+
+    def _fleet_progress(self) -> None:
+        self._last_pass_ts = self.monotonic()
+
+    def fleet_rollup(self) -> None:
+        """Fleet mode's roll-up: Prometheus down leaves the window unknown (one log line when it starts
+        failing, one when it is back) and the next run reads it again."""
+        assert self.fleet is not None  # noqa: S101  (only scheduled in fleet mode)
+        self._last_pass_ts = self.monotonic()  # the job ran: a hung run stops the watchdog pings
+        try:
+            result = self.fleet.run(self.clock())
+        except CollectorError as exc:
+            self.problems.update("prometheus", [Problem("prometheus", exc.kind, str(exc))])
+            self.state.record_errors("prometheus", [exc.kind], down=True)
+            return
+        except SQLAlchemyError as exc:
+            self.problems.update(
+                "rollup",
+                [Problem("store", "rollup_failed", f"cannot roll up: {getattr(exc, 'orig', None) or exc}")],
+            )
+            self.state.record_errors("rollup", ["rollup_failed"])
+            return
+        self.problems.update("prometheus", [])
+        self.problems.update("rollup", [])
+        self.state.record_success("prometheus", self.clock())
+        self._last_pass_ts = self.monotonic()
+        if not result.skipped:
+            self.update_figures()
+
     def rollup(self) -> None:
         """Roll up the trailing minutes (and, the first time, everything since the last roll-up)."""
+        if self.fleet is not None:
+            self.fleet_rollup()
+            return
         now = self.clock()
         end = minute_floor(now) + MINUTE_S
         max_gap_s = self.config.daemon.effective_max_gap_s
@@ -365,6 +412,10 @@ class Daemon:
             return False
         daemon = self.config.daemon
         allowed = 2 * daemon.sample_interval_s + scrape_deadline_s(self.config)
+        if self.fleet is not None and self.config.fleet is not None:
+            fleet = self.config.fleet
+            # One chunk's 12 queries, each with its retries (a catch-up reports every chunk it writes).
+            allowed = 2 * fleet.interval_s + 12 * (fleet.retries + 1) * fleet.timeout_s
         return self.monotonic() - self._last_pass_ts < allowed
 
     def flush(self, deadline_s: float) -> bool:
@@ -375,6 +426,8 @@ class Daemon:
             log.warning("a sampling pass did not finish within %.0f s; exiting without it", deadline_s)
             return False
         self._busy.release()
+        if self.fleet is not None:
+            return True  # nothing sampled here: the next start reads the window again
         if self._pending_gpu or self._pending_server:
             self._write([], [])
         self.rollup()
@@ -432,13 +485,17 @@ def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading
     scheduler = build_scheduler(daemon.jobs(), daemon.config.tz)
     scheduler.start()
     sd_notify("READY=1", env)
-    sd_notify(f"STATUS=sampling every {daemon.config.daemon.sample_interval_s:g} s", env)
-    log.info(
-        "started: sampling every %g s, %d GPU and %d server collector(s)",
-        daemon.config.daemon.sample_interval_s,
-        len(daemon.gpu_collectors),
-        len(daemon.server_collectors),
-    )
+    if daemon.fleet is not None:
+        sd_notify(f"STATUS=fleet mode: rolling up from Prometheus every {daemon.fleet_interval_s:g} s", env)
+        log.info("started in fleet mode: rolling up from Prometheus every %g s", daemon.fleet_interval_s)
+    else:
+        sd_notify(f"STATUS=sampling every {daemon.config.daemon.sample_interval_s:g} s", env)
+        log.info(
+            "started: sampling every %g s, %d GPU and %d server collector(s)",
+            daemon.config.daemon.sample_interval_s,
+            len(daemon.gpu_collectors),
+            len(daemon.server_collectors),
+        )
     watchdog_s = watchdog_interval_s(env)
     tick = min(watchdog_s or 1.0, 1.0)
     flushed = False

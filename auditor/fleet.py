@@ -132,6 +132,8 @@ class FleetRollup:
         self.catch_up_s = catch_up_s
         self.done_until: int | None = None
         """The end of the last window written: the next run starts no later than this."""
+        self.progress: Callable[[], None] | None = None
+        """Called after each chunk is written (the daemon's liveness during a long catch-up)."""
 
     def window(self, now: float) -> tuple[int, int]:
         end = minute_floor(now)
@@ -160,3 +162,5 @@ class FleetRollup:
     def _written(self, chunk_end: int) -> None:
         # Progress survives a failure in a later chunk; the trailing minutes are re-read anyway.
         self.done_until = max(self.done_until or chunk_end, chunk_end)
+        if self.progress is not None:
+            self.progress()

@@ -77,7 +77,7 @@ def test_unknown_top_level_key_lists_the_allowed_ones() -> None:
     (line,) = problems("deployment = []\n")
     assert line == (
         "auditor.toml: deployment: unknown key; allowed here: "
-        "billing, daemon, deployments, prices, report, rules, slack, store, timezone"
+        "billing, daemon, deployments, fleet, prices, report, rules, slack, store, timezone"
     )
 
 

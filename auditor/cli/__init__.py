@@ -20,6 +20,7 @@ from auditor.cli import (
     billing,
     billing_sync,
     failure,
+    fleet,
     host,
     install,
     planning,
@@ -32,7 +33,19 @@ from auditor.cli.common import EXIT_USAGE, command
 from auditor.redact import redact, register_env_secrets
 
 # Imported for the commands they register; listed so that the import is explicit.
-COMMAND_MODULES = (pricing, prices, host, status, alerts, report, planning, install, billing, billing_sync)
+COMMAND_MODULES = (
+    pricing,
+    prices,
+    host,
+    status,
+    alerts,
+    report,
+    planning,
+    install,
+    billing,
+    billing_sync,
+    fleet,
+)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "AUDITOR_DEBUG"
 

@@ -177,7 +177,9 @@ def register_config_secrets(config: Config) -> None:
     if slack.token_file is not None:
         with contextlib.suppress(OSError, UnicodeDecodeError):  # unreadable: the sender says so later
             register_secret(slack.token_file.read_text(encoding="utf-8").strip())
-    for url in [config.prices.update_url or ""] + [s.url for d in config.deployments for s in d.servers]:
+    fleet_url = [config.fleet.url] if config.fleet is not None else []
+    server_urls = [s.url for d in config.deployments for s in d.servers]
+    for url in [config.prices.update_url or "", *fleet_url, *server_urls]:
         try:
             register_secret(urlsplit(url).password)
         except ValueError:

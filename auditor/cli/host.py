@@ -32,6 +32,7 @@ from auditor.cli.common import (
 from auditor.config import Config, deployments_on_host
 from auditor.doctor import Check, failed, general_checks, render_json, render_text
 from auditor.exporter import DeploymentFigures, Exporter, ExporterState, deployment_figures
+from auditor.fleet import FleetRollup
 from auditor.gpu_prices import GpuPrice
 from auditor.prices import ApiPriceCatalog
 from auditor.redact import register_secret
@@ -86,13 +87,29 @@ def daemon(
     logs.configure(level)
     exporter = _exporter(config)
     name = this_host(host)
+    if config.fleet is not None:
+        # Imported here: fleet mode's binding (requests, prometheus-api-client) is not needed by a host.
+        from auditor.cli.fleet import fleet_reader
+
+        reader = fleet_reader(config)
     store = open_store(config)
-    gpu = _nvml_collector(config, name)
-    if gpu is None:
+    fleet = None
+    if config.fleet is not None:
+        fleet = FleetRollup(
+            store,
+            reader,
+            reread_s=config.fleet.reread_minutes * 60,
+            max_gap_s=config.fleet.max_gap_s,
+            idle_threshold=config.rules.idle_threshold,
+            capacity_tokens_per_s={d.name: d.capacity_tokens_per_s for d in config.deployments}.get,
+            catch_up_s=config.store.minute_retention_days * 86_400,
+        )
+    gpu = _nvml_collector(config, name) if fleet is None else None
+    if gpu is None and fleet is None:
         logging.getLogger("auditor.daemon").warning(
             "nvml: nvidia-ml-py is not installed; GPUs are not sampled"
         )
-    endpoints = endpoints_on_host(config, name)
+    endpoints = endpoints_on_host(config, name) if fleet is None else []
     interval = config.daemon.sample_interval_s
     servers = (
         [
@@ -130,6 +147,7 @@ def daemon(
         state=state,
         figures=figures,
         extra_jobs=[*alert_jobs(config, store, apis, gpus), *billing_jobs(config, store, gpus)],
+        fleet=fleet,
     )
     try:
         code = daemon_module.run(runner)
