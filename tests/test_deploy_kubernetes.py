@@ -18,6 +18,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from auditor.cli.host import HOST_ENV
 from auditor.config import DEFAULT_EXPORTER_PORT, load_config
@@ -125,11 +126,13 @@ def test_the_prometheusrule_holds_the_rule_files_groups() -> None:
 def test_the_manifests_are_the_expected_objects() -> None:
     kinds = sorted((obj["kind"], obj["metadata"]["name"]) for _, obj in OBJECTS)
     assert ("DaemonSet", "gpu-auditor-host") in kinds
+    assert ("Deployment", "gpu-auditor-fleet") in kinds
     assert ("Namespace", NAMESPACE) in kinds
     assert {k for k, _ in kinds} == {
         "Namespace",
         "ConfigMap",
         "DaemonSet",
+        "Deployment",
         "Service",
         "ServiceMonitor",
         "PrometheusRule",
@@ -200,7 +203,7 @@ def _config_of(workload: Obj, tmp_path: Path) -> tuple[Obj, Any]:
     return config_map, load_config(path, references=True)
 
 
-@pytest.mark.parametrize("kind", ["DaemonSet"])
+@pytest.mark.parametrize("kind", ["DaemonSet", "Deployment"])
 def test_service_servicemonitor_pods_and_config_fit_together(kind: str, tmp_path: Path) -> None:
     [workload] = _of_kind(kind)
     pod_labels = workload["spec"]["template"]["metadata"]["labels"]
@@ -243,11 +246,28 @@ def test_host_mode_sees_the_nodes_gpus_through_the_nvidia_runtime(tmp_path: Path
     # No GPU taken from a workload.
     assert "nvidia.com/gpu" not in json.dumps(container.get("resources", {}))
     _, config = _config_of(daemonset, tmp_path)
-    assert config.deployments
+    assert config.fleet is None and config.deployments
     assert all(selector.host for d in config.deployments for selector in d.gpus)
     # The SQLite store is on the mounted state volume.
     [state] = [m for m in container["volumeMounts"] if m["name"] == "state"]
     assert config.store.url == f"sqlite:///{state['mountPath']}/auditor.db"
+
+
+def test_fleet_mode_reads_prometheus_and_keeps_its_state_in_postgresql(tmp_path: Path) -> None:
+    deployment = _named("Deployment", "gpu-auditor-fleet")
+    spec = deployment["spec"]
+    # Replicas could share the store (roll-ups take an advisory lock), but one is enough; an update
+    # replaces it rather than running two side by side.
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "Recreate"
+    assert "runtimeClassName" not in spec["template"]["spec"]  # no GPU, no NVIDIA runtime
+    container = _auditor_container(deployment)
+    _, config = _config_of(deployment, tmp_path)
+    assert config.fleet is not None
+    assert all(d.prometheus_matchers and d.gpu_count and not d.gpus for d in config.deployments)
+    assert make_url(config.store.url).get_backend_name() == "postgresql"
+    assert make_url(config.store.url).password is None
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["PGPASSWORD"]["valueFrom"]  # libpq's variable: never in the config
 
 
 def _secret_references() -> Iterator[tuple[str, str]]:
