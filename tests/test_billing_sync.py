@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 from moto.ce.models import ce_backends
 
+from auditor.analysis import cost_window
 from auditor.cli import main
 from auditor.cli.billing_sync import billing_checks, billing_jobs
 from auditor.config import Config, parse_config
@@ -28,6 +29,7 @@ from auditor.doctor import general_checks
 from auditor.errors import BadInputError
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis
+from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 from collectors import gcp_billing
 from collectors.aws_billing import ce_client
@@ -468,3 +470,39 @@ def test_billing_sync_without_credentials_names_the_permission(tmp_path: Path) -
         "set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY in the EnvironmentFile, or give the "
         "host an instance role"
     ]
+
+
+def test_a_synced_aws_deployment_is_priced_from_its_bill_and_an_unsynced_month_has_no_billing_data(
+    aws: None, store: Store
+) -> None:
+    """The issue's $0.00: after a sync the deployment costs what the bill says; a month the bill has
+    no lines for is *no billing data* (cost unknown), never $0."""
+    cfg = config()
+    queue(
+        {
+            "ResultsByTime": [
+                ce_day(date(2026, 10, day), [("llama-70b", "p5.48xlarge", "1320.96", "1320.96")])
+                for day in range(1, 32)
+            ]
+        }
+    )
+    sync(cfg, store)
+    october = cost_window(
+        store,
+        cfg,
+        datetime(2026, 10, 1, tzinfo=UTC),
+        datetime(2026, 11, 1, tzinfo=UTC),
+        ApiPriceCatalog(),
+        load_gpu_prices(),
+    ).window
+    llama = next(d for d in october.deployments if d.deployment == "llama-70b")
+    assert llama.cost_known and llama.cost_usd == Decimal("1320.96") * 31
+    september = cost_window(
+        store,
+        cfg,
+        datetime(2026, 9, 1, tzinfo=UTC),
+        datetime(2026, 10, 1, tzinfo=UTC),
+        ApiPriceCatalog(),
+        load_gpu_prices(),
+    ).window
+    assert not next(d for d in september.deployments if d.deployment == "llama-70b").cost_known

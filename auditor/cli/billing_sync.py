@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, timedelta
 from decimal import Decimal
@@ -48,15 +48,15 @@ from collectors.billing_api import (
 from collectors.focus_sources import BillingResult, sync_focus_source
 from collectors.interface import BillingUnavailable
 
-CACHE_ENV = "CACHE_DIRECTORY"
-"""systemd's CacheDirectory= (the unit sets it); else ~/.cache/gpu-auditor."""
 
-
-def cache_dir(env: dict[str, str] | None = None) -> Path:
-    """Where the Cloud Catalog's list prices are cached between syncs."""
-    env = dict(os.environ) if env is None else env
-    if env.get(CACHE_ENV):
-        return Path(env[CACHE_ENV].split(":")[0])
+def cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the Cloud Catalog's list prices are cached between syncs: systemd's CacheDirectory= or
+    StateDirectory= when the unit gives one, else $XDG_CACHE_HOME (~/.cache)/gpu-auditor."""
+    env = os.environ if env is None else env
+    if env.get("CACHE_DIRECTORY"):
+        return Path(env["CACHE_DIRECTORY"].split(":")[0])
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0]) / "cache"
     base = Path(env.get("XDG_CACHE_HOME") or Path(env.get("HOME", "/nonexistent")) / ".cache")
     return base / "gpu-auditor"
 
@@ -268,7 +268,7 @@ def billing_jobs(
     gpu_catalog: Sequence[GpuPrice],
     *,
     clients: BillingClients | None = None,
-    cache_dir: Path | None = None,
+    cache: Path | None = None,
     now: Callable[[], float] = time.time,
 ) -> list[JobSpec]:
     """The daemon's billing job: every API source synced on `billing.sync_cron` (daily), and at
@@ -279,7 +279,7 @@ def billing_jobs(
 
     def run() -> None:
         outcomes, failures = sync_sources(
-            config, store, gpu_catalog=gpu_catalog, clients=clients, cache_dir=cache_dir, now=now
+            config, store, gpu_catalog=gpu_catalog, clients=clients, cache_dir=cache or cache_dir(), now=now
         )
         for outcome in outcomes:
             for note in outcome.notes:
