@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 from sqlalchemy.engine import make_url
 
 import rules
@@ -27,45 +24,24 @@ from auditor.cli.common import (
     JsonOption,
     api_catalog,
     app,
-    console,
     fatal,
     gpu_catalog,
     open_store,
     require_config,
 )
 from auditor.config import Config
-from auditor.finding_json import finding_to_json
-from auditor.model import Finding, Severity
-from auditor.units import format_share, format_usd
+from auditor.model import Severity
+from auditor.output import emit, output_format
+from auditor.results import findings_result
+from auditor.units import format_share
 from reports.digest import digest_text, parse_week
-from reports.findings import finding_detail_lines
 from reports.slack import WEBHOOK_AT_LEAST_ONCE, SlackConfigError, slack_sender
+from reports.terminal import findings_text
 
 rules_app = typer.Typer(
     help="Evaluate the rules: recommendations with the dollars at stake.", no_args_is_help=True
 )
 app.add_typer(rules_app, name="rules")
-
-
-def _money(value: Decimal) -> float:
-    return float(round(value, 2))
-
-
-def _finding_json(finding: Finding) -> dict[str, Any]:
-    data = finding_to_json(finding, money=_money)
-    data["figures"] = dict(finding.figures)
-    return data
-
-
-def _at_stake_json(stake: rules.AtStake) -> dict[str, Any]:
-    return {
-        "usd_per_month": _money(stake.usd_per_month),
-        "cost_usd_per_month": _money(stake.cost_usd_per_month),
-        "deployments": stake.deployments,
-        "capped": list(stake.capped),
-        "overspend_usd_per_month": _money(stake.overspend_usd_per_month),
-        "text": rules.at_stake_line(stake),
-    }
 
 
 @rules_app.command("check")
@@ -91,15 +67,8 @@ def rules_check(
         fatal(f"--rule: {exc}" if rule else str(exc))
     finally:
         store.close()
-    if as_json:
-        document = {
-            "now": now.isoformat(),
-            "findings": [_finding_json(f) for f in findings],
-            "total_at_stake": _at_stake_json(rules.at_stake(findings)),
-        }
-        print(json.dumps(document, indent=2))
-    else:
-        _print_findings(findings, _nothing_found(config, now, newest))
+    result = findings_result(now, findings, rules.at_stake(findings), _nothing_found(config, now, newest))
+    emit(result, output_format(as_json), findings_text)
     verdicts = [f for f in findings if f.verdict]
     if any(f.severity in (Severity.WARNING, Severity.CRITICAL) for f in verdicts):
         raise typer.Exit(EXIT_FINDING)
@@ -119,29 +88,6 @@ def _nothing_found(config: Config, now: datetime, newest_minute_ts: int | None) 
             f"{newest:%Y-%m}` shows that month's recommendations."
         )
     return f"{head}: no rule's threshold is crossed."
-
-
-def _print_findings(findings: list[Finding], nothing_found: str) -> None:
-    out = console()
-    verdicts = [f for f in findings if f.verdict]
-    undecided = [f for f in findings if not f.verdict]
-    if not verdicts:
-        out.print(nothing_found, highlight=False, soft_wrap=True)
-    else:
-        table = Table(title="Findings, most dollars first (one action per deployment)", title_justify="left")
-        for column in ("$/month", "severity", "rule", "subject", "recommendation"):
-            table.add_column(column, justify="right" if column == "$/month" else "left")
-        for f in verdicts:
-            table.add_row(
-                format_usd(f.usd_per_month), f.severity.value, ", ".join(f.rules), f.subject, f.text
-            )
-        out.print(table)
-        for f in verdicts:
-            for line in finding_detail_lines(f):
-                out.print(line, highlight=False, markup=False)
-    for f in undecided:
-        out.print(f"no verdict: {f.rule} {f.subject}: {f.text}", highlight=False, markup=False)
-    out.print(rules.at_stake_line(rules.at_stake(findings)), highlight=False, markup=False)
 
 
 @app.command()

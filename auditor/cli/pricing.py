@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from decimal import Decimal
@@ -10,7 +9,6 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.table import Table
 
 from auditor import __version__
 from auditor.breakeven import instance_billing
@@ -20,24 +18,19 @@ from auditor.cli.common import (
     JsonOption,
     api_catalog,
     app,
-    console,
     fatal,
     gpu_catalog,
     load_config_or_exit,
 )
 from auditor.config import Config
-from auditor.costing import ApiComparison, WhatIf, month_hours
+from auditor.costing import WhatIf, month_hours
 from auditor.gpu_prices import PRICING_KINDS, find_gpu_price
+from auditor.output import emit, output_format
 from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
-from auditor.units import (
-    format_share,
-    format_tokens,
-    format_usd,
-    parse_positive,
-    parse_token_count,
-    parse_usd,
-)
+from auditor.results import breakeven_result
+from auditor.units import parse_positive, parse_token_count, parse_usd
 from reports.monthly import MonthError, month_start
+from reports.terminal import breakeven_text
 
 AVERAGE_MONTH_HOURS = Decimal(730)
 """8,760 h ÷ 12: the what-if's month when no calendar month is named."""
@@ -150,12 +143,8 @@ def breakeven(
     prices = _api_prices(api_catalog(config), api or DEFAULT_COMPARISONS, config)
     comparisons = what_if.compare(prices)
     verdict = breakeven_verdict(what_if, comparisons)
-    if as_json:
-        print(json.dumps(_breakeven_json(what_if, comparisons, verdict, hours_basis), indent=2))
-        return
-    for note in notes:
-        print(note)
-    _print_breakeven(what_if, comparisons, verdict, hours_basis)
+    result = breakeven_result(what_if, comparisons, verdict, notes, hours_basis)
+    emit(result, output_format(as_json), breakeven_text)
 
 
 def _month_hours(hours: str | None, month: str | None, config: Config | None) -> tuple[Decimal, str]:
@@ -196,93 +185,3 @@ def _self_hosted_rate(
     billing = instance_billing(row, gpus)
     notes.extend(billing.notes(gpus))
     return billing.gpus, row.gpu_hourly_usd
-
-
-def _number(value: Decimal | None, places: str = "0.01") -> float | None:
-    return None if value is None else float(value.quantize(Decimal(places)))
-
-
-def _breakeven_json(
-    what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str, hours_basis: str
-) -> dict[str, Any]:
-    return {
-        "volume": {"prompt_tokens": what_if.prompt_tokens, "generation_tokens": what_if.generation_tokens},
-        "self_hosted": {
-            "gpus": what_if.gpus,
-            "gpu_hourly_usd": float(what_if.gpu_hourly_usd),
-            "hours": float(what_if.hours),
-            "hours_basis": hours_basis,
-            "monthly_usd": _number(what_if.monthly_usd),
-            "overhead_usd_month": _number(what_if.overhead_usd_month),
-            "monthly_tco_usd": _number(what_if.monthly_tco_usd),
-            "capacity_tokens_per_s": what_if.capacity_tokens_per_s,
-            "utilization": _number(what_if.utilization, "0.000001"),
-        },
-        "apis": [
-            {
-                "provider": c.price.provider,
-                "model": c.price.model,
-                "input_mtok_usd": float(c.price.input_mtok_usd),
-                "output_mtok_usd": float(c.price.output_mtok_usd),
-                "price_source": c.price.source,
-                "monthly_usd": _number(c.usd),
-                "savings_usd_month": _number(c.savings_usd),
-                "breakeven_tokens_per_month": (
-                    None if c.breakeven_tokens_per_month is None else round(c.breakeven_tokens_per_month)
-                ),
-                "breakeven_utilization": _number(c.breakeven_utilization, "0.000001"),
-            }
-            for c in comparisons
-        ],
-        "verdict": verdict,
-    }
-
-
-def _print_breakeven(
-    what_if: WhatIf, comparisons: Sequence[ApiComparison], verdict: str, hours_basis: str
-) -> None:
-    out = console()
-    use = what_if.utilization
-    capacity = (
-        f"; {format_share(use)} of {what_if.capacity_tokens_per_s:,.0f} tokens/s capacity"
-        if use is not None and what_if.capacity_tokens_per_s
-        else ""
-    )
-    out.print(
-        f"Volume: {what_if.prompt_tokens:,} prompt + {what_if.generation_tokens:,} generated "
-        f"tokens/month{capacity}",
-        highlight=False,
-    )
-    out.print(
-        f"Self-hosted: {what_if.gpus} GPU × {format_usd(what_if.gpu_hourly_usd)}/GPU-hour "
-        f"× {what_if.hours} h{'' if hours_basis == 'given' else f' ({hours_basis})'} "
-        f"= {format_usd(what_if.monthly_usd)}/month raw, {format_usd(what_if.monthly_tco_usd)}/month TCO",
-        highlight=False,
-    )
-    table = Table(show_lines=False)
-    table.add_column("API model")
-    table.add_column("$/Mtok in/out", justify="right")
-    table.add_column("API $/month", justify="right")
-    table.add_column("vs self-hosted TCO", justify="right")
-    table.add_column("break-even tokens/month", justify="right")
-    table.add_column("break-even utilization", justify="right")
-    for c in comparisons:
-        table.add_row(
-            c.price.ref,
-            f"{c.price.input_mtok_usd}/{c.price.output_mtok_usd}",
-            format_usd(c.usd),
-            ("API cheaper by " if c.savings_usd > 0 else "self-host cheaper by ")
-            + format_usd(abs(c.savings_usd)),
-            format_tokens(c.breakeven_tokens_per_month),
-            _utilization_cell(c.breakeven_utilization),
-        )
-    out.print(table)
-    out.print(verdict, highlight=False)
-
-
-def _utilization_cell(share: Decimal | None) -> str:
-    if share is None:
-        return "— (give --capacity-tokens-per-s)"
-    if share > 1:
-        return f"{format_share(share)} (never)"
-    return format_share(share)
