@@ -183,7 +183,7 @@ FINDING_KEYS = {
     "merged_subjects",
     "alternatives",
 }
-AT_STAKE_SCHEMA = {
+AT_STAKE_SCHEMA: dict[str, Any] = {
     "usd_per_month": None,
     "cost_usd_per_month": None,
     "deployments": None,
