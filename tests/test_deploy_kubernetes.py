@@ -5,11 +5,16 @@ builds. No cluster and no docker: what can be checked offline is."""
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
+import os
 import re
 import shlex
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from auditor.cli.host import HOST_ENV
 from auditor.config import DEFAULT_EXPORTER_PORT, load_config
+from tests.hostkit import daemon_env, daemon_process, free_port
 from tests.test_host_install import SOURCES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -287,20 +294,19 @@ def _secret_references() -> Iterator[tuple[str, str]]:
                 yield selector["name"], selector["key"]
 
 
-def _readme_secrets() -> dict[str, set[str]]:
-    """`kubectl create secret generic NAME --from-literal=KEY=… --from-file=KEY=…` in the README."""
-    created: dict[str, set[str]] = {}
+def _readme_secrets() -> dict[str, dict[str, str]]:
+    """`kubectl create secret generic NAME --from-literal=KEY=VALUE …` in the README: NAME → KEY → VALUE
+    (a value from the shell, `$VAR` or `$(…)`, as written)."""
+    created: dict[str, dict[str, str]] = {}
     text = (ROOT / "README.md").read_text().replace("\\\n", " ")
     for line in text.splitlines():
         if "kubectl" in line and "create secret generic" in line:
             words = shlex.split(line.split("#", 1)[0])
             name = words[words.index("generic") + 1]
-            keys = {
-                re.split(r"[=]", w.split("=", 1)[1], maxsplit=1)[0]
-                for w in words
-                if w.startswith(("--from-literal=", "--from-file="))
-            }
-            created.setdefault(name, set()).update(keys)
+            for word in words:
+                if word.startswith(("--from-literal=", "--from-file=")):
+                    key, _, value = word.split("=", 1)[1].partition("=")
+                    created.setdefault(name, {})[key] = value
     return created
 
 
@@ -308,8 +314,84 @@ def test_every_secret_the_manifests_reference_is_created_in_the_readme() -> None
     created = _readme_secrets()
     referenced = set(_secret_references())
     assert referenced
-    missing = {(name, key) for name, key in referenced if key not in created.get(name, set())}
+    missing = {(name, key) for name, key in referenced if key not in created.get(name, {})}
     assert not missing, f"README's Kubernetes section creates no {missing}"
+
+
+def _pod_env(container: Obj, node: str, secrets: dict[str, dict[str, str]]) -> dict[str, str]:
+    """The container's environment as the kubelet makes it on `node`: optional Secrets left out (the
+    Slack token: no message may leave a test), a value the README takes from the shell made up."""
+    env = {}
+    for variable in container["env"]:
+        source = variable.get("valueFrom", {})
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        elif source.get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+            env[variable["name"]] = node
+        elif "secretKeyRef" in source and not source["secretKeyRef"].get("optional"):
+            reference = source["secretKeyRef"]
+            value = secrets[reference["name"]][reference["key"]]
+            env[variable["name"]] = _made_up_secret() if value.startswith("$") else value
+    return env
+
+
+def _made_up_secret() -> str:
+    return base64.b32encode(os.urandom(15)).decode().lower()
+
+
+def test_the_daemon_serves_the_servicemonitor_on_the_daemonsets_config_and_secrets(tmp_path: Path) -> None:
+    """The real daemon, on the ConfigMap's config (its store and port moved into the test), with the
+    environment the DaemonSet gives it on a node of the config (NVML faked at its boundary): it serves
+    the GPUs labelled as dcgm-exporter labels them, to the ServiceMonitor's credentials only."""
+    daemonset = _named("DaemonSet", "gpu-auditor-host")
+    config_map, config = _config_of(daemonset, tmp_path)
+    [node] = {selector.host for d in config.deployments for selector in d.gpus}
+    port = free_port()
+    text = config_map["data"][CONFIG_KEY]
+    moved = text.replace(config.store.url, f"sqlite:///{tmp_path / 'auditor.db'}").replace(
+        config.daemon.exporter_listen, f"127.0.0.1:{port}"
+    )
+    assert moved.count(str(tmp_path)) == 1 and f":{port}" in moved
+    path = tmp_path / "moved.toml"
+    path.write_text(moved)
+    secrets = _readme_secrets()
+    env = _pod_env(_auditor_container(daemonset), node, secrets)
+    assert "SLACK_BOT_TOKEN" not in env
+    gpus = {"gpus": [{"profile": "h100_load"}, {"profile": "h100_idle"}, {"profile": "h100_idle"}]}
+    [monitor] = [m for m in _of_kind("ServiceMonitor") if m["metadata"]["name"] == "gpu-auditor-host"]
+    auth = monitor["spec"]["endpoints"][0]["basicAuth"]
+    user = secrets[auth["username"]["name"]][auth["username"]["key"]]
+    password = env[config.daemon.exporter_basic_auth_password_env]
+    assert user == config.daemon.exporter_basic_auth_user  # the README's Secret and the ConfigMap agree
+    credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+    url = f"http://127.0.0.1:{port}/metrics"
+    with daemon_process(path, daemon_env(tmp_path, gpus, **env)) as process:
+        body = ""
+        deadline = time.monotonic() + 60
+        while "auditor_gpu_info{" not in body and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                request = urllib.request.Request(url, headers={"Authorization": f"Basic {credentials}"})
+                with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310
+                    body = reply.read().decode()
+            except OSError:
+                time.sleep(0.2)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=5)
+        assert refused.value.code == 401
+    info = [
+        sample.labels
+        for family in text_string_to_metric_families(body)
+        for sample in family.samples
+        if sample.name == "auditor_gpu_info"
+    ]
+    # Indexes 0 and 1 are the deployment's; the third GPU of the node is sampled without one.
+    assert {(i["Hostname"], i["gpu"], i.get("deployment", "")) for i in info} == {
+        (node, "0", "llama-70b"),
+        (node, "1", "llama-70b"),
+        (node, "2", ""),
+    }
+    assert all(i["UUID"].startswith("GPU-") and i["modelName"] for i in info)
 
 
 # -- the image ------------------------------------------------------------------------------------
