@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import shutil
 import ssl
 import subprocess
@@ -207,6 +208,56 @@ def test_exporter_serves_samples_figures_and_health_on_its_own_registry() -> Non
     assert all(name.startswith("auditor_") for name in metrics)
     # Nothing leaked into the global default registry.
     assert REGISTRY.get_sample_value("auditor_deployment_tokens_per_second", {"deployment": "llama"}) is None
+
+
+def test_docs_host_md_lists_every_metric_and_its_labels_and_no_other() -> None:
+    """The exporter's catalog in docs/host.md, checked both ways against what it serves."""
+    table = Path(__file__).parent.parent / "docs" / "host.md"
+    documented: dict[str, set[str]] = {}
+    previous: set[str] = set()
+    for line in table.read_text().splitlines():
+        row = re.fullmatch(r"\| `(auditor_\w+)` \| ([^|]+) \|.*", line)
+        if row:
+            cell = re.sub(r"\s*\([^)]*\)", "", row.group(2)).strip()  # "window (`1h`, `1d`)": window
+            labels = previous if cell == "same" else {w.strip() for w in cell.split(",")}
+            documented[row.group(1)] = labels
+            previous = labels
+    state = ExporterState()
+    state.set_gpu_samples(
+        [
+            GpuSample(
+                ts=1.0,
+                host="h",
+                gpu_uuid="GPU-0",
+                gpu_index=0,
+                gpu_name="NVIDIA H100 80GB HBM3",
+                deployment="llama",
+                util_pct=50.0,
+                sm_active_pct=40.0,
+                power_w=300.0,
+                mem_used_bytes=2**30,
+                energy_j=1.0,
+            )
+        ]
+    )
+    state.set_deployments(
+        [
+            DeploymentFigures(
+                "llama",
+                1.0,
+                Decimal(1),
+                {"1h": Decimal(1)},
+                Decimal(1),
+                {"openai:gpt-4o": Decimal("0.5")},
+                {("1h", "gpu_util"): 0.5},
+            )
+        ]
+    )
+    state.record_success("nvml", 1.0)
+    state.record_errors("nvml", ["gpu_lost"])
+    state.record_source("nvml", "GPU-0", up=False, ts=1.0)
+    served = {name: set(samples[0][0]) for name, samples in _served(state).items()}
+    assert served == documented
 
 
 DCGM_SCRAPE = Path(__file__).parent / "fixtures" / "dcgm_exporter" / "datadog_metrics.txt"
