@@ -116,12 +116,10 @@ def ce_client(*, region: str = "us-east-1", profile: str | None = None, max_atte
         ) from None
 
 
-def plan_days(
-    today: date, synced_through: date | None, since: date | None = None
-) -> tuple[date, date] | None:
+def plan_days(today: date, synced_through: date | None, since: date | None = None) -> tuple[date, date]:
     """The days [start, end) a sync reads: everything from the first day of the previous month
     (revised by AWS) to today, plus older days not yet read (from `since`, else from the day after
-    `synced_through`); None when there is nothing to read. Never older than Cost Explorer keeps."""
+    `synced_through`). Never older than Cost Explorer keeps."""
     first_of_month = today.replace(day=1)
     revised_from = (first_of_month - timedelta(days=1)).replace(day=1)
     start = revised_from
@@ -132,7 +130,7 @@ def plan_days(
     months_back = first_of_month.year * 12 + first_of_month.month - 1 - HISTORY_MONTHS
     start = max(start, date(months_back // 12, months_back % 12 + 1, 1))
     end = today + timedelta(days=1)
-    return (start, end) if start < end else None
+    return start, end
 
 
 class CostExplorer:

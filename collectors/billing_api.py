@@ -166,9 +166,7 @@ def sync_source(
     today = datetime.fromtimestamp(started, UTC).date()
     if isinstance(source, GcpCatalogSource):
         today = datetime.fromtimestamp(started, config.tz).date()
-    window = aws_billing.plan_days(today, _synced_through(store, source.name), since)
-    assert window is not None  # noqa: S101  (plan_days always reaches today)
-    start, end = window
+    start, end = aws_billing.plan_days(today, _synced_through(store, source.name), since)
     report = progress or (lambda _what, _n: None)
     if isinstance(source, CostExplorerSource):
         lines, rows, requests, notes = _read_cost_explorer(

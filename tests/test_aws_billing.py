@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from botocore.stub import Stubber
-from moto import mock_aws
 from moto.ce.models import ce_backends
 
 from collectors.aws_billing import REQUEST_USD, CostExplorer, ce_client, gpu_families, plan_days
@@ -19,19 +17,13 @@ MOTO_ACCOUNT = "123456789012"
 """moto's default account."""
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-value")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        yield
-
-
 def queue(*pages: dict[str, Any]) -> None:
     """Queue Cost Explorer answers in moto (what its `/moto-api/static/ce/cost-and-usage-results`
-    endpoint does): each new distinct request takes the next one."""
-    ce_backends[MOTO_ACCOUNT]["global"].cost_usage_results_queue.extend(pages)
+    endpoint does): each new distinct request takes the next one. Answers already given are
+    forgotten: a new sync gets a new answer even for a request it made before."""
+    backend = ce_backends[MOTO_ACCOUNT]["global"]
+    backend.cost_usage_results.clear()
+    backend.cost_usage_results_queue.extend(pages)
 
 
 def group(tag: str, instance_type: str, amortized: str, unblended: str, hours: str) -> dict[str, Any]:
@@ -200,14 +192,7 @@ def test_expired_credentials_say_so(aws: None) -> None:
             CostExplorer(client, families=["p5"], tag_key=None).fetch(date(2026, 11, 1), date(2026, 11, 2))
 
 
-def test_missing_credentials_are_one_line_naming_the_permission(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
-) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never probe an instance role here
+def test_missing_credentials_are_one_line_naming_the_permission(no_aws_credentials: None) -> None:
     explorer = CostExplorer(ce_client(), families=["p5"], tag_key="deployment")
     with pytest.raises(BillingUnavailable) as caught:
         explorer.fetch(date(2026, 11, 1), date(2026, 11, 2))

@@ -18,8 +18,6 @@ import pytest
 from google.auth.credentials import AnonymousCredentials
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from moto import mock_aws
-from moto.ce.models import ce_backends
 
 from auditor.analysis import cost_window
 from auditor.cli import main
@@ -35,7 +33,8 @@ from collectors import gcp_billing
 from collectors.aws_billing import ce_client
 from collectors.billing_api import BillingClients, api_sources, sync_sources
 from tests.gcpkit import GoogleServer, google_server
-from tests.test_gcp_billing import EXPORT_FIELDS, TABLE, catalog_pages
+from tests.test_aws_billing import queue, recorded
+from tests.test_gcp_billing import A2_CORE, A100, EXPORT_FIELDS, TABLE, catalog_pages, export_row
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC).timestamp()
 MOTO_ACCOUNT = "123456789012"
@@ -73,15 +72,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     opened.close()
 
 
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        yield
-
-
 def ce_day(day: date, groups: list[tuple[str, str, str, str]], *, estimated: bool = False) -> dict[str, Any]:
     """One day of Cost Explorer's answer: (tag value, instance type, amortized, unblended) groups."""
     return {
@@ -100,12 +90,6 @@ def ce_day(day: date, groups: list[tuple[str, str, str, str]], *, estimated: boo
             for tag, instance_type, amortized, unblended in groups
         ],
     }
-
-
-def queue(*pages: dict[str, Any]) -> None:
-    backend = ce_backends[MOTO_ACCOUNT]["global"]
-    backend.cost_usage_results.clear()  # a new sync is a new answer, even for the same request
-    backend.cost_usage_results_queue.extend(pages)
 
 
 def sync(cfg: Config, store: Store, now: float = NOW, **kw: Any) -> Any:
@@ -148,13 +132,11 @@ def test_cost_explorer_lines_land_attributed_with_their_focus_costs(aws: None, s
 
 
 def test_the_next_sync_rereads_two_months_not_older_days(aws: None, store: Store) -> None:
-    calls: list[dict[str, Any]] = []
+    recordings: list[list[dict[str, Any]]] = []
 
     def client(source: Any) -> Any:
         built = ce_client(region=source.region)
-        built.meta.events.register(
-            "provide-client-params.ce.GetCostAndUsage", lambda params, **_: calls.append(dict(params))
-        )
+        recordings.append(recorded(built))
         return built
 
     clients = BillingClients(cost_explorer=client)
@@ -163,7 +145,7 @@ def test_the_next_sync_rereads_two_months_not_older_days(aws: None, store: Store
     queue({"ResultsByTime": []})
     later = datetime(2026, 12, 3, 12, 0, tzinfo=UTC).timestamp()
     sync(config(), store, now=later, clients=clients)
-    first, second = (c["TimePeriod"] for c in calls)
+    first, second = (call["TimePeriod"] for calls in recordings for call in calls)
     assert first == {"Start": "2026-03-01", "End": "2026-11-21"}
     assert second == {"Start": "2026-11-01", "End": "2026-12-04"}  # March..October are final: not re-read
 
@@ -241,13 +223,8 @@ def test_a_non_usd_bill_without_a_rate_is_refused(aws: None, store: Store) -> No
 
 
 def test_one_source_failing_leaves_the_others_syncing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: Store
+    monkeypatch: pytest.MonkeyPatch, no_aws_credentials: None, store: Store
 ) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("NO_GCE_CHECK", "true")
     with google_server(catalog_pages()) as google:
         cfg = config(CATALOG_SOURCE)
@@ -305,14 +282,10 @@ def test_gcp_export_lines_are_net_of_credits_and_attributed_by_label(
     google.queue_result(
         EXPORT_FIELDS,
         [
-            [date(2026, 10, 30), "0123AB", "ml-prod", "qwen", "039F-D0DA-4055",
-             "Nvidia Tesla A100 GPU running in Americas", "us-central1", "a2-highgpu-1g", "USD", "hour",
-             "70.413792", "-21.124138", "24"],
-            [date(2026, 11, 19), "0123AB", "ml-prod", None, "2922-40C5-B19F",
-             "A2 Instance Core running in Americas", "us-central1", "a2-highgpu-1g", "USD", "hour",
-             "9.104", "0", "288"],
+            export_row(date(2026, 10, 30), "qwen", A100, "70.413792", "-21.124138", "24", "a2-highgpu-1g"),
+            export_row(date(2026, 11, 19), None, A2_CORE, "9.104", "0", "288", "a2-highgpu-1g"),
         ],
-    )  # fmt: skip
+    )
     (outcome,), failures = sync(cfg, store, clients=_google_clients(google))
     assert not failures and outcome.requests == 0
     gpu, cores = store.cost_lines(date(2026, 10, 1), date(2026, 12, 1))
@@ -360,13 +333,8 @@ def test_gcp_catalog_without_a_price_for_the_region_estimates_nothing(
 
 
 def test_the_daily_job_logs_a_refused_source_in_one_line_and_never_raises(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, store: Store, caplog: pytest.LogCaptureFixture
+    no_aws_credentials: None, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     (job,) = billing_jobs(config(), store, load_gpu_prices(), now=lambda: NOW)
     assert job.name == "billing-sync" and job.run_at_start  # never synced: at start too
     assert job.cron is not None
@@ -487,22 +455,12 @@ def test_a_synced_aws_deployment_is_priced_from_its_bill_and_an_unsynced_month_h
         }
     )
     sync(cfg, store)
-    october = cost_window(
-        store,
-        cfg,
-        datetime(2026, 10, 1, tzinfo=UTC),
-        datetime(2026, 11, 1, tzinfo=UTC),
-        ApiPriceCatalog(),
-        load_gpu_prices(),
-    ).window
-    llama = next(d for d in october.deployments if d.deployment == "llama-70b")
-    assert llama.cost_known and llama.cost_usd == Decimal("1320.96") * 31
-    september = cost_window(
-        store,
-        cfg,
-        datetime(2026, 9, 1, tzinfo=UTC),
-        datetime(2026, 10, 1, tzinfo=UTC),
-        ApiPriceCatalog(),
-        load_gpu_prices(),
-    ).window
-    assert not next(d for d in september.deployments if d.deployment == "llama-70b").cost_known
+
+    def llama_in(month: int) -> Any:
+        start, end = datetime(2026, month, 1, tzinfo=UTC), datetime(2026, month + 1, 1, tzinfo=UTC)
+        window = cost_window(store, cfg, start, end, ApiPriceCatalog(), load_gpu_prices()).window
+        return next(d for d in window.deployments if d.deployment == "llama-70b")
+
+    october = llama_in(10)
+    assert october.cost_known and october.cost_usd == Decimal("1320.96") * 31
+    assert not llama_in(9).cost_known

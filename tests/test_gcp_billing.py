@@ -48,6 +48,18 @@ EXPORT_FIELDS = [
 ]
 
 
+A100 = ("039F-D0DA-4055", "Nvidia Tesla A100 GPU running in Americas")
+A2_CORE = ("2922-40C5-B19F", "A2 Instance Core running in Americas")
+
+
+def export_row(
+    day: date, label: str | None, sku: tuple[str, str], cost: str, credits: str, usage: str, spec: str
+) -> list[Any]:
+    """One row of the sync's query result, in EXPORT_FIELDS order (project ml-prod, us-central1)."""
+    return [day, "0123AB-456789-CDEF01", "ml-prod", label, *sku, "us-central1", spec, "USD", "hour",
+            cost, credits, usage]  # fmt: skip
+
+
 def anonymous() -> Any:
     return AnonymousCredentials()  # type: ignore[no-untyped-call]
 
@@ -74,14 +86,12 @@ def test_export_rows_arrive_exact_with_credits_beside_the_cost(google: GoogleSer
     google.queue_result(
         EXPORT_FIELDS,
         [
-            [date(2026, 11, 1), "0123AB-456789-CDEF01", "ml-prod", "llama-70b", "039F-D0DA-4055",
-             "Nvidia Tesla A100 GPU running in Americas", "us-central1", "a2-highgpu-8g", "USD", "hour",
-             "563.310336", "-168.993101", "192"],
-            [date(2026, 11, 1), "0123AB-456789-CDEF01", "ml-prod", None, "2922-40C5-B19F",
-             "A2 Instance Core running in Americas", "us-central1", "a2-highgpu-8g", "USD", "hour",
-             "72.836", "0", "2304"],
+            export_row(
+                date(2026, 11, 1), "llama-70b", A100, "563.310336", "-168.993101", "192", "a2-highgpu-8g"
+            ),
+            export_row(date(2026, 11, 1), None, A2_CORE, "72.836", "0", "2304", "a2-highgpu-8g"),
         ],
-    )  # fmt: skip
+    )
     fetched = export(google).fetch(date(2026, 11, 1), date(2026, 11, 2))
     gpu, cores = fetched.rows
     assert gpu.cost == Decimal("563.310336") and gpu.credits == Decimal("-168.993101")
