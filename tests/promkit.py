@@ -104,10 +104,14 @@ def write_openmetrics(series: Iterable[Series], out: TextIO) -> int:
 
 
 def backfill(openmetrics: Path, tsdb: Path) -> None:
-    """`promtool tsdb create-blocks-from openmetrics` into `tsdb` (before the server starts)."""
+    """`promtool tsdb create-blocks-from openmetrics` into `tsdb` (before the server starts).
+
+    Blocks of up to 31 days: with promtool's default of 2 hours, four days of history make 48 blocks
+    and take 16 s to write instead of 1 s."""
     tsdb.mkdir(parents=True, exist_ok=True)
     done = subprocess.run(
-        [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(tsdb)],
+        [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=744h"]
+        + [str(openmetrics), str(tsdb)],
         capture_output=True,
         text=True,
         check=False,
