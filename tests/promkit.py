@@ -109,9 +109,9 @@ def backfill(openmetrics: Path, tsdb: Path) -> None:
     Blocks of up to 31 days: with promtool's default of 2 hours, four days of history make 48 blocks
     and take 16 s to write instead of 1 s."""
     tsdb.mkdir(parents=True, exist_ok=True)
+    command = [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=744h"]
     done = subprocess.run(
-        [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=744h"]
-        + [str(openmetrics), str(tsdb)],
+        [*command, str(openmetrics), str(tsdb)],
         capture_output=True,
         text=True,
         check=False,
