@@ -24,7 +24,7 @@ from collectors.prometheus import (
     selector,
 )
 from tests.fleetkit import MATCHERS, MINUTE, small_fleet
-from tests.promkit import PromServer, running_prometheus
+from tests.promkit import PromServer, Series, running_prometheus
 
 T0 = 1_790_000_000 - 1_790_000_000 % 3600
 MINUTES = 180
@@ -225,3 +225,46 @@ def test_replicas_do_not_double_write(prom: PromServer, postgres_url: str) -> No
         other.close()
     store.close()
     admin.dispose()
+
+
+DCGM_SCRAPE = Path(__file__).parent / "fixtures" / "dcgm_exporter" / "datadog_metrics.txt"
+
+
+def test_a_real_dcgm_exporter_scrape_reads_with_its_labels(tmp_path: Path) -> None:
+    """dcgm-exporter's real label shape (DataDog's recorded scrape), scraped twice a minute apart, as
+    Prometheus stores it: the GPU is read by `UUID`, `gpu`, `Hostname`, `modelName`, in its units."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t = T0 + 30
+    body = DCGM_SCRAPE.read_text()
+    series = []
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            # The parser adds `_total` to a counter's name; dcgm-exporter's counters have none.
+            name = sample.name if sample.name in body else family.name
+            # The energy counter advances 6,000 mJ between the two scrapes; gauges stay.
+            later = sample.value + (6000 if name == "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" else 0)
+            series.append(Series(name, dict(sample.labels), [(t, sample.value), (t + 60, later)]))
+    labelled = DeploymentMatch("t4", {"modelName": "~Tesla T4", "Hostname": "424773df46e0"}, {})
+    with running_prometheus(series, tmp_path) as server:
+        promql = PromQL(connect(server.url, PromAuth(), timeout_s=10), retries=0)
+        gpus, servers = FleetReader(promql, [labelled]).read(T0, T0 + 2 * MINUTE)
+    assert servers == []
+    # Series without a UUID (DataDog's dummies, the exporter's own) are not GPUs.
+    assert {s.gpu_uuid for s in gpus} == {"GPU-20c56d28-0da5-6d26-a36a-e7af1ce2586e"}
+    first, second = gpus
+    assert (first.ts, second.ts) == (T0 + MINUTE, T0 + 2 * MINUTE)  # each minute's point at its end
+    assert second.host == "424773df46e0" and second.gpu_index == 0 and second.gpu_name == "Tesla T4"
+    assert second.deployment == "t4"
+    assert second.util_pct == 0.0 and second.power_w == pytest.approx(8.969)
+    assert second.mem_used_bytes == 0
+    assert second.energy_j == pytest.approx((128_996_013 + 6000) / 1000)  # mJ -> J
+    assert second.sm_active_pct is None  # the profiling fields of this scrape carry no GPU labels
+
+
+def test_the_fleet_example_config_is_valid() -> None:
+    from auditor.config import load_config
+
+    config = load_config(Path(__file__).parent.parent / "deploy" / "fleet.example.toml")
+    assert config.fleet is not None and config.fleet.gpu_matchers == {"job": "dcgm-exporter"}
+    assert all(d.prometheus_matchers for d in config.deployments)
