@@ -128,11 +128,12 @@ def deployment_figures(
     def window(start: datetime) -> WindowCost:
         return cost_window(store, config, start, now, api_catalog, gpu_catalog).window
 
-    hour = window(now - timedelta(hours=1))
-    day = window(now - timedelta(days=1))
-    local = now.astimezone(config.tz)
-    month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
-    month = window(month_start) if month_start < now else None
+    with store.one_pass():  # the hour, the day and the month share one read of the tier
+        hour = window(now - timedelta(hours=1))
+        day = window(now - timedelta(days=1))
+        local = now.astimezone(config.tz)
+        month_start = local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).astimezone(UTC)
+        month = window(month_start) if month_start < now else None
     by_day = {c.deployment: c for c in day.deployments}
     by_month = {c.deployment: c for c in month.deployments} if month else {}
     figures = []

@@ -7,6 +7,7 @@ Only `_configure_sqlite` knows a dialect; every query is portable Core. Money is
 from __future__ import annotations
 
 import math
+import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -731,6 +732,36 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._pass = threading.local()
+        """The current thread's one pass (`one_pass`): the daemon's jobs and exporter run in threads."""
+
+    @property
+    def _tier_cache(self) -> _TierCache | None:
+        cache: _TierCache | None = getattr(self._pass, "cache", None)
+        return cache
+
+    @_tier_cache.setter
+    def _tier_cache(self, cache: _TierCache | None) -> None:
+        self._pass.cache = cache
+
+    @contextmanager
+    def one_pass(self) -> Iterator[Store]:
+        """Within it, the windows costed (the report's month, the rules' 7- and 21-day windows, runaway
+        spend's baseline) share one read of the quarter-hour tier: each tier row is read once, and
+        only the windows' ragged ends are read from the minute rows. Writes through this store drop
+        what was read; nested uses share the outer one."""
+        if self._tier_cache is not None:
+            yield self
+            return
+        self._tier_cache = _TierCache()
+        try:
+            yield self
+        finally:
+            self._tier_cache = None
+
+    def _written(self) -> None:
+        if self._tier_cache is not None:
+            self._tier_cache = _TierCache()
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True, read_only: bool = False) -> Store:
@@ -836,6 +867,7 @@ class Store:
         deployment_rows: Sequence[DeploymentMinute],
     ) -> None:
         """Replace every roll-up row in [start, end) at once, so that re-running a roll-up changes nothing."""
+        self._written()
         with self.engine.begin() as conn:
             for table, rows in ((gpu_minutes, gpu_rows), (deployment_minutes, deployment_rows)):
                 conn.execute(
@@ -869,6 +901,7 @@ class Store:
     def rebuild_tiers(self, start_ts: float, end_ts: float) -> None:
         """Recompute the roll-up tiers over [start, end) from the minute rows (after minutes were
         written by other means than `replace_minutes`: an import, a bulk load)."""
+        self._written()
         with self.engine.begin() as conn:
             _rebuild_tiers(conn, start_ts, end_ts)
 
@@ -910,7 +943,7 @@ class Store:
         Whole quarter-hours come from the tier (`deployment_quarter_hours`), the ragged ends from the
         minute rows: the same figures as summing the minutes, at a cost that does not grow with the
         number of GPUs, and still there after the minutes are pruned."""
-        return _window_buckets(self.engine, start_ts, end_ts, names)
+        return _window_buckets(self.engine, start_ts, end_ts, names, self._tier_cache)
 
     def served_minutes(self, start_ts: float, end_ts: float, deployment: str) -> list[tuple[int, int]]:
         """(minute_ts, tokens) of the minutes a server was observed in, in time order (measured capacity)."""
@@ -1094,6 +1127,7 @@ class Store:
         hour is in the minute tier whole or not at all), and the tiers; returns rows deleted per table."""
         minute_cut_ts = _floor(now_ts - min(minute_retention_s, rollup_retention_s), HOUR_S)
         deleted: dict[str, int] = {}
+        self._written()
         with self.engine.begin() as conn:
             for table, column, cut_ts in (
                 (gpu_samples, gpu_samples.c.ts, now_ts - raw_retention_s),
@@ -1181,7 +1215,48 @@ class Store:
     ) -> dict[str, tuple[int, int]]:
         """Per deployment: (minutes with at least one GPU observed, GPU-minutes observed) in [start, end):
         the GPUs a deployment usually runs, from the tier (and the minutes at the window's ends)."""
-        return _gpu_minute_counts(self.engine, start_ts, end_ts, names)
+        return _gpu_minute_counts(self.engine, start_ts, end_ts, names, self._tier_cache)
+
+    def idle_loaded_spans(
+        self,
+        spans: Sequence[tuple[float, float]],
+        below: float,
+        min_mem_used_bytes: int,
+        uuids: Sequence[str] | None = None,
+    ) -> dict[str, list[IdleSpan]]:
+        """Per GPU with a minute row in the spans (those in `uuids` when given): its idle-loaded sums in
+        each span, summed in SQL (a fleet's GPU-minutes are never loaded as records)."""
+        if not spans or (uuids is not None and not uuids):
+            return {}
+        found: dict[str, list[IdleSpan]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(_idle_span_query(spans, below, min_mem_used_bytes, uuids)):
+                found[row[0]] = [
+                    IdleSpan(
+                        known_s=float(row[i] or 0.0),
+                        idle_s=float(row[i + 1] or 0.0),
+                        activity_weighted=float(row[i + 2] or 0.0),
+                        working_minutes=int(row[i + 3] or 0),
+                        mem_used_max_bytes=int(row[i + 4] or 0),
+                    )
+                    for i in range(1, 1 + 5 * len(spans), 5)
+                ]
+        return found
+
+    def last_gpu_places(self, start_ts: float, end_ts: float) -> dict[str, GpuWhere]:
+        """Per GPU with a minute row in [start, end): its host, index and deployment in its last one."""
+        g = gpu_minutes
+        last = (
+            select(g.c.gpu_uuid, func.max(g.c.minute_ts).label("last_ts"))
+            .where(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts)
+            .group_by(g.c.gpu_uuid)
+            .subquery("last")
+        )
+        query = select(g.c.gpu_uuid, g.c.host, g.c.gpu_index, g.c.deployment).join(
+            last, and_(g.c.gpu_uuid == last.c.gpu_uuid, g.c.minute_ts == last.c.last_ts)
+        )
+        with self.engine.connect() as conn:
+            return {row[0]: GpuWhere(row[1], int(row[2]), row[3]) for row in conn.execute(query)}
 
     def gpus_seen(self, start_ts: float, end_ts: float) -> list[tuple[str | None, str]]:
         """(deployment, GPU UUID) of every GPU with a raw sample or a rolled-up minute in [start, end)."""
@@ -1474,53 +1549,129 @@ def _gpu_count_query(
 
 
 def _gpu_minute_counts(
-    engine: Engine, start_ts: float, end_ts: float, names: Sequence[str]
+    engine: Engine, start_ts: float, end_ts: float, names: Sequence[str], cache: _TierCache | None = None
 ) -> dict[str, tuple[int, int]]:
     """Per deployment: (minutes with a GPU observed, GPU-minutes observed) in [start, end), whole
     quarter-hours from the tier, the ends from the minute rows."""
     totals = dict.fromkeys(names, (0, 0))
     if not names:
         return totals
+
+    def add(name: str, minutes: Any, gpus: Any) -> None:
+        known = totals[name]
+        totals[name] = (known[0] + int(minutes or 0), known[1] + int(gpus or 0))
+
     dq = deployment_quarter_hours
     first_whole, after_whole = _ceil(start_ts, BUCKET_S), _floor(end_ts, BUCKET_S)
     parts: list[Select[Any]] = []
     edges: list[tuple[float, float]] = [(start_ts, end_ts)]
-    if first_whole < after_whole:
-        parts.append(
-            select(dq.c.deployment, func.sum(dq.c.minutes_with_gpus), func.sum(dq.c.gpu_minutes))
-            .where(dq.c.bucket_ts >= first_whole, dq.c.bucket_ts < after_whole, dq.c.deployment.in_(names))
-            .group_by(dq.c.deployment)
-        )
-        edges = [(start_ts, first_whole), (after_whole, end_ts)]
-    g = gpu_minutes
-    parts.extend(
-        select(g.c.deployment, func.count(func.distinct(g.c.minute_ts)), func.count())
-        .where(g.c.minute_ts >= a, g.c.minute_ts < b, g.c.observed_s > 0, g.c.deployment.in_(names))
-        .group_by(g.c.deployment)
-        for a, b in edges
-        if a < b
-    )
     with engine.connect() as conn:
+        if first_whole < after_whole:
+            edges = [(start_ts, first_whole), (after_whole, end_ts)]
+            if cache is None:
+                parts.append(
+                    select(dq.c.deployment, func.sum(dq.c.minutes_with_gpus), func.sum(dq.c.gpu_minutes))
+                    .where(
+                        dq.c.bucket_ts >= first_whole,
+                        dq.c.bucket_ts < after_whole,
+                        dq.c.deployment.in_(names),
+                    )
+                    .group_by(dq.c.deployment)
+                )
+            else:
+                cache.fill(conn, first_whole, after_whole)
+                for name in names:
+                    for _, row in cache.between(name, first_whole, after_whole):
+                        add(name, row.minutes_with_gpus, row.gpu_minutes)
+        g = gpu_minutes
+        parts.extend(
+            select(g.c.deployment, func.count(func.distinct(g.c.minute_ts)), func.count())
+            .where(g.c.minute_ts >= a, g.c.minute_ts < b, g.c.observed_s > 0, g.c.deployment.in_(names))
+            .group_by(g.c.deployment)
+            for a, b in edges
+            if a < b
+        )
         for query in parts:
             for name, minutes, gpus in conn.execute(query):
-                known = totals[name]
-                totals[name] = (known[0] + int(minutes or 0), known[1] + int(gpus or 0))
+                add(name, minutes, gpus)
     return totals
 
 
-def _tier_buckets(
-    conn: Connection, start_ts: int, end_ts: int, names: Sequence[str], into: dict[str, dict[int, Bucket]]
-) -> None:
+def _tier_rows(
+    conn: Connection, start_ts: int, end_ts: int, names: Sequence[str] | None
+) -> Iterable[tuple[str, int, Bucket, int, int]]:
+    """(deployment, quarter-hour, sums, GPU-minutes, minutes with GPUs) of the tier rows in [start, end)."""
     dq = deployment_quarter_hours
-    query = select(dq.c.deployment, dq.c.bucket_ts, *(dq.c[f] for f in _BUCKET_FIELDS)).where(
-        dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts, dq.c.deployment.in_(names)
-    )
+    query = select(
+        dq.c.deployment,
+        dq.c.bucket_ts,
+        dq.c.gpu_minutes,
+        dq.c.minutes_with_gpus,
+        *(dq.c[f] for f in _BUCKET_FIELDS),
+    ).where(dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts)
+    if names is not None:
+        query = query.where(dq.c.deployment.in_(names))
     for row in conn.execute(query):
-        into[row[0]][int(row[1])] = Bucket(*row[2:])
+        yield row[0], int(row[1]), Bucket(*row[4:]), int(row[2]), int(row[3])
+
+
+@dataclass(slots=True)
+class _TierRow:
+    bucket: Bucket
+    gpu_minutes: int
+    minutes_with_gpus: int
+
+
+class _TierCache:
+    """The tier rows of every deployment over the spans read so far in one pass (`Store.one_pass`):
+    the report's month and the rules' 7- and 21-day windows each read only what no earlier window
+    read, and their ragged ends from the minutes."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[int, _TierRow]] = {}
+        self.spans: list[tuple[int, int]] = []
+        """Disjoint [start, end) spans of whole quarter-hours held, in order."""
+
+    def missing(self, start_ts: int, end_ts: int) -> list[tuple[int, int]]:
+        gaps, at = [], start_ts
+        for lo, hi in self.spans:
+            if hi <= at:
+                continue
+            if lo >= end_ts:
+                break
+            if lo > at:
+                gaps.append((at, lo))
+            at = max(at, hi)
+        if at < end_ts:
+            gaps.append((at, end_ts))
+        return gaps
+
+    def fill(self, conn: Connection, start_ts: int, end_ts: int) -> None:
+        for lo, hi in self.missing(start_ts, end_ts):
+            for name, bucket_ts, bucket, gpus, minutes in _tier_rows(conn, lo, hi, None):
+                self.rows.setdefault(name, {})[bucket_ts] = _TierRow(bucket, gpus, minutes)
+            self.spans.append((lo, hi))
+        self.spans.sort()
+        joined: list[tuple[int, int]] = []
+        for lo, hi in self.spans:
+            if joined and lo <= joined[-1][1]:
+                joined[-1] = (joined[-1][0], max(joined[-1][1], hi))
+            else:
+                joined.append((lo, hi))
+        self.spans = joined
+
+    def between(self, name: str, start_ts: int, end_ts: int) -> Iterable[tuple[int, _TierRow]]:
+        for bucket_ts, row in self.rows.get(name, {}).items():
+            if start_ts <= bucket_ts < end_ts:
+                yield bucket_ts, row
 
 
 def _window_buckets(
-    engine: Engine, start_ts: float, end_ts: float, names: Sequence[str]
+    engine: Engine,
+    start_ts: float,
+    end_ts: float,
+    names: Sequence[str],
+    cache: _TierCache | None = None,
 ) -> dict[str, dict[int, Bucket]]:
     """Per deployment, per quarter-hour: whole quarter-hours from the tier, the ends from the minutes."""
     result: dict[str, dict[int, Bucket]] = {name: {} for name in names}
@@ -1530,7 +1681,15 @@ def _window_buckets(
     with engine.connect() as conn:
         edges: list[tuple[float, float]] = [(start_ts, end_ts)]
         if first_whole < after_whole:
-            _tier_buckets(conn, first_whole, after_whole, names, result)
+            if cache is None:
+                for name, bucket_ts, bucket, _, _ in _tier_rows(conn, first_whole, after_whole, names):
+                    result[name][bucket_ts] = bucket
+            else:
+                cache.fill(conn, first_whole, after_whole)
+                for name in names:
+                    into = result[name]
+                    for bucket_ts, row in cache.between(name, first_whole, after_whole):
+                        into[bucket_ts] = row.bucket
             edges = [(start_ts, first_whole), (after_whole, end_ts)]
         for edge_start, edge_end in edges:
             if edge_start < edge_end:
@@ -1554,6 +1713,77 @@ def _served_minutes(engine: Engine, start_ts: float, end_ts: float, name: str) -
     )
     with engine.connect() as conn:
         return [(int(ts), int(tokens)) for ts, tokens in conn.execute(query)]
+
+
+@dataclass(frozen=True, slots=True)
+class IdleSpan:
+    """One GPU's minutes in one span, as idle-loaded judges them (`Store.idle_loaded_spans`)."""
+
+    known_s: float
+    """Seconds observed in minutes whose activity (`sm_active`, else `gpu_util`) is known."""
+    idle_s: float
+    """Of those, seconds of idle-loaded minutes."""
+    activity_weighted: float
+    """Activity × seconds over the known minutes (its mean: ÷ known_s)."""
+    working_minutes: int
+    """Minutes with a known activity that were not idle-loaded."""
+    mem_used_max_bytes: int
+    """The most memory in use in a known, observed minute (0 when none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuWhere:
+    """Where a GPU was in its last minute of a window."""
+
+    host: str
+    gpu_index: int
+    deployment: str | None
+
+
+def _idle_span_query(
+    spans: Sequence[tuple[float, float]],
+    below: float,
+    min_mem_used_bytes: int,
+    uuids: Sequence[str] | None,
+) -> Select[Any]:
+    g, dm = gpu_minutes, deployment_minutes
+    activity = func.coalesce(g.c.sm_active, g.c.gpu_util)
+    known = activity.is_not(None)
+    # Idle-loaded: activity strictly under `below`, no request running on its deployment's server
+    # (where known), and a model held (a process holding memory, or enough memory in use).
+    idle = and_(
+        known,
+        activity < below,
+        ~and_(dm.c.request_busy.is_not(None), dm.c.request_busy > 0).self_group(),
+        (g.c.loaded_s > 0)
+        | and_(g.c.mem_used_max_bytes.is_not(None), g.c.mem_used_max_bytes >= min_mem_used_bytes),
+    )
+    columns: list[ColumnElement[Any]] = [g.c.gpu_uuid]
+    for start_ts, end_ts in spans:
+        inside = and_(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts)
+        columns += [
+            func.sum(case((and_(inside, known), g.c.observed_s), else_=0.0)),
+            func.sum(case((and_(inside, idle), g.c.observed_s), else_=0.0)),
+            func.sum(case((and_(inside, known), activity * g.c.observed_s), else_=0.0)),
+            func.sum(case((and_(inside, known, ~idle), 1), else_=0)),
+            func.max(
+                case(
+                    (and_(inside, known, g.c.observed_s > 0), func.coalesce(g.c.mem_used_max_bytes, 0)),
+                    else_=0,
+                )
+            ),
+        ]
+    query = (
+        select(*columns)
+        .select_from(
+            g.outerjoin(dm, and_(dm.c.deployment == g.c.deployment, dm.c.minute_ts == g.c.minute_ts))
+        )
+        .where(g.c.minute_ts >= min(a for a, _ in spans), g.c.minute_ts < max(b for _, b in spans))
+        .group_by(g.c.gpu_uuid)
+    )
+    if uuids is not None:
+        query = query.where(g.c.gpu_uuid.in_(uuids))
+    return query
 
 
 def _outbox_values(message: OutboxMessage) -> dict[str, Any]:

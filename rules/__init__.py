@@ -42,8 +42,9 @@ def run(context: RuleContext, names: Sequence[str] | None = None) -> Evaluation:
     per deployment, the agreeing rules cited, exclusive actions ranked, most dollars first."""
     selected = select(names, context.config.rules)
     findings: list[Finding] = []
-    for rule in selected:
-        findings.extend(rule().evaluate(context))
+    with context.store.one_pass():  # the rules' windows share one read of the tier
+        for rule in selected:
+            findings.extend(rule().evaluate(context))
     return merge(
         findings,
         {rule.name: rule.action for rule in RULES},

@@ -27,14 +27,12 @@ Says: "Unload the model from gpu-01 GPU 3 or give it work: $214.29/month at the 
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import ClassVar
 
 from auditor.config import IdleLoadedRule
-from auditor.model import Action, DeploymentMinute, Finding, GpuMinute, Severity, Window
+from auditor.model import Action, Finding, Severity, Window
+from auditor.store import GpuWhere, IdleSpan
 from auditor.units import format_share, format_usd
 from rules.common import live_gpu_hourly_usd, no_verdict
 from rules.contract import RuleContext
@@ -55,53 +53,51 @@ class IdleLoaded:
     announces_resolution: ClassVar[bool] = False
 
     def evaluate(self, context: RuleContext) -> list[Finding]:
+        """Summed in SQL per GPU (a fleet's GPU-minutes are never loaded as records): first the window
+        for every GPU, then the days before (the rate and the pattern) only for the GPUs that sat idle."""
         params = context.config.rules.idle_loaded
         end_ts = context.now.timestamp()
         start_ts = end_ts - params.hours * 3600
-        busy = {(m.deployment, m.minute_ts): m for m in context.store.deployment_minutes(start_ts, end_ts)}
-        by_gpu: dict[str, list[GpuMinute]] = defaultdict(list)
-        for minute in context.store.gpu_minutes(start_ts, end_ts):
-            by_gpu[minute.gpu_uuid].append(minute)
-        history: _History | None = None
+        window = context.store.idle_loaded_spans(
+            [(start_ts, end_ts)], params.below, params.min_mem_used_bytes
+        )
+        if not window:
+            return []
+        places = context.store.last_gpu_places(start_ts, end_ts)
+        min_known_s = context.config.rules.min_coverage * params.hours * 3600
+        idle = [
+            uuid
+            for uuid, (span,) in window.items()
+            if span.known_s >= min_known_s
+            and _share(span) >= (STAY_SHARE if context.is_firing(self.name, uuid) else ENTER_SHARE)
+        ]
+        history = context.store.idle_loaded_spans(
+            _history_spans(start_ts, end_ts), params.below, params.min_mem_used_bytes, idle
+        )
         findings = []
-        for uuid, minutes in sorted(by_gpu.items()):
-            if history is None and self._may_fire(context, params, uuid, minutes, _Judge(params, busy)):
-                history = _History.read(context, start_ts, end_ts)  # only when some GPU sits idle
-            judge = _Judge(params, busy if history is None else history.busy)
-            recent = minutes if history is None else history.gpus.get(uuid, minutes)
-            finding = self._judge(context, params, uuid, recent, judge, start_ts, end_ts)
+        for uuid in sorted(window):
+            finding = self._judge(
+                context, params, uuid, places[uuid], window[uuid][0], history.get(uuid), start_ts, end_ts
+            )
             if finding is not None:
                 findings.append(finding)
         return findings
-
-    def _may_fire(
-        self,
-        context: RuleContext,
-        params: IdleLoadedRule,
-        uuid: str,
-        minutes: Sequence[GpuMinute],
-        judge: _Judge,
-    ) -> bool:
-        known = [m for m in minutes if _activity(m) is not None and m.observed_s > 0]
-        return bool(known) and judge.idle_share(known) >= STAY_SHARE
 
     def _judge(
         self,
         context: RuleContext,
         params: IdleLoadedRule,
         uuid: str,
-        history: Sequence[GpuMinute],
-        judge: _Judge,
+        last: GpuWhere,
+        span: IdleSpan,
+        history: list[IdleSpan] | None,
         start_ts: float,
         end_ts: float,
     ) -> Finding | None:
-        """`history`: the GPU's minutes of the window, and of the days before when some GPU sat idle."""
-        minutes = [m for m in history if m.minute_ts >= start_ts]
-        last = minutes[-1]
+        """`span`: the GPU's window; `history`: its spans of `_history_spans`, read when it sat idle."""
         where = f"{last.host} GPU {last.gpu_index}"
         window_h = params.hours
-        known = [m for m in minutes if _activity(m) is not None and m.observed_s > 0]
-        known_s = sum(m.observed_s for m in known)
+        known_s = span.known_s
         window = Window(start_ts=start_ts, end_ts=end_ts, observed_h=known_s / 3600, expected_h=window_h)
         if known_s < context.config.rules.min_coverage * window_h * 3600:
             return no_verdict(
@@ -111,11 +107,12 @@ class IdleLoaded:
                 deployment=last.deployment,
                 window=window,
             )
-        share = judge.idle_share(known)
+        share = _share(span)
         needed = STAY_SHARE if context.is_firing(self.name, uuid) else ENTER_SHARE
-        if share < needed:
+        if share < needed or history is None:
             return None
-        if _repeats(history, judge, start_ts, end_ts):
+        seen, *pattern = history
+        if _repeats(pattern):
             return None  # the same hours were idle before, with work since: a pattern, not a page
         deployment = next((d for d in context.config.deployments if d.name == last.deployment), None)
         rate = (
@@ -124,11 +121,8 @@ class IdleLoaded:
             else live_gpu_hourly_usd(deployment, context.gpu_catalog, context.month_hours())
         )
         month_h = context.month_hours()
-        seen = [m for m in history if m.minute_ts >= end_ts - RATE_DAYS * DAY_S and _activity(m) is not None]
-        seen_s = sum(m.observed_s for m in seen)
-        idle_seen_s = sum(m.observed_s for m in seen if judge.idle(m))
-        idle_h = Decimal(repr(idle_seen_s / 3600)).quantize(Decimal("0.01"))
-        seen_h = Decimal(repr(seen_s / 3600)).quantize(Decimal("0.01"))
+        idle_h = Decimal(repr(seen.idle_s / 3600)).quantize(Decimal("0.01"))
+        seen_h = Decimal(repr(seen.known_s / 3600)).quantize(Decimal("0.01"))
         monthly = None
         basis = None
         if rate is not None and seen_h > 0:
@@ -138,7 +132,7 @@ class IdleLoaded:
                 f"{format_usd(rate)} a GPU-hour, projected over the month's {month_h:.0f} hours at that rate"
             )
         cost = f": {format_usd(monthly)}/month at the rate it sat idle" if monthly is not None else ""
-        mean = sum((_activity(m) or 0.0) * m.observed_s for m in known) / known_s
+        mean = span.activity_weighted / known_s
         gpus = deployment.billed_gpus if deployment is not None else 1
         return Finding(
             rule=self.name,
@@ -154,7 +148,7 @@ class IdleLoaded:
                 ("idle while loaded", f"{format_share(share)} of {known_s / 3600:.1f} observed h"),
                 (f"idle-loaded in the last {RATE_DAYS} days", f"{idle_h} h of {seen_h} h observed"),
                 ("mean activity", format_share(mean)),
-                ("memory in use (max)", _gib(max((m.mem_used_max_bytes or 0) for m in known))),
+                ("memory in use (max)", _gib(span.mem_used_max_bytes)),
             ),
             command="auditor status",
             deployment=last.deployment,
@@ -164,63 +158,25 @@ class IdleLoaded:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _History:
-    """The GPUs' and deployments' minutes of the last `RATE_DAYS` days and the window a week before."""
-
-    gpus: dict[str, list[GpuMinute]]
-    busy: dict[tuple[str, int], DeploymentMinute]
-
-    @classmethod
-    def read(cls, context: RuleContext, start_ts: float, end_ts: float) -> _History:
-        history_ts = min(start_ts - max(REPEATS_AFTER_S), end_ts - RATE_DAYS * DAY_S)
-        gpus: dict[str, list[GpuMinute]] = defaultdict(list)
-        for minute in context.store.gpu_minutes(history_ts, end_ts):
-            gpus[minute.gpu_uuid].append(minute)
-        busy = {(m.deployment, m.minute_ts): m for m in context.store.deployment_minutes(history_ts, end_ts)}
-        return cls(gpus=dict(gpus), busy=busy)
-
-
-class _Judge:
-    """Whether a minute of a GPU is idle-loaded, given its deployment's served minutes."""
-
-    def __init__(self, params: IdleLoadedRule, busy: dict[tuple[str, int], DeploymentMinute]) -> None:
-        self.params = params
-        self.busy = busy
-
-    def idle(self, m: GpuMinute) -> bool:
-        activity = _activity(m)
-        if activity is None or activity >= self.params.below:
-            return False
-        served = self.busy.get((m.deployment or "", m.minute_ts))
-        if served is not None and served.request_busy is not None and served.request_busy > 0:
-            return False
-        memory = m.mem_used_max_bytes is not None and m.mem_used_max_bytes >= self.params.min_mem_used_bytes
-        return m.loaded_s > 0 or memory
-
-    def idle_share(self, known: Sequence[GpuMinute]) -> float:
-        total = sum(m.observed_s for m in known)
-        return sum(m.observed_s for m in known if self.idle(m)) / total if total > 0 else 0.0
-
-
-def _repeats(history: Sequence[GpuMinute], judge: _Judge, start_ts: float, end_ts: float) -> bool:
-    """The GPU was idle-loaded over the same hours a day or a week before, and worked since then."""
+def _history_spans(start_ts: float, end_ts: float) -> list[tuple[float, float]]:
+    """The last `RATE_DAYS` days (the rate), then for each repeat offset the same hours that long
+    before and the time since then (the pattern)."""
+    spans = [(end_ts - RATE_DAYS * DAY_S, end_ts)]
     for offset in REPEATS_AFTER_S:
-        before = [
-            m
-            for m in history
-            if start_ts - offset <= m.minute_ts < end_ts - offset and _activity(m) is not None
-        ]
-        if not before or judge.idle_share(before) < STAY_SHARE:
-            continue
-        since = [m for m in history if end_ts - offset <= m.minute_ts < start_ts]
-        if any(_activity(m) is not None and not judge.idle(m) for m in since):
+        spans += [(start_ts - offset, end_ts - offset), (end_ts - offset, start_ts)]
+    return spans
+
+
+def _share(span: IdleSpan) -> float:
+    return span.idle_s / span.known_s if span.known_s > 0 else 0.0
+
+
+def _repeats(pattern: list[IdleSpan]) -> bool:
+    """The GPU was idle-loaded over the same hours a day or a week before, and worked since then."""
+    for before, since in zip(pattern[::2], pattern[1::2], strict=True):
+        if before.known_s > 0 and _share(before) >= STAY_SHARE and since.working_minutes > 0:
             return True
     return False
-
-
-def _activity(m: GpuMinute) -> float | None:
-    return m.sm_active if m.sm_active is not None else m.gpu_util
 
 
 def _gib(value: int) -> str:

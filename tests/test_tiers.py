@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, insert, select
+from sqlalchemy import event, func, insert, select
 
 from auditor.model import DeploymentMinute, GpuMinute
 from auditor.store import (
@@ -24,6 +24,7 @@ from auditor.store import (
     deployment_quarter_hours,
     gpu_hours,
     gpu_minutes,
+    merged,
     schema_version,
 )
 
@@ -151,13 +152,23 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     assert_same(store.window_buckets(start, end, DEPLOYMENTS), minute_answer(store, start, end))
     # The GPUs a deployment runs, counted per minute (runaway spend's baseline), from the same tier.
     inside = [m for m in gpu_rows if start <= m.minute_ts < end and m.observed_s > 0 and m.deployment]
-    assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == {
+    counts = {
         name: (
             len({m.minute_ts for m in inside if m.deployment == name}),
             sum(1 for m in inside if m.deployment == name),
         )
         for name in DEPLOYMENTS
     }
+    assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == counts
+
+    # One pass: an overlapping window read first (the report's month before the rules' week, or the
+    # other way round) leaves the tier rows it read for this one; the answer is the same.
+    other_start = data.draw(st.sampled_from(near)) - data.draw(st.integers(0, 3 * 3600))
+    other_end = max(other_start + 1, data.draw(st.sampled_from(near)) + data.draw(st.integers(1, 3 * 3600)))
+    with store.one_pass():
+        store.window_buckets(other_start, other_end, DEPLOYMENTS)
+        assert_same(store.window_buckets(start, end, DEPLOYMENTS), minute_answer(store, start, end))
+        assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == counts
 
     # Local days in a zone (whose midnights fall on quarter-hours in UTC): equal to the minutes even
     # once the minutes are gone.
@@ -238,4 +249,41 @@ def test_an_existing_store_migrates_in_place(tmp_path: Path) -> None:
     store.prune(SPAN_START + 40 * 86_400, 48 * 3600, 397 * 86_400)
     assert_same(store.window_buckets(SPAN_START + 3600, SPAN_START + 2 * 86_400, DEPLOYMENTS), expected)
     assert expected["llama"]  # the window is not empty
+    store.close()
+
+
+def test_one_pass_reads_each_tier_row_once_and_forgets_on_write() -> None:
+    """Within `one_pass`, windows inside what was already read issue no tier query (the rules' 7 and
+    21 days inside the report's month); a write through the store makes the next read see it."""
+    store = Store.open("sqlite:///:memory:")
+    minutes = range(SPAN_START, SPAN_START + 3 * 86_400, 60)
+    rows = [
+        GpuMinute(
+            minute_ts=m, host="h", gpu_uuid="GPU-0", gpu_index=0, deployment="llama", observed_s=60.0,
+            util_observed_s=60.0, idle_s=0.0, loaded_s=60.0, gpu_util=0.5, gpu_util_max=0.5,
+            sm_active=None, energy_j=None, power_mean_w=None, mem_used_max_bytes=None, mem_total_bytes=None,
+        )
+        for m in minutes
+    ]  # fmt: skip
+    store.replace_minutes(SPAN_START, SPAN_START + 3 * 86_400, rows, [])
+    tier_queries: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if "deployment_quarter_hours" in statement:
+            tier_queries.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    month = (SPAN_START + 1, SPAN_START + 3 * 86_400 - 1)
+    with store.one_pass():
+        whole = store.window_buckets(*month, DEPLOYMENTS)
+        assert len(tier_queries) == 1
+        week = store.window_buckets(SPAN_START + 86_400 + 7, SPAN_START + 2 * 86_400 + 7, DEPLOYMENTS)
+        assert store.gpu_minute_counts(SPAN_START + 3600, SPAN_START + 7200, DEPLOYMENTS)["llama"] == (60, 60)
+        assert len(tier_queries) == 1  # both answered from what the month read
+        assert_same(week, minute_answer(store, SPAN_START + 86_400 + 7, SPAN_START + 2 * 86_400 + 7))
+        assert merged(whole["llama"].values()).gpu_observed_s == 3 * 86_400 - 60  # the minute at the start is out
+        store.replace_minutes(SPAN_START, SPAN_START + 60, [], [])  # the first minute is gone
+        again = store.window_buckets(SPAN_START, SPAN_START + 3600, DEPLOYMENTS)
+        assert merged(again["llama"].values()).gpu_observed_s == 3600 - 60
+        assert len(tier_queries) > 1
     store.close()
