@@ -281,7 +281,8 @@ def test_one_pass_reads_each_tier_row_once_and_forgets_on_write() -> None:
         assert store.gpu_minute_counts(SPAN_START + 3600, SPAN_START + 7200, DEPLOYMENTS)["llama"] == (60, 60)
         assert len(tier_queries) == 1  # both answered from what the month read
         assert_same(week, minute_answer(store, SPAN_START + 86_400 + 7, SPAN_START + 2 * 86_400 + 7))
-        assert merged(whole["llama"].values()).gpu_observed_s == 3 * 86_400 - 60  # the minute at the start is out
+        # the minute at the window's start is out
+        assert merged(whole["llama"].values()).gpu_observed_s == 3 * 86_400 - 60
         store.replace_minutes(SPAN_START, SPAN_START + 60, [], [])  # the first minute is gone
         again = store.window_buckets(SPAN_START, SPAN_START + 3600, DEPLOYMENTS)
         assert merged(again["llama"].values()).gpu_observed_s == 3600 - 60
