@@ -26,6 +26,7 @@ from auditor.costing import (
     elapsed_s,
     hours_from_seconds,
     prorate_monthly_usd,
+    run_totals,
     served_tokens_known,
     sum_usd,
 )
@@ -128,18 +129,8 @@ def sustained_peak_tokens_per_s(
 
     A lower bound of the true capacity (the deployment may never have been pushed to its limit);
     None when fewer consecutive minutes were observed."""
-    best: float | None = None
-    run: list[int] = []
-    previous_ts: int | None = None
-    for minute_ts, tokens in minutes:
-        if previous_ts is not None and minute_ts != previous_ts + MINUTE_S:
-            run = []
-        run.append(tokens)
-        previous_ts = minute_ts
-        if len(run) >= window:
-            rate = sum(run[-window:]) / (window * MINUTE_S)
-            best = rate if best is None else max(best, rate)
-    return best
+    best = max((tokens for _, tokens in run_totals(minutes, window)), default=None)
+    return None if best is None else best / (window * MINUTE_S)
 
 
 def energy_j_by_local_day(buckets: Mapping[int, Bucket], tz: ZoneInfo) -> dict[date, float]:
@@ -203,7 +194,8 @@ def cost_window(
         capacity = deployment.capacity_tokens_per_s
         source = "configured" if capacity is not None else None
         if capacity is None:
-            capacity = sustained_peak_tokens_per_s(store.served_minutes(start_ts, end_ts, deployment.name))
+            peak = store.served_peak_tokens(start_ts, end_ts, deployment.name)
+            capacity = None if peak is None else peak / (MEASURED_CAPACITY_MINUTES * MINUTE_S)
             source = "measured" if capacity is not None else None
         capacities[deployment.name] = capacity
         costs.append(

@@ -20,7 +20,8 @@ API comparison use those hours and their share of the cost; the rest is shown as
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -32,6 +33,29 @@ from auditor.prices import ApiPrice
 SECONDS_PER_HOUR = Decimal(3600)
 MICROHOUR = Decimal("0.000001")
 MEASURED_CAPACITY_MINUTES = 15
+"""Minutes of a sustained peak (measured capacity). The quarter-hour tier stores each quarter-hour's
+best run of this many minutes: changing it needs the tier rebuilt (`Store.rebuild_tiers`)."""
+
+
+def run_totals(
+    minutes: Iterable[tuple[int, int]], window: int = MEASURED_CAPACITY_MINUTES
+) -> Iterator[tuple[int, int]]:
+    """(last minute, tokens) of every run of `window` consecutive observed minutes, from (minute_ts,
+    tokens) pairs in time order: the candidates for the sustained peak."""
+    run: deque[int] = deque(maxlen=window)
+    total = 0
+    previous_ts: int | None = None
+    for minute_ts, tokens in minutes:
+        if previous_ts is not None and minute_ts != previous_ts + 60:
+            run.clear()
+            total = 0
+        if len(run) == window:
+            total -= run[0]
+        run.append(tokens)
+        total += tokens
+        previous_ts = minute_ts
+        if len(run) == window:
+            yield minute_ts, total
 
 
 def hours_from_seconds(seconds: float) -> Decimal:

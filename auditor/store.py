@@ -40,6 +40,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -57,7 +58,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from auditor.config import parse_store_url
-from auditor.costing import UtilizationMeasures
+from auditor.costing import MEASURED_CAPACITY_MINUTES, UtilizationMeasures, run_totals
 from auditor.model import (
     MINUTE_S,
     Alert,
@@ -423,6 +424,7 @@ deployment_quarter_hours = Table(
     Column("minutes_with_gpus", Integer, nullable=False),
     Column("prefill_s", Double),  # schema 4
     Column("decode_s", Double),  # schema 4
+    Column("served_peak_tokens", BigInteger),  # schema 6
     PrimaryKeyConstraint("deployment", "bucket_ts"),
 )
 
@@ -583,8 +585,38 @@ def _migration_cost_lines_focus(conn: Connection) -> None:
     billing_metadata.create_all(conn, checkfirst=True)
 
 
+# -- schema 6: each quarter-hour's best run of MEASURED_CAPACITY_MINUTES served minutes (the measured
+# capacity of a window older than the minutes kept) ------------------------------------------------
+
+
+def _migration_served_peaks(conn: Connection) -> None:
+    """Schema 6: `served_peak_tokens` on the quarter-hour tier, filled from the minute rows still kept
+    (a day at a time); quarter-hours whose minutes are gone keep NULL (no measured peak)."""
+    present = set(conn.exec_driver_sql("SELECT * FROM deployment_quarter_hours LIMIT 0").keys())
+    if "served_peak_tokens" not in present:
+        column_type = deployment_quarter_hours.c.served_peak_tokens.type.compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE deployment_quarter_hours ADD COLUMN served_peak_tokens {column_type}"
+        )
+    dm = deployment_minutes
+    first, last = conn.execute(select(func.min(dm.c.minute_ts), func.max(dm.c.minute_ts))).one()
+    if first is None or last is None:
+        return
+    day = _floor(int(first), DAY_S)
+    while day <= int(last):
+        _refresh_peaks(conn, day, day + DAY_S)
+        day += DAY_S
+
+
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
-MIGRATIONS = (_migration_1, _migration_2, _migration_3, _migration_4, _migration_cost_lines_focus)
+MIGRATIONS = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+    _migration_cost_lines_focus,
+    _migration_served_peaks,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -945,9 +977,11 @@ class Store:
         number of GPUs, and still there after the minutes are pruned."""
         return _window_buckets(self.engine, start_ts, end_ts, names, self._tier_cache)
 
-    def served_minutes(self, start_ts: float, end_ts: float, deployment: str) -> list[tuple[int, int]]:
-        """(minute_ts, tokens) of the minutes a server was observed in, in time order (measured capacity)."""
-        return _served_minutes(self.engine, start_ts, end_ts, deployment)
+    def served_peak_tokens(self, start_ts: float, end_ts: float, deployment: str) -> int | None:
+        """The most tokens the deployment served in MEASURED_CAPACITY_MINUTES consecutive observed
+        minutes inside [start, end) (its measured capacity), or None: from the tier's per-quarter-hour
+        peaks, and the minute rows at the window's ends."""
+        return _served_peak_tokens(self.engine, start_ts, end_ts, deployment, self._tier_cache)
 
     def activity_bounds(self, names: Sequence[str]) -> dict[str, tuple[int, int]]:
         """Per deployment with data: (its first observed minute, the end of its last), epoch seconds.
@@ -1497,6 +1531,8 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
     ]
     if rows:
         conn.execute(insert(dq), rows)
+    # A run that ends in the next quarter-hour may hold minutes of this window: that one too.
+    _refresh_peaks(conn, first_q, after_q + BUCKET_S)
     g, gh = gpu_minutes, gpu_hours
     first_h, after_h = _floor(start_ts, HOUR_S), _ceil(end_ts, HOUR_S)
     conn.execute(delete(gh).where(gh.c.hour_ts >= first_h, gh.c.hour_ts < after_h))
@@ -1528,6 +1564,86 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
         .group_by(hour, g.c.gpu_uuid, g.c.deployment)
     )
     conn.execute(insert(gh).from_select([c.name for c in gh.columns], per_hour))
+
+
+def _refresh_peaks(conn: Connection, first_q: int, after_q: int) -> None:
+    """Each quarter-hour's `served_peak_tokens` in [first_q, after_q): the most tokens served in
+    MEASURED_CAPACITY_MINUTES consecutive observed minutes ending in it (from the minutes before it
+    too), NULL where no such run ends in it. Quarter-hours without minute rows are left as they are
+    (their minutes are pruned: the tier is all that is left of them)."""
+    dm, dq = deployment_minutes, deployment_quarter_hours
+    reach = (MEASURED_CAPACITY_MINUTES - 1) * MINUTE_S
+    query = (
+        select(
+            dm.c.deployment,
+            dm.c.minute_ts,
+            dm.c.server_observed_s > 0,
+            dm.c.prompt_tokens + dm.c.generation_tokens,
+        )
+        .where(dm.c.minute_ts >= first_q - reach, dm.c.minute_ts < after_q)
+        .order_by(dm.c.deployment, dm.c.minute_ts)
+    )
+    kept: set[tuple[str, int]] = set()
+    served: dict[str, list[tuple[int, int]]] = {}
+    for name, minute_ts, observed, tokens in conn.execute(query):
+        if minute_ts >= first_q:
+            kept.add((name, _floor(minute_ts, BUCKET_S)))
+        if observed:
+            served.setdefault(name, []).append((int(minute_ts), int(tokens or 0)))
+    peaks: dict[tuple[str, int], int] = {}
+    for name, minutes in served.items():
+        for last_ts, tokens in run_totals(minutes):
+            key = (name, _floor(last_ts, BUCKET_S))
+            if last_ts >= first_q and tokens >= peaks.get(key, -1):
+                peaks[key] = tokens
+    if kept:
+        statement = (
+            update(dq)
+            .where(dq.c.deployment == bindparam("d"), dq.c.bucket_ts == bindparam("q"))
+            .values(served_peak_tokens=bindparam("p"))
+        )
+        conn.execute(statement, [{"d": name, "q": q, "p": peaks.get((name, q))} for name, q in sorted(kept)])
+
+
+def _served_peak_tokens(
+    engine: Engine, start_ts: float, end_ts: float, name: str, cache: _TierCache | None = None
+) -> int | None:
+    """The most tokens served in MEASURED_CAPACITY_MINUTES consecutive observed minutes inside [start,
+    end): runs ending in whole quarter-hours that lie wholly inside from the tier, the others from the
+    minute rows at the window's ends."""
+    reach = (MEASURED_CAPACITY_MINUTES - 1) * MINUTE_S
+    first_whole, after_whole = _ceil(start_ts + reach, BUCKET_S), _floor(end_ts, BUCKET_S)
+    best: int | None = None
+    edges: list[tuple[float, float, float]] = [(start_ts, end_ts, start_ts)]
+    with engine.connect() as conn:
+        if first_whole < after_whole:
+            edges = [
+                (start_ts, first_whole, start_ts),
+                (max(start_ts, after_whole - reach), end_ts, after_whole),
+            ]
+            dq = deployment_quarter_hours
+            if cache is None:
+                best = conn.execute(
+                    select(func.max(dq.c.served_peak_tokens)).where(
+                        dq.c.deployment == name, dq.c.bucket_ts >= first_whole, dq.c.bucket_ts < after_whole
+                    )
+                ).scalar()
+            else:
+                cache.fill(conn, first_whole, after_whole)
+                best = max(
+                    (
+                        row.served_peak_tokens
+                        for _, row in cache.between(name, first_whole, after_whole)
+                        if row.served_peak_tokens is not None
+                    ),
+                    default=None,
+                )
+        for edge_start, edge_end, ends_from in edges:
+            if edge_start < edge_end:
+                for last_ts, tokens in run_totals(_served(conn, edge_start, edge_end, name)):
+                    if last_ts >= ends_from and (best is None or tokens > best):
+                        best = tokens
+    return None if best is None else int(best)
 
 
 def _gpu_count_query(
@@ -1597,29 +1713,31 @@ def _gpu_minute_counts(
     return totals
 
 
+@dataclass(slots=True)
+class _TierRow:
+    bucket: Bucket
+    gpu_minutes: int
+    minutes_with_gpus: int
+    served_peak_tokens: int | None
+
+
 def _tier_rows(
     conn: Connection, start_ts: int, end_ts: int, names: Sequence[str] | None
-) -> Iterable[tuple[str, int, Bucket, int, int]]:
-    """(deployment, quarter-hour, sums, GPU-minutes, minutes with GPUs) of the tier rows in [start, end)."""
+) -> Iterable[tuple[str, int, _TierRow]]:
+    """(deployment, quarter-hour, its row) of the tier rows in [start, end)."""
     dq = deployment_quarter_hours
     query = select(
         dq.c.deployment,
         dq.c.bucket_ts,
         dq.c.gpu_minutes,
         dq.c.minutes_with_gpus,
+        dq.c.served_peak_tokens,
         *(dq.c[f] for f in _BUCKET_FIELDS),
     ).where(dq.c.bucket_ts >= start_ts, dq.c.bucket_ts < end_ts)
     if names is not None:
         query = query.where(dq.c.deployment.in_(names))
     for row in conn.execute(query):
-        yield row[0], int(row[1]), Bucket(*row[4:]), int(row[2]), int(row[3])
-
-
-@dataclass(slots=True)
-class _TierRow:
-    bucket: Bucket
-    gpu_minutes: int
-    minutes_with_gpus: int
+        yield row[0], int(row[1]), _TierRow(Bucket(*row[5:]), int(row[2]), int(row[3]), row[4])
 
 
 class _TierCache:
@@ -1648,8 +1766,8 @@ class _TierCache:
 
     def fill(self, conn: Connection, start_ts: int, end_ts: int) -> None:
         for lo, hi in self.missing(start_ts, end_ts):
-            for name, bucket_ts, bucket, gpus, minutes in _tier_rows(conn, lo, hi, None):
-                self.rows.setdefault(name, {})[bucket_ts] = _TierRow(bucket, gpus, minutes)
+            for name, bucket_ts, row in _tier_rows(conn, lo, hi, None):
+                self.rows.setdefault(name, {})[bucket_ts] = row
             self.spans.append((lo, hi))
         self.spans.sort()
         joined: list[tuple[int, int]] = []
@@ -1682,8 +1800,8 @@ def _window_buckets(
         edges: list[tuple[float, float]] = [(start_ts, end_ts)]
         if first_whole < after_whole:
             if cache is None:
-                for name, bucket_ts, bucket, _, _ in _tier_rows(conn, first_whole, after_whole, names):
-                    result[name][bucket_ts] = bucket
+                for name, bucket_ts, row in _tier_rows(conn, first_whole, after_whole, names):
+                    result[name][bucket_ts] = row.bucket
             else:
                 cache.fill(conn, first_whole, after_whole)
                 for name in names:
@@ -1698,8 +1816,8 @@ def _window_buckets(
     return result
 
 
-def _served_minutes(engine: Engine, start_ts: float, end_ts: float, name: str) -> list[tuple[int, int]]:
-    """(minute_ts, tokens) of the minutes a server was observed in: for the measured capacity."""
+def _served(conn: Connection, start_ts: float, end_ts: float, name: str) -> list[tuple[int, int]]:
+    """(minute_ts, tokens) of the minutes a server was observed in, in time order."""
     dm = deployment_minutes
     query = (
         select(dm.c.minute_ts, dm.c.prompt_tokens + dm.c.generation_tokens)
@@ -1711,8 +1829,7 @@ def _served_minutes(engine: Engine, start_ts: float, end_ts: float, name: str) -
         )
         .order_by(dm.c.minute_ts)
     )
-    with engine.connect() as conn:
-        return [(int(ts), int(tokens)) for ts, tokens in conn.execute(query)]
+    return [(int(ts), int(tokens)) for ts, tokens in conn.execute(query)]
 
 
 @dataclass(frozen=True, slots=True)

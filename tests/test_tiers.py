@@ -5,6 +5,7 @@ quarter-hour offsets included); an existing store migrates in place; re-rolling 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import event, func, insert, select
 
+from auditor.costing import run_totals
 from auditor.model import DeploymentMinute, GpuMinute
 from auditor.store import (
     MIGRATIONS,
@@ -116,6 +118,16 @@ def assert_same(got: dict[str, dict[int, Bucket]], expected: dict[str, dict[int,
                     assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6), (name, bucket_ts, field, a, b)
 
 
+def served_peak(rows: list[DeploymentMinute], start: float, end: float, name: str) -> int | None:
+    """The best run of MEASURED_CAPACITY_MINUTES consecutive served minutes of `rows` in [start, end)."""
+    served = sorted(
+        (m.minute_ts, m.prompt_tokens + m.generation_tokens)
+        for m in rows
+        if m.deployment == name and start <= m.minute_ts < end and m.server_observed_s > 0
+    )
+    return max((tokens for _, tokens in run_totals(served)), default=None)
+
+
 def local_midnight(day: date, zone: ZoneInfo) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
 
@@ -132,6 +144,20 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     gpu_rows: list[GpuMinute], deployment_rows: list[DeploymentMinute], data: st.DataObject
 ) -> None:
     store = Store.open("sqlite:///:memory:")
+    # A stretch of consecutive served minutes (a sustained peak is 15 of them), cut by the odd gap.
+    run_start, run_length = hot_minute(data.draw), data.draw(st.integers(0, 50))
+    taken = {(m.deployment, m.minute_ts) for m in deployment_rows}
+    deployment_rows = deployment_rows + [
+        replace(
+            data.draw(deployment_minute()),
+            minute_ts=minute_ts,
+            deployment="llama",
+            instances=1,
+            server_observed_s=data.draw(st.sampled_from((0.0, 60.0, 60.0, 60.0))),
+        )
+        for minute_ts in range(run_start, min(run_start + 60 * run_length, SPAN_END), 60)
+        if ("llama", minute_ts) not in taken
+    ]
     near = sorted({m.minute_ts for m in gpu_rows} | {m.minute_ts for m in deployment_rows}) or [SPAN_START]
     # Written in two chunks that cut through hours and quarter-hours, the later one first, then the
     # earlier one rolled up again (as the daemon re-rolls its trailing minutes): the tiers must not care.
@@ -160,6 +186,10 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
         for name in DEPLOYMENTS
     }
     assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == counts
+    # The sustained peak (measured capacity): from the tier's per-quarter-hour peaks and the minutes
+    # at the ends, the same as the best run of the minutes themselves.
+    peaks = {name: served_peak(deployment_rows, start, end, name) for name in DEPLOYMENTS}
+    assert {name: store.served_peak_tokens(start, end, name) for name in DEPLOYMENTS} == peaks
 
     # One pass: an overlapping window read first (the report's month before the rules' week, or the
     # other way round) leaves the tier rows it read for this one; the answer is the same.
@@ -169,6 +199,7 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
         store.window_buckets(other_start, other_end, DEPLOYMENTS)
         assert_same(store.window_buckets(start, end, DEPLOYMENTS), minute_answer(store, start, end))
         assert store.gpu_minute_counts(start, end, DEPLOYMENTS) == counts
+        assert {name: store.served_peak_tokens(start, end, name) for name in DEPLOYMENTS} == peaks
 
     # Local days in a zone (whose midnights fall on quarter-hours in UTC): equal to the minutes even
     # once the minutes are gone.
