@@ -145,7 +145,11 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
 ) -> None:
     store = Store.open("sqlite:///:memory:")
     # A stretch of consecutive served minutes (a sustained peak is 15 of them), cut by the odd gap.
-    run_start, run_length = hot_minute(data.draw), data.draw(st.integers(0, 50))
+    run_start, run_length, gap = (
+        hot_minute(data.draw),
+        data.draw(st.integers(0, 50)),
+        data.draw(st.integers(0, 60)),
+    )
     taken = {(m.deployment, m.minute_ts) for m in deployment_rows}
     deployment_rows = deployment_rows + [
         replace(
@@ -153,7 +157,7 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
             minute_ts=minute_ts,
             deployment="llama",
             instances=1,
-            server_observed_s=data.draw(st.sampled_from((0.0, 60.0, 60.0, 60.0))),
+            server_observed_s=0.0 if minute_ts == run_start + 60 * gap else 60.0,
         )
         for minute_ts in range(run_start, min(run_start + 60 * run_length, SPAN_END), 60)
         if ("llama", minute_ts) not in taken
@@ -190,6 +194,11 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     # at the ends, the same as the best run of the minutes themselves.
     peaks = {name: served_peak(deployment_rows, start, end, name) for name in DEPLOYMENTS}
     assert {name: store.served_peak_tokens(start, end, name) for name in DEPLOYMENTS} == peaks
+    around = run_start + data.draw(st.integers(-1800, 1800))
+    around_end = around + data.draw(st.integers(900, 4 * 3600))
+    assert store.served_peak_tokens(around, around_end, "llama") == served_peak(
+        deployment_rows, around, around_end, "llama"
+    )
 
     # One pass: an overlapping window read first (the report's month before the rules' week, or the
     # other way round) leaves the tier rows it read for this one; the answer is the same.
@@ -318,4 +327,34 @@ def test_one_pass_reads_each_tier_row_once_and_forgets_on_write() -> None:
         again = store.window_buckets(SPAN_START, SPAN_START + 3600, DEPLOYMENTS)
         assert merged(again["llama"].values()).gpu_observed_s == 3600 - 60
         assert len(tier_queries) > 1
+    store.close()
+
+
+def test_a_store_without_peaks_gets_them_from_the_minutes_kept(tmp_path: Path) -> None:
+    """Schema 6 adds each quarter-hour's sustained peak to the tier, filled from the minutes still there,
+    so a window's measured capacity is there once its minutes are pruned."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store = Store.open(url)
+    minutes = range(SPAN_START, SPAN_START + 3600, 60)
+    served = [
+        DeploymentMinute(
+            minute_ts=m, deployment="llama", instances=1, server_observed_s=60.0, prompt_tokens=100 + i,
+            generation_tokens=20, request_busy_s=30.0, requests_running_mean=None, requests_waiting_mean=None,
+            kv_cache_mean=None, kv_cache_max=None, gpu_observed_s=0.0, gpu_util=None, sm_active=None,
+            request_busy=0.5, throughput_util=None,
+        )
+        for i, m in enumerate(minutes)
+    ]  # fmt: skip
+    store.replace_minutes(SPAN_START, SPAN_START + 3600, [], served)
+    best = sum(100 + i + 20 for i in range(45, 60))  # the last 15 minutes
+    assert store.served_peak_tokens(SPAN_START, SPAN_START + 3600, "llama") == best
+    with store.engine.begin() as conn:  # as a schema-5 store holds it: no peaks
+        conn.execute(deployment_quarter_hours.update().values(served_peak_tokens=None))
+        conn.execute(schema_version.delete().where(schema_version.c.version == SCHEMA_VERSION))
+    store.close()
+    store = Store.open(url)
+    assert store.schema_version() == SCHEMA_VERSION
+    store.prune(SPAN_START + 40 * 86_400, 48 * 3600, 397 * 86_400)
+    # Whole quarter-hours from the tier: the run ending in the last one, though its minutes are gone.
+    assert store.served_peak_tokens(SPAN_START, SPAN_START + 3600, "llama") == best
     store.close()
