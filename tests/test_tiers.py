@@ -145,11 +145,9 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
 ) -> None:
     store = Store.open("sqlite:///:memory:")
     # A stretch of consecutive served minutes (a sustained peak is 15 of them), cut by the odd gap.
-    run_start, run_length, gap = (
-        hot_minute(data.draw),
-        data.draw(st.integers(0, 50)),
-        data.draw(st.integers(0, 60)),
-    )
+    hour = SPAN_START + 3600 * data.draw(st.sampled_from(HOT_HOURS[:-1]))
+    run_start = max(SPAN_START, hour + 60 * data.draw(st.integers(-60, 60)))
+    run_length, gap = data.draw(st.integers(0, 60)), data.draw(st.integers(0, 90))
     taken = {(m.deployment, m.minute_ts) for m in deployment_rows}
     deployment_rows = deployment_rows + [
         replace(
