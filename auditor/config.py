@@ -86,8 +86,12 @@ class StoreConfig(_Strict):
     raw_retention_h: float = Field(48, gt=0, le=24 * 366)
     rollup_retention_days: int = Field(397, gt=0, le=36_600)
     """13 months: a year-over-year comparison of the same month still has its data (the roll-up tiers)."""
-    minute_retention_days: int = Field(14, gt=0, le=36_600)
-    """Minute roll-ups: older time is answered from the tiers (GPU-hours, deployment quarter-hours)."""
+    minute_retention_days: int | None = Field(None, gt=0, le=36_600)
+    """Minute roll-ups: older time is answered from the tiers (GPU-hours, deployment quarter-hours).
+    Unset: 14 days, fewer for a fleet whose GPU minutes would pass `minute_rows_max` (never under 2)."""
+    minute_rows_max: int = Field(4_000_000, gt=0)  # auditor.store.DEFAULT_MINUTE_ROWS_MAX
+    """GPU-minute rows kept at most when `minute_retention_days` is unset (~1.1 GB in SQLite): at 1,024
+    GPUs that is 2.7 days of minutes, at 8 GPUs the whole 14 days."""
 
     @field_validator("url")
     @classmethod

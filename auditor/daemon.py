@@ -372,11 +372,14 @@ class Daemon:
     def retention(self) -> None:
         cfg = self.config.store
         try:
+            now_ts = self.clock()
             deleted = self.store.prune(
-                self.clock(),
+                now_ts,
                 cfg.raw_retention_h * 3600,
                 cfg.rollup_retention_days * 86400,
-                minute_retention_s=cfg.minute_retention_days * 86400,
+                minute_retention_s=self.store.minute_retention_s(
+                    now_ts, cfg.minute_retention_days, cfg.minute_rows_max
+                ),
             )
         except SQLAlchemyError as exc:
             self.problems.update(

@@ -79,6 +79,21 @@ HOUR_S = 3600
 DAY_S = 86_400
 MINUTE_RETENTION_DAYS = 14
 """Days minute roll-ups are kept by default; the tiers answer for older time."""
+MIN_MINUTE_RETENTION_DAYS = 2
+"""A large fleet's minutes are kept at least this long, however many GPUs (`minute_retention_s`)."""
+
+
+DEFAULT_MINUTE_ROWS_MAX = 4_000_000
+"""`store.minute_rows_max`'s default: GPU-minute rows kept at most (~1.1 GB in SQLite)."""
+
+
+def fleet_minute_window_s(gpus: int, max_rows: int = DEFAULT_MINUTE_ROWS_MAX) -> float:
+    """The default minute window for `gpus` GPUs: `MINUTE_RETENTION_DAYS`, cut so that their minutes
+    stay under `max_rows` rows, never under `MIN_MINUTE_RETENTION_DAYS`."""
+    if gpus <= 0:
+        return float(MINUTE_RETENTION_DAYS * DAY_S)
+    fits_s = max_rows / gpus * MINUTE_S
+    return float(max(min(fits_s, MINUTE_RETENTION_DAYS * DAY_S), MIN_MINUTE_RETENTION_DAYS * DAY_S))
 
 
 class StoreError(Exception):
@@ -1149,6 +1164,19 @@ class Store:
             conn.execute(insert(alerts).values(**_record_values(alert)))
 
     # -- retention ------------------------------------------------------------------------------
+
+    def minute_retention_s(self, now_ts: float, days: int | None, max_rows: int) -> float:
+        """How long to keep minute roll-ups: `days` when configured, else `MINUTE_RETENTION_DAYS` cut to
+        what keeps the GPU minutes under `max_rows` for the GPUs the hour tier saw in the last day
+        (never under `MIN_MINUTE_RETENTION_DAYS`): a 1,024-GPU fleet's 14 days of minutes are 5+ GB."""
+        if days is not None:
+            return float(days * DAY_S)
+        gh = gpu_hours
+        with self.engine.connect() as conn:
+            gpus = conn.execute(
+                select(func.count(func.distinct(gh.c.gpu_uuid))).where(gh.c.hour_ts >= now_ts - DAY_S)
+            ).scalar()
+        return fleet_minute_window_s(int(gpus or 0), max_rows)
 
     def prune(
         self,

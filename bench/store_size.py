@@ -3,11 +3,13 @@
 Writes `--days` of realistic minute roll-ups for `--gpus` GPUs (two deployments per 8 GPUs) through
 the daemon's own write path (`Store.replace_minutes`, which also writes the tiers), measures each
 table's bytes per row with SQLite's `dbstat` (indexes included), then scales to a year of one 8-GPU
-host and a month of 1,024 GPUs, keeping minute rows for `--minute-days` (the store's default) and
-the tiers for the whole period. The old layout (every GPU-minute kept 397 days) is printed beside it.
+host and a month of 1,024 GPUs, keeping minute rows for the store's default window at that size
+(`store.minute_retention_days` unset: 14 days, fewer once the GPU minutes would pass
+`store.minute_rows_max`) or `--minute-days`, and the tiers for the whole period. The old layout
+(every GPU-minute kept 397 days) is printed beside it.
 Targets (issue 11): under 150 MB per 8-GPU host-year; under 1.5 GB for 1,024 GPUs × one month.
 
-    .venv/bin/python -m bench.store_size [--gpus 8] [--days 7] [--minute-days 14]
+    .venv/bin/python -m bench.store_size [--gpus 8] [--days 7] [--minute-days DAYS]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 from auditor.model import DeploymentMinute, GpuMinute
-from auditor.store import MINUTE_RETENTION_DAYS, Store
+from auditor.store import MINUTE_RETENTION_DAYS, Store, fleet_minute_window_s
 
 T0 = 1_790_000_000 - 1_790_000_000 % 86_400
 MB = 1e6
@@ -79,7 +81,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--days", type=int, default=7)
-    parser.add_argument("--minute-days", type=int, default=MINUTE_RETENTION_DAYS)
+    parser.add_argument(
+        "--minute-days",
+        type=float,
+        default=None,
+        help="minute window; default: the store's for the fleet's size (14 days, fewer past the row budget)",
+    )
     args = parser.parse_args()
     rng = random.Random(1)
     with tempfile.TemporaryDirectory(prefix="auditor-bench-") as scratch:
@@ -118,16 +125,19 @@ def main() -> None:
         deployments = max(1, gpus // 4)
         return days * 1440 * (gpus * per_row["gpu_minutes"] + deployments * per_row["deployment_minutes"])
 
-    host_year = footprint(8, 365, args.minute_days)
-    fleet_month = footprint(1024, 31, args.minute_days)
+    host_days = args.minute_days or fleet_minute_window_s(8) / 86_400
+    fleet_days = args.minute_days or fleet_minute_window_s(1024) / 86_400
+    host_year = footprint(8, 365, host_days)
+    fleet_month = footprint(1024, 31, fleet_days)
     print(
-        f"8-GPU host-year: {host_year / MB:,.0f} MB with minutes kept {args.minute_days} days "
+        f"8-GPU host-year: {host_year / MB:,.0f} MB with minutes kept {host_days:.1f} days "
         f"(every minute kept: {old_footprint(8, 365) / MB:,.0f} MB); target under 150 MB: "
         f"{'met' if host_year < 150 * MB else 'MISSED'}"
     )
     print(
-        f"1,024 GPUs × one month: {fleet_month / MB:,.0f} MB with minutes kept {args.minute_days} days "
-        f"(every minute kept: {old_footprint(1024, 31) / MB:,.0f} MB); target under 1,500 MB: "
+        f"1,024 GPUs × one month: {fleet_month / MB:,.0f} MB with minutes kept {fleet_days:.1f} days "
+        f"(14 days: {footprint(1024, 31, MINUTE_RETENTION_DAYS) / MB:,.0f} MB; every minute kept: "
+        f"{old_footprint(1024, 31) / MB:,.0f} MB); target under 1,500 MB: "
         f"{'met' if fleet_month < 1500 * MB else 'MISSED'}"
     )
     fits = max((d for d in range(1, 32) if footprint(1024, 31, d) < 1500 * MB), default=0)

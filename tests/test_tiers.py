@@ -356,3 +356,26 @@ def test_a_store_without_peaks_gets_them_from_the_minutes_kept(tmp_path: Path) -
     # Whole quarter-hours from the tier: the run ending in the last one, though its minutes are gone.
     assert store.served_peak_tokens(SPAN_START, SPAN_START + 3600, "llama") == best
     store.close()
+
+
+def test_the_minute_window_shrinks_for_a_fleet_past_its_row_budget() -> None:
+    """Unset, minutes are kept 14 days, fewer when the GPUs seen in the last day would pass
+    `minute_rows_max` GPU minutes, never under 2 days; a configured number of days is kept as is."""
+    store = Store.open("sqlite:///:memory:")
+    now = SPAN_START + 86_400
+    rows = [
+        GpuMinute(
+            minute_ts=now - 3600, host="h", gpu_uuid=f"GPU-{g}", gpu_index=g, deployment="llama",
+            observed_s=60.0, util_observed_s=60.0, idle_s=0.0, loaded_s=60.0, gpu_util=0.5, gpu_util_max=0.5,
+            sm_active=None, energy_j=None, power_mean_w=None, mem_used_max_bytes=None, mem_total_bytes=None,
+        )
+        for g in range(3)
+    ]  # fmt: skip
+    store.replace_minutes(now - 3600, now - 3540, rows, [])
+    day = 86_400
+    assert store.minute_retention_s(now, None, 3 * 1440 * 5) == 5 * day  # 3 GPUs: 5 days fit
+    assert store.minute_retention_s(now, None, 10**9) == 14 * day
+    assert store.minute_retention_s(now, None, 1000) == 2 * day
+    assert store.minute_retention_s(now, 30, 1000) == 30 * day
+    assert store.minute_retention_s(now + 2 * day, None, 1000) == 14 * day  # no GPU seen lately
+    store.close()
