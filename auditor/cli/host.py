@@ -36,7 +36,7 @@ from auditor.fleet import FleetRollup
 from auditor.gpu_prices import GpuPrice
 from auditor.prices import ApiPriceCatalog
 from auditor.redact import register_secret
-from auditor.store import Store
+from auditor.store import MINUTE_RETENTION_DAYS, Store
 from collectors.inference import InferenceCollector, endpoints_on_host, fetch_metrics
 from collectors.nvml import GpuDeploymentMap, NvmlCollector, load_pynvml
 from reports.slack import SlackConfigError, slack_sender
@@ -102,7 +102,7 @@ def daemon(
             max_gap_s=config.fleet.max_gap_s,
             idle_threshold=config.rules.idle_threshold,
             capacity_tokens_per_s={d.name: d.capacity_tokens_per_s for d in config.deployments}.get,
-            catch_up_s=config.store.minute_retention_days * 86_400,
+            catch_up_s=(config.store.minute_retention_days or MINUTE_RETENTION_DAYS) * 86_400,
         )
     gpu = _nvml_collector(config, name) if fleet is None else None
     if gpu is None and fleet is None:
