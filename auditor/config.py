@@ -89,9 +89,9 @@ class StoreConfig(_Strict):
     minute_retention_days: int | None = Field(None, gt=0, le=36_600)
     """Minute roll-ups: older time is answered from the tiers (GPU-hours, deployment quarter-hours).
     Unset: 14 days, fewer for a fleet whose GPU minutes would pass `minute_rows_max` (never under 2)."""
-    minute_rows_max: int = Field(4_000_000, gt=0)  # auditor.store.DEFAULT_MINUTE_ROWS_MAX
-    """GPU-minute rows kept at most when `minute_retention_days` is unset (~1.1 GB in SQLite): at 1,024
-    GPUs that is 2.7 days of minutes, at 8 GPUs the whole 14 days."""
+    minute_rows_max: int = Field(3_500_000, gt=0)  # auditor.store.DEFAULT_MINUTE_ROWS_MAX
+    """GPU-minute rows kept at most when `minute_retention_days` is unset (~1 GB in SQLite): at 1,024
+    GPUs that is 2.4 days of minutes, at 8 GPUs the whole 14 days."""
 
     @field_validator("url")
     @classmethod

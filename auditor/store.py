@@ -83,8 +83,8 @@ MIN_MINUTE_RETENTION_DAYS = 2
 """A large fleet's minutes are kept at least this long, however many GPUs (`minute_retention_s`)."""
 
 
-DEFAULT_MINUTE_ROWS_MAX = 4_000_000
-"""`store.minute_rows_max`'s default: GPU-minute rows kept at most (~1.1 GB in SQLite)."""
+DEFAULT_MINUTE_ROWS_MAX = 3_500_000
+"""`store.minute_rows_max`'s default: GPU-minute rows kept at most (~1 GB in SQLite)."""
 
 
 def fleet_minute_window_s(gpus: int, max_rows: int = DEFAULT_MINUTE_ROWS_MAX) -> float:

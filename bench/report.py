@@ -3,7 +3,7 @@
 For each fleet size, builds the store the daemon leaves five days after the month (8 deployments,
 static prices): deployment minutes and the roll-up tiers (quarter-hours per deployment, hours per
 GPU) for the whole span, GPU minutes only for the days retention keeps (the store's default window
-for the fleet's size: 14 days, 2.7 at 1,024 GPUs). The build is not what is measured, so it is
+for the fleet's size: 14 days, 2.4 at 1,024 GPUs). The build is not what is measured, so it is
 generated inside SQLite rather than written through the daemon's path: the tiers are computed by SQL
 from the same generated load (each GPU of a deployment as busy as its server), the GPU minutes are
 inserted in key order with the secondary indexes dropped and rebuilt after (a sort, not millions of
