@@ -349,6 +349,8 @@ def _read_cost_explorer(
                 day=row.day,
                 source=source.name,
                 account=account,
+                # One member account read: the lines are its (a deployment's price.account_id matches).
+                sub_account=source.linked_accounts[0] if len(source.linked_accounts) == 1 else None,
                 resource="",
                 usage_type=row.instance_type,
                 amount_usd=row.amortized * rate,

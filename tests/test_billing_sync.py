@@ -464,3 +464,19 @@ def test_a_synced_aws_deployment_is_priced_from_its_bill_and_an_unsynced_month_h
     october = llama_in(10)
     assert october.cost_known and october.cost_usd == Decimal("1320.96") * 31
     assert not llama_in(9).cost_known
+
+
+def test_a_member_account_read_alone_is_the_lines_sub_account(aws: None, store: Store) -> None:
+    """A deployment priced by one member account's bill (price.account_id) claims that account's lines."""
+    cfg = parse_config(
+        DEPLOYMENTS.replace(
+            'price = {source = "aws", tags = {deployment = "llama-70b"}}',
+            'price = {source = "aws", account_id = "210987654321", tags = {deployment = "llama-70b"}}',
+        )
+        + AWS_SOURCE
+        + 'linked_accounts = ["210987654321"]\n'
+    )
+    queue({"ResultsByTime": [ce_day(date(2026, 11, 2), [("llama-70b", "p5.48xlarge", "10", "10")])]})
+    sync(cfg, store)
+    (line,) = store.cost_lines(date(2026, 11, 1), date(2026, 12, 1))
+    assert (line.account, line.sub_account, line.deployment) == ("999988887777", "210987654321", "llama-70b")
