@@ -26,7 +26,9 @@ from typing import Any
 
 from auditor.analysis import active_window
 from auditor.attribution import Attributor
+from auditor.billing_result import BillingSyncResult, LinesChanged, SyncedSource, SyncFailure
 from auditor.config import (
+    AwsPrice,
     Config,
     CostExplorerSource,
     DeploymentConfig,
@@ -39,6 +41,7 @@ from auditor.gpu_prices import GpuPrice
 from auditor.model import CostBasis, CostLine
 from auditor.store import BillingSync, CostLineChange, Store
 from collectors import aws_billing, gcp_billing
+from collectors.focus_sources import BillingResult
 from collectors.interface import BillingUnavailable
 
 log = logging.getLogger("auditor.billing")
@@ -88,6 +91,7 @@ class SyncOutcome:
     """Cost (the configured metric, USD) of the window's lines per deployment; None: unattributed."""
     estimated_days: int
     notes: tuple[str, ...] = ()
+    origin: str = ""
 
     @property
     def days(self) -> int:
@@ -183,7 +187,12 @@ def sync_source(
         origin = f"Cloud Catalog list prices in {source.region}"
     if not isinstance(source, GcpCatalogSource):  # estimates are made for their deployment
         gpus = {p.instance_type: p.gpus for p in gpu_catalog}
-        attribution = Attributor(config, gpus.get).attribute(lines)
+        # Only the deployments priced by this cloud's bill claim its lines (and are warned about).
+        price = AwsPrice if isinstance(source, CostExplorerSource) else GcpPrice
+        claimants = config.model_copy(
+            update={"deployments": [d for d in config.deployments if isinstance(d.price, price)]}
+        )
+        attribution = Attributor(claimants, gpus.get).attribute(lines)
         lines = [_rekey(line) for line in attribution.lines]
         notes = [*notes, *attribution.warnings]
     report("writing", 0)
@@ -222,6 +231,7 @@ def sync_source(
         by_deployment=dict(by_deployment),
         estimated_days=len({line.day for line in lines if line.estimated}),
         notes=tuple(notes),
+        origin=origin,
     )
     log.info(
         "billing sync %s: %s..%s, %d row(s), %d line(s) (+%d -%d ~%d), %d paid request(s)",
@@ -541,3 +551,66 @@ def _days(start: date, end: date) -> Iterable[date]:
 def unavailable(exc: BillingUnavailable, source: str) -> UnavailableError:
     """A billing source's failure as the CLI's one line (exit 1), naming the source."""
     return UnavailableError(f"billing source {source!r}: {exc.message}", exc.fix)
+
+
+# -- the command's result ------------------------------------------------------------------------
+
+
+def synced(outcome: SyncOutcome) -> SyncedSource:
+    change = outcome.change
+    return SyncedSource(
+        source=outcome.source,
+        kind=outcome.kind,
+        origin=outcome.origin,
+        first_day=outcome.start,
+        last_day=outcome.end - timedelta(days=1),
+        days_read=outcome.days,
+        billing_periods=tuple(sorted({d.replace(day=1) for d in _days(outcome.start, outcome.end)})),
+        rows_read=outcome.rows,
+        lines=LinesChanged(outcome.lines, change.added, change.removed, change.changed, change.unchanged),
+        estimated_days=outcome.estimated_days,
+        requests=outcome.requests,
+        requests_usd=outcome.request_cost_usd,
+        by_deployment={k: v for k, v in sorted(outcome.by_deployment.items(), key=_named) if k is not None},
+        unattributed_usd=outcome.by_deployment.get(None, Decimal(0)),
+        estimate=outcome.kind == "gcp_catalog",
+        notes=outcome.notes,
+    )
+
+
+def _named(item: tuple[str | None, Decimal]) -> str:
+    return item[0] or ""
+
+
+def sync_result(
+    config: Config, sources: Sequence[SyncedSource], failures: Sequence[tuple[str, BillingUnavailable]]
+) -> BillingSyncResult:
+    return BillingSyncResult(
+        cost_metric=config.billing.cost_metric.value,
+        sources=tuple(sources),
+        failures=tuple(SyncFailure(name, e.message, e.fix, e.permission) for name, e in failures),
+    )
+
+
+def synced_export(result: BillingResult) -> SyncedSource:
+    """A FOCUS export's sync (10a's `BillingResult`) in the same shape: read by billing period."""
+    change = result.change
+    total = change.added + change.changed + change.unchanged
+    return SyncedSource(
+        source=result.source,
+        kind=result.kind,
+        origin=result.origin,
+        first_day=None,
+        last_day=None,
+        days_read=None,
+        billing_periods=tuple(result.periods),
+        rows_read=result.rows_read,
+        lines=LinesChanged(total, change.added, change.removed, change.changed, change.unchanged),
+        estimated_days=None,
+        requests=0,
+        requests_usd=Decimal(0),
+        by_deployment={k: v for k, v in sorted(result.usd_by_deployment.items(), key=_named) if k},
+        unattributed_usd=result.usd_by_deployment.get(None, Decimal(0)),
+        estimate=False,
+        notes=tuple(result.warnings),
+    )

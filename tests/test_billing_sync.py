@@ -398,14 +398,55 @@ def test_billing_sync_command_prints_days_rows_requests_and_cost_by_deployment(
     )
     code, out, err = _cli(capsys, "billing", "sync", "-c", _config_file(tmp_path), "--json")
     assert code == 0, err
-    (source,) = json.loads(out)["sources"]
-    assert source["source"] == "aws-ce" and source["requests"] == 1 and source["requests_usd"] == "0.01"
-    assert source["by_deployment"] == {"llama-70b": "40.5"} and source["unattributed_usd"] == "1.006"
+    data = json.loads(out, parse_float=Decimal)  # money is exact in JSON: numbers with all their digits
+    assert shape(data) == SYNC_JSON_KEYS  # a published schema: change it on purpose only
+    (source,) = data["sources"]
+    assert (
+        source["source"] == "aws-ce" and source["requests"] == 1 and source["requests_usd"] == Decimal("0.01")
+    )
+    assert source["by_deployment"] == {"llama-70b": Decimal("40.5")}
+    assert source["unattributed_usd"] == Decimal("1.006") and not source["estimate"]
     assert source["days_read"] == (today - today.replace(day=1)).days + 1 + _previous_month_days(today)
+    assert source["last_day"] == today.isoformat() and data["cost_metric"] == "effective"
     code, out, _ = _cli(capsys, "billing", "sync", "-c", _config_file(tmp_path))
     assert code == 0
     assert "aws-ce: " in out and "1 paid request(s) ($0.01)" in out and "(nothing changed)" in out
     assert "llama-70b" in out and "$40.50" in out and "unattributed" in out and "$41.51" in out
+
+
+SYNC_JSON_KEYS = {
+    "cost_metric": None,
+    "sources": [
+        {
+            "source": None,
+            "kind": None,
+            "origin": None,
+            "first_day": None,
+            "last_day": None,
+            "days_read": None,
+            "billing_periods": [None],
+            "rows_read": None,
+            "lines": {"total": None, "added": None, "removed": None, "changed": None, "unchanged": None},
+            "estimated_days": None,
+            "requests": None,
+            "requests_usd": None,
+            "by_deployment": {"llama-70b": None},
+            "unattributed_usd": None,
+            "estimate": None,
+            "notes": [],
+        }
+    ],
+    "failures": [],
+}
+
+
+def shape(data: Any) -> Any:
+    """The keys of a JSON document, nested (lists by their first element)."""
+    if isinstance(data, dict):
+        return {k: shape(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [shape(data[0])] if data else []
+    return None
 
 
 def _previous_month_days(today: date) -> int:

@@ -7,46 +7,47 @@ deployment), the daemon's job, and one cheap real call per source for `auditor d
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, timedelta
-from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from auditor.cli.billing import billing_app, metric_words, print_result, result_json
-from auditor.cli.common import ConfigOption, JsonOption, console, gpu_catalog, open_store, require_config
+from auditor.billing_result import SyncedSource
+from auditor.cli.billing import billing_app
+from auditor.cli.common import ConfigOption, JsonOption, gpu_catalog, open_store, require_config
 from auditor.config import Config, CostExplorerSource, GcpBillingExportSource
 from auditor.cron import cron_kwargs
 from auditor.daemon import JobSpec
 from auditor.doctor import Check
 from auditor.errors import BadInputError
 from auditor.gpu_prices import GpuPrice
+from auditor.output import emit, output_format
 from auditor.store import Store
-from auditor.units import allocate_cents, format_usd
 from collectors import aws_billing, gcp_billing
 from collectors.billing_api import (
     API_KINDS,
     ApiSource,
     BillingClients,
-    SyncOutcome,
     api_sources,
     aws_gpu_families,
     log,
+    sync_result,
     sync_source,
     sync_sources,
+    synced,
+    synced_export,
 )
-from collectors.focus_sources import BillingResult, sync_focus_source
+from collectors.focus_sources import sync_focus_source
 from collectors.interface import BillingUnavailable
+from reports.billing_text import billing_sync_text
 
 
 def cache_dir(env: Mapping[str, str] | None = None) -> Path:
@@ -136,125 +137,36 @@ def sync_command(
     today = date.today()  # noqa: DTZ011  (only bounds --since)
     first = _since(since, today + timedelta(days=1))
     store = open_store(config)
-    outcomes: list[SyncOutcome] = []
-    imported: list[BillingResult] = []
+    read: list[SyncedSource] = []
     failures: list[tuple[str, BillingUnavailable]] = []
     try:
         with _progress(not as_json and sys.stderr.isatty()) as progress:
             for entry in chosen:
                 if entry.kind not in API_KINDS:
-                    imported.append(sync_focus_source(store, config, entry, catalog))
+                    read.append(synced_export(sync_focus_source(store, config, entry, catalog)))
                     continue
                 api = api_sources(config, entry.name)[0]
                 try:
-                    outcomes.append(
-                        sync_source(
-                            config,
-                            store,
-                            api,
-                            since=first,
-                            gpu_catalog=catalog,
-                            clients=BillingClients(),
-                            cache_dir=cache_dir(),
-                            progress=progress(api),
-                        )
+                    outcome = sync_source(
+                        config,
+                        store,
+                        api,
+                        since=first,
+                        gpu_catalog=catalog,
+                        clients=BillingClients(),
+                        cache_dir=cache_dir(),
+                        progress=progress(api),
                     )
+                    read.append(synced(outcome))
                 except BillingUnavailable as exc:
                     failures.append((entry.name, exc))
     finally:
         store.close()
-    if as_json:
-        print(json.dumps(sync_json(config, outcomes, imported, failures), indent=2))
-    else:
-        for outcome in outcomes:
-            print_outcome(outcome, config)
-        for result in imported:
-            print_result(result, config)
+    emit(sync_result(config, read, failures), output_format(as_json), billing_sync_text)
     for name, failure in failures:
         print(f"auditor: billing source {name!r}: {failure}", file=sys.stderr)
     if failures:
         raise typer.Exit(1)
-
-
-def _usd(value: Decimal) -> str:
-    return str(value)
-
-
-def outcome_json(outcome: SyncOutcome, config: Config) -> dict[str, Any]:
-    return {
-        "source": outcome.source,
-        "kind": outcome.kind,
-        "cost_metric": config.billing.cost_metric.value,
-        "first_day": outcome.start.isoformat(),
-        "last_day": (outcome.end - timedelta(days=1)).isoformat(),
-        "days_read": outcome.days,
-        "rows_read": outcome.rows,
-        "lines": {
-            "total": outcome.lines,
-            "added": outcome.change.added,
-            "removed": outcome.change.removed,
-            "changed": outcome.change.changed,
-            "unchanged": outcome.change.unchanged,
-        },
-        "estimated_days": outcome.estimated_days,
-        "requests": outcome.requests,
-        "requests_usd": _usd(outcome.request_cost_usd),
-        "by_deployment": {k: _usd(v) for k, v in sorted(outcome.by_deployment.items(), key=_order) if k},
-        "unattributed_usd": _usd(outcome.by_deployment.get(None, Decimal(0))),
-        "estimate": outcome.kind == "gcp_catalog",
-        "notes": list(outcome.notes),
-    }
-
-
-def sync_json(
-    config: Config,
-    outcomes: Sequence[SyncOutcome],
-    imported: Sequence[BillingResult],
-    failures: Sequence[tuple[str, BillingUnavailable]],
-) -> dict[str, Any]:
-    return {
-        "sources": [outcome_json(o, config) for o in outcomes] + [result_json(r, config) for r in imported],
-        "failures": [
-            {"source": name, "error": exc.message, "fix": exc.fix, "permission": exc.permission}
-            for name, exc in failures
-        ],
-    }
-
-
-def _order(item: tuple[str | None, Decimal]) -> tuple[int, str]:
-    return (1, "") if item[0] is None else (0, item[0])
-
-
-def print_outcome(outcome: SyncOutcome, config: Config) -> None:
-    """One source's sync: the days read, rows, paid requests, what changed, and $ by deployment."""
-    change = outcome.change
-    last = outcome.end - timedelta(days=1)
-    paid = (
-        f"{outcome.requests} paid request(s) (${outcome.request_cost_usd})"
-        if outcome.kind == "aws_cost_explorer"
-        else "no paid requests"
-    )
-    print(
-        f"{outcome.source}: {outcome.days} days read ({outcome.start} … {last}), {outcome.rows:,} rows, "
-        f"{paid}; lines {change.added} added, {change.removed} removed, {change.changed} changed, "
-        f"{change.unchanged} unchanged"
-        + ("" if change.changed_anything else " (nothing changed)")
-        + (f"; {outcome.estimated_days} days still estimated" if outcome.estimated_days else "")
-    )
-    for note in outcome.notes:
-        print(f"  note: {note}")
-    items = sorted(outcome.by_deployment.items(), key=_order)
-    if not items:
-        return
-    shown, total = allocate_cents([v for _, v in items])
-    estimate = " — list-price ESTIMATE" if outcome.kind == "gcp_catalog" else ""
-    table = Table(title=f"{outcome.source} by deployment: {metric_words(config)}{estimate}")
-    table.add_column("deployment")
-    table.add_column("cost", justify="right")
-    for (name, _), amount in zip(items, shown, strict=True):
-        table.add_row(name or "unattributed", format_usd(amount))
-    table.add_row("total", format_usd(total), end_section=True)
-    console().print(table)
 
 
 # -- the daemon's daily job ----------------------------------------------------------------------
