@@ -341,18 +341,26 @@ class DeploymentCost:
 
     @property
     def cost_per_mtok_usd(self) -> Decimal | None:
+        if not self.cost_known:
+            return None  # no billing data: unknown, never $0/Mtok
         return cost_per_mtok_usd(self.observed_cost_usd, self.tokens)
 
     @property
     def cost_per_generated_mtok_usd(self) -> Decimal | None:
+        if not self.cost_known:
+            return None
         return cost_per_mtok_usd(self.observed_cost_usd, self.generation_tokens)
 
     @property
     def tco_per_mtok_usd(self) -> Decimal | None:
+        if not self.cost_known:
+            return None
         return cost_per_mtok_usd(self.observed_tco_usd, self.tokens)
 
     @property
     def idle_cost_usd(self) -> Decimal | None:
+        if not self.cost_known:
+            return None
         return idle_cost_usd(self.cost_usd, self.hours.idle, self.hours.billed)
 
     @property
@@ -360,7 +368,7 @@ class DeploymentCost:
         """The *usage* basis: the busy GPU-hours' share of the cost, what the same traffic would cost if
         consolidated onto fully used GPUs (OpenCost's and llm-d's usage basis). The *allocation* basis is
         the whole bill, idle included: `observed_cost_usd`. API comparisons and savings use allocation."""
-        if self.hours.billed <= 0:
+        if self.hours.billed <= 0 or not self.cost_known:
             return None
         return self.cost_usd * min(self.hours.busy, self.hours.billed) / self.hours.billed
 
@@ -439,6 +447,8 @@ def token_splits(dc: DeploymentCost) -> list[TokenSplit]:
     measured prefill/decode time where the servers exposed it, else the cheapest API's price ratio."""
     cheapest = dc.cheapest_api
     price = cheapest.price if cheapest else None
+    if not dc.cost_known:
+        return []  # no billing data: nothing to split
     bases = [("allocation", dc.observed_cost_usd), ("usage", dc.usage_cost_usd)]
     return [
         split_by_direction(

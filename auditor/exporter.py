@@ -145,7 +145,9 @@ def deployment_figures(
                 deployment=cost.deployment,
                 tokens_per_s=tokens_per_s(store, cost.deployment, now.timestamp()),
                 # The rate while paid for: an hour with no active period has no rate, not $0/h.
-                cost_rate_usd_per_h=cost.cost_usd / cost.active_hours if cost.active_hours else None,
+                cost_rate_usd_per_h=(
+                    cost.cost_usd / cost.active_hours if cost.active_hours and cost.cost_known else None
+                ),
                 cost_per_mtok_usd={
                     "1h": cost.cost_per_mtok_usd,
                     "1d": day_cost.cost_per_mtok_usd if day_cost else None,

@@ -28,7 +28,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from auditor.costing import monthly_saving, sum_usd, token_splits
-from auditor.model import CostBasis, CostLine
+from auditor.model import CostBasis, CostLine, CostMetric
 from reports.files import write_atomic
 from reports.monthly import DayFigures, DeploymentMonth, MonthReport
 
@@ -215,20 +215,38 @@ def _line_row(
     first_of_day: bool,
 ) -> tuple[Cell, ...]:
     start, end = _charge_period(line.day, report)
+    if line.charge_period_start_ts is not None and line.charge_period_end_ts is not None:
+        start = datetime.fromtimestamp(line.charge_period_start_ts, UTC).isoformat()
+        end = datetime.fromtimestamp(line.charge_period_end_ts, UTC).isoformat()
+    unknown = d is not None and not d.cost.cost_known  # no billing data: the day's tokens, no cost
     idle: Decimal | None = None
-    if day is not None and day.billed_gpu_hours > 0:
+    if day is not None and day.billed_gpu_hours > 0 and not unknown:
         idle = line.amount_usd * min(day.idle_gpu_hours, day.billed_gpu_hours) / day.billed_gpu_hours
     tokens_known = day is not None and day.tokens_known and first_of_day
     tags = {"deployment": d.name, "team": d.config.team, "cost_center": d.config.cost_center} if d else {}
+    billed, effective, listed = (
+        line.cost(CostMetric.BILLED),
+        line.cost(CostMetric.EFFECTIVE),
+        line.cost(CostMetric.LIST),
+    )
+    if effective is None:  # a rated line, or one synced before FOCUS terms: its amount, by its basis
+        billed = line.amount_usd if line.basis is CostBasis.INVOICED else None
+        effective = line.amount_usd
+        listed = line.amount_usd if line.basis is CostBasis.LIST else None
+    if unknown:
+        billed = effective = listed = None
+    pricing = (
+        "Committed" if line.basis is CostBasis.AMORTIZED else _PRICING_CATEGORY.get(line.source, "Standard")
+    )
     return (
-        line.amount_usd if line.basis is CostBasis.INVOICED else None,
-        line.amount_usd,
-        line.amount_usd if line.basis is CostBasis.LIST else None,
+        billed,
+        effective,
+        listed,
         "USD",
         start,
         end,
-        "Usage",
-        "Committed" if line.basis is CostBasis.AMORTIZED else _PRICING_CATEGORY.get(line.source, "Standard"),
+        line.charge_category or "Usage",
+        line.pricing_category or pricing,
         line.resource,
         line.usage_type,
         json.dumps({k: v for k, v in tags.items() if v is not None}, sort_keys=True),
@@ -318,17 +336,17 @@ def daily_rows(d: DeploymentMonth) -> Iterable[Sequence[Cell]]:
         yield (
             d.name,
             day.day.isoformat(),
-            day.cost_usd,
+            day.cost_usd if d.cost.cost_known else None,
             day.billed_gpu_hours,
             day.observed_gpu_hours,
             day.idle_gpu_hours,
-            day.idle_cost_usd,
+            day.idle_cost_usd if d.cost.cost_known else None,
             known,
             day.prompt_tokens if known else None,
             day.generation_tokens if known else None,
             day.tokens if known else None,
-            day.observed_cost_usd,
-            day.cost_per_mtok_usd,
+            day.observed_cost_usd if d.cost.cost_known else None,
+            day.cost_per_mtok_usd if d.cost.cost_known else None,
             d.cost.utilization_metric.value,
             day.utilization,
             m.gpu_util,
@@ -380,8 +398,8 @@ def summary_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
             c.hours.idle,
             c.hours.unknown,
             c.coverage,
-            c.observed_cost_usd,
-            c.unobserved_cost_usd,
+            c.observed_cost_usd if c.cost_known else None,
+            c.unobserved_cost_usd if c.cost_known else None,
             c.idle_cost_usd,
             c.utilization_metric.value,
             c.utilization,
@@ -405,8 +423,8 @@ def summary_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
             usage.output_mtok_usd if usage else None,
             allocation.method if allocation else None,
             budget,
-            c.tco_usd / budget if budget else None,
-            max(c.tco_usd - budget, Decimal(0)) if budget is not None else None,
+            c.tco_usd / budget if budget and c.cost_known else None,
+            max(c.tco_usd - budget, Decimal(0)) if budget is not None and c.cost_known else None,
         )
 
 
@@ -423,12 +441,13 @@ def totals_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
             budgets = [
                 d.config.monthly_budget_usd for d in members if d.config.monthly_budget_usd is not None
             ]
+            known = all(d.cost.cost_known for d in members)  # one without billing data: unknown
             yield (
                 label,
                 name,
-                sum_usd(d.cost.cost_usd for d in members),
+                sum_usd(d.cost.cost_usd for d in members) if known else None,
                 sum_usd(d.cost.overhead_usd for d in members),
-                sum_usd(d.cost.tco_usd for d in members),
+                sum_usd(d.cost.tco_usd for d in members) if known else None,
                 sum_usd(budgets) if budgets else None,
             )
 
@@ -436,9 +455,9 @@ def totals_rows(report: MonthReport) -> Iterable[Sequence[Cell]]:
         yield (
             "deployment",
             d.name,
-            d.cost.cost_usd,
+            d.cost.cost_usd if d.cost.cost_known else None,
             d.cost.overhead_usd,
-            d.cost.tco_usd,
+            d.cost.tco_usd if d.cost.cost_known else None,
             d.config.monthly_budget_usd,
         )
     yield from group("team", "team", NO_TEAM)

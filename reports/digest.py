@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 from auditor.analysis import Bucket, cost_window, merged
 from auditor.at_stake import AtStake, at_stake, at_stake_line
+from auditor.bills import no_billing_data_line
 from auditor.config import Config
 from auditor.costing import DeploymentCost
 from auditor.errors import UnavailableError
@@ -97,7 +98,7 @@ class DeploymentWeek:
 
     @property
     def cost_change(self) -> Decimal | None:
-        if self.previous is None or self.previous.cost_usd <= 0:
+        if self.previous is None or self.previous.cost_usd <= 0 or not self.cost.cost_known:
             return None
         return (self.cost.cost_usd - self.previous.cost_usd) / self.previous.cost_usd
 
@@ -225,6 +226,11 @@ def coverage_text(observed: Decimal, billed: Decimal, share: float | None) -> st
     return f"{observed:,.1f} of {billed:,.1f} GPU-hours ({format_share(share)})"
 
 
+def _cost(dc: DeploymentCost) -> str:
+    """The week's cost, or "no billing data" for a bill-priced deployment without lines: never $0.00."""
+    return format_usd(dc.cost_usd) if dc.cost_known else "— no billing data"
+
+
 def deployment_lines(row: DeploymentWeek) -> list[tuple[str, str]]:
     dc = row.cost
     observed = ("observed", coverage_text(dc.hours.observed, dc.hours.billed, row.coverage))
@@ -232,7 +238,7 @@ def deployment_lines(row: DeploymentWeek) -> list[tuple[str, str]]:
         return [
             observed,
             ("figures", f"unknown: under {format_share(row.min_coverage)} of the week observed"),
-            ("cost", f"{format_usd(dc.cost_usd)} ({_change(row.cost_change)})"),
+            ("cost", f"{_cost(dc)} ({_change(row.cost_change)})"),
         ]
     cheapest = dc.cheapest_api
     api = "—" if cheapest is None else f"{format_usd(cheapest.usd)} on {cheapest.price.ref}"
@@ -243,7 +249,7 @@ def deployment_lines(row: DeploymentWeek) -> list[tuple[str, str]]:
             f"{format_share(dc.utilization)} ({_change(row.utilization_change, points=True)})",
         ),
         ("tokens", f"{format_tokens(dc.tokens)} ({_change(row.tokens_change)})"),
-        ("cost", f"{format_usd(dc.cost_usd)} ({_change(row.cost_change)})"),
+        ("cost", f"{_cost(dc)} ({_change(row.cost_change)})"),
         ("cost per Mtok", format_usd(dc.cost_per_mtok_usd)),
         ("idle cost", format_usd(dc.idle_cost_usd)),
         ("API equivalent", api),
@@ -278,6 +284,11 @@ def digest_text(digest: Digest) -> str:
     lines.append(f"Total billed: {format_usd(digest.total_usd)}")
     if digest.unattributed_usd:
         lines.append(f"Unattributed: {format_usd(digest.unattributed_usd)}")
+    unbilled = [row.name for row in digest.deployments if not row.cost.cost_known]
+    if unbilled:
+        lines.append(
+            no_billing_data_line(unbilled, digest.week, "auditor billing sync` or `auditor billing import")
+        )
     for row in digest.deployments:
         lines += ["", row.name]
         lines += [f"  {label:<28} {value}" for label, value in deployment_lines(row)]

@@ -11,7 +11,7 @@ from auditor.costing import monthly_saving, token_splits
 from auditor.units import format_saving, format_share, format_tokens, format_usd
 from reports.charts import deployment_charts
 from reports.files import write_atomic
-from reports.labels import gap_text, report_state, shown_costs, total_line
+from reports.labels import gap_text, header_notes, report_state, shown_costs, total_line
 from reports.monthly import MonthReport
 
 
@@ -43,6 +43,7 @@ def environment() -> Environment:
         saving_words=format_saving,
         state=report_state,
         total_line=total_line,
+        notes=header_notes,
         gap=gap_text,
         splits=token_splits,
     )

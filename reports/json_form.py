@@ -129,11 +129,12 @@ def report_object(report: MonthReport) -> dict[str, Any]:
     deployments = []
     for d in report.deployments:
         data = deployment_object(d.cost, d.findings)
-        if d.cost.cost_known:
+        cost, tco = shown.deployments[d.name], shown.tco(d.name)
+        if cost is not None and tco is not None:
             # Rounded once, so that the deployments and the unattributed sum to the total shown.
-            data["cost_usd"] = float(shown.deployments[d.name])
+            data["cost_usd"] = float(cost)
             data["overhead_usd"] = float(shown.overheads[d.name])
-            data["tco_usd"] = float(shown.tco(d.name))
+            data["tco_usd"] = float(tco)
         deployments.append(data)
     return {
         "month": report.month,
@@ -148,6 +149,9 @@ def report_object(report: MonthReport) -> dict[str, Any]:
         # A filtered report leaves the unattributed lines to the whole report: null, not $0.
         "unattributed_cost_usd": None if report.filtered_to else float(shown.unattributed),
         "estimated": report.estimated,
+        "cost_metric": report.cost_metric.value,
+        "no_billing_data": report.no_billing_data,
+        "billing_fix": report.billing_fix if report.no_billing_data else None,
         "deployments": deployments,
         "other_recommendations": [{**recommendation(f), "subject": f.subject} for f in report.other_findings],
         "total_at_stake": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+from auditor.bills import is_bill_priced
 from auditor.costing import DeploymentCost, Saving
 from auditor.units import allocate_cents, cents, format_saving, format_share, format_usd
 from reports.monthly import MonthReport
@@ -54,7 +55,7 @@ def gap_text(cost: DeploymentCost) -> str | None:
     unobserved_h = cost.active_hours - cost.observed_hours
     return (
         f"{unobserved_h:,.1f} hours unobserved ({format_share(1 - coverage)}):"
-        f" {format_usd(cost.unobserved_cost_usd)} of cost without token data;"
+        f" {format_usd(cost.unobserved_cost_usd if cost.cost_known else None)} of cost without token data;"
         " $/Mtok and API comparisons use the observed hours"
     )
 
@@ -63,27 +64,43 @@ def gap_text(cost: DeploymentCost) -> str | None:
 class ShownCosts:
     """The report's costs as every format shows them: rounded once, parts summing to the total."""
 
-    deployments: dict[str, Decimal]
+    deployments: dict[str, Decimal | None]
+    """None: a bill-priced deployment with no billing data (shown "—", never $0.00)."""
     unattributed: Decimal
     total: Decimal
     unattributed_lines: list[Decimal]
     """Each unattributed line, shown so that they sum to `unattributed`."""
     overheads: dict[str, Decimal]
 
-    def tco(self, name: str) -> Decimal:
-        """A deployment's TCO as shown: its shown cost plus its shown overheads."""
-        return self.deployments[name] + self.overheads[name]
+    def tco(self, name: str) -> Decimal | None:
+        """A deployment's TCO as shown: its shown cost plus its shown overheads (None: no billing data)."""
+        cost = self.deployments[name]
+        return None if cost is None else cost + self.overheads[name]
 
 
 def shown_costs(report: MonthReport) -> ShownCosts:
-    names = [d.name for d in report.deployments]
-    exact = [d.cost.cost_usd for d in report.deployments]
-    parts, total = allocate_cents([*exact, report.unattributed_cost_usd])
+    known = [d for d in report.deployments if d.cost.cost_known]
+    parts, total = allocate_cents([*(d.cost.cost_usd for d in known), report.unattributed_cost_usd])
     lines, _ = allocate_cents([line.amount_usd for line in report.unattributed_lines])
+    deployments: dict[str, Decimal | None] = {d.name: None for d in report.deployments}
+    deployments.update(zip([d.name for d in known], parts[: len(known)], strict=True))
     return ShownCosts(
-        deployments=dict(zip(names, parts[: len(names)], strict=True)),
+        deployments=deployments,
         unattributed=parts[-1],
         total=total,
         unattributed_lines=lines,
         overheads={d.name: cents(d.cost.overhead_usd) for d in report.deployments},
     )
+
+
+def header_notes(report: MonthReport) -> list[str]:
+    """What the header says besides the total: the deployments without billing data and the command
+    that fixes it, and which bill cost is counted (where any deployment is priced by a bill)."""
+    notes = []
+    if report.no_billing_data_text:
+        notes.append(report.no_billing_data_text)
+    if any(is_bill_priced(d.config) for d in report.deployments) or any(
+        line.effective_cost is not None for line in report.cost_lines
+    ):
+        notes.append(report.cost_metric_text)
+    return notes

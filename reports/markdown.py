@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from auditor.costing import monthly_saving, token_splits
 from auditor.units import format_saving, format_share, format_tokens, format_usd
-from reports.labels import ShownCosts, gap_text, report_state, shown_costs, total_line
+from reports.labels import ShownCosts, gap_text, header_notes, report_state, shown_costs, total_line
 from reports.monthly import DeploymentMonth, MonthReport
 
 _MARKDOWN_SPECIAL = str.maketrans(
@@ -19,7 +19,7 @@ def md(text: str) -> str:
 
 def _deployment(d: DeploymentMonth, shown: ShownCosts) -> list[str]:
     c = d.cost
-    raw = format_usd(shown.deployments[d.name]) if c.cost_known else "no billing data"
+    raw = format_usd(shown.deployments[d.name]) if c.cost_known else "no billing data (—)"
     lines = [
         f"### {md(d.name)} — {md(d.config.model)} on {d.config.billed_gpus}× {md(d.config.gpu_type)}",
         "",
@@ -78,6 +78,7 @@ def render_markdown(report: MonthReport) -> str:
         + total_line(report)[1:]
         + (" — includes estimates (list prices or bills not yet final)" if report.estimated else ""),
         "",
+        *(f"> {md(note)}\n" for note in header_notes(report)),
         "| deployment | raw compute | TCO | utilization | cost per Mtok | cheapest API | idle cost |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from auditor.analysis import Bucket, billed_gpu_hours, cost_window, local_days, merged
 from auditor.at_stake import AtStake, at_stake, at_stake_line
+from auditor.bills import billing_fix_command, cost_metric_words, no_billing_data_line
 from auditor.config import Config, DeploymentConfig
 from auditor.costing import (
     DeploymentCost,
@@ -31,7 +32,7 @@ from auditor.costing import (
     sum_usd,
 )
 from auditor.gpu_prices import GpuPrice
-from auditor.model import CostLine, Finding, UtilizationMetric
+from auditor.model import CostLine, CostMetric, Finding, UtilizationMetric
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 
@@ -182,6 +183,25 @@ class MonthReport:
     """The deployments a filtered report (`--deployment`) is limited to; empty: the whole report."""
     unfiltered_total_usd: Decimal | None = None
     """A filtered report's whole-month total, for "filtered to X (of $Y total)"."""
+    cost_metric: CostMetric = CostMetric.EFFECTIVE
+    """Which FOCUS cost the bill-priced deployments count (`billing.cost_metric`): every format names it."""
+    billing_fix: str = "auditor billing import FILE…"
+    """The command that brings a missing bill in (named where a deployment has no billing data)."""
+
+    @property
+    def no_billing_data(self) -> list[str]:
+        """Bill-priced deployments without a line in the month: cost unknown (never $0), no verdict."""
+        return [d.name for d in self.deployments if not d.cost.cost_known]
+
+    @property
+    def no_billing_data_text(self) -> str | None:
+        names = self.no_billing_data
+        return no_billing_data_line(names, self.month, self.billing_fix) if names else None
+
+    @property
+    def cost_metric_text(self) -> str:
+        """`bills counted at EffectiveCost (amortized: …)`: said in every format."""
+        return "bills counted at " + cost_metric_words(self.cost_metric)
 
     @property
     def stem(self) -> str:
@@ -290,6 +310,8 @@ def build_month_report(
         complete_coverage=config.report.complete_coverage,
         filtered_to=tuple(only or ()),
         unfiltered_total_usd=unfiltered_total,
+        cost_metric=config.billing.cost_metric,
+        billing_fix=billing_fix_command(config),
     )
 
 

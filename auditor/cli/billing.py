@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from auditor.bills import billing_fix_command, cost_metric_words, is_bill_priced
 from auditor.cli.common import (
     CONTEXT,
     ConfigOption,
@@ -31,8 +32,7 @@ from auditor.cli.common import (
     require_config,
     warn,
 )
-from auditor.config import BILLED_PRICE_SOURCES, Config
-from auditor.model import COST_METRIC_COLUMNS
+from auditor.config import Config
 from auditor.store import Store
 from auditor.units import allocate_cents, format_usd
 from collectors.focus_sources import BillingResult, import_files, import_source_name
@@ -46,9 +46,8 @@ app.add_typer(billing_app, name="billing")
 
 
 def metric_words(config: Config) -> str:
-    """`EffectiveCost (amortized)`: the cost every billing figure counts, as reports name it."""
-    metric = config.billing.cost_metric
-    return f"{COST_METRIC_COLUMNS[metric]} (billing.cost_metric = {metric.value})"
+    """The cost every billing figure counts, as reports name it."""
+    return cost_metric_words(config.billing.cost_metric)
 
 
 def _usd(value: Decimal | None) -> str | None:
@@ -184,14 +183,7 @@ def source_statuses(store: Store, config: Config) -> list[SourceStatus]:
 
 def unbilled_deployments(config: Config) -> list[str]:
     """Deployments priced by a bill: without lines they have *no billing data*, never $0."""
-    return [d.name for d in config.deployments if d.price.source in BILLED_PRICE_SOURCES]
-
-
-def fix_command(config: Config) -> str:
-    """The command that brings a bill in, as this config can run it."""
-    if any(s.kind != "focus_files" for s in config.billing.sources):
-        return f"{program()} billing sync"
-    return f"{program()} billing import FILE…"
+    return [d.name for d in config.deployments if is_bill_priced(d)]
 
 
 @billing_app.command("status")
@@ -235,7 +227,7 @@ def status_command(config_path: ConfigOption = None, as_json: JsonOption = False
         print(
             "no billing source configured and no bill imported"
             + (f": {', '.join(names)} ha{'s' if len(names) == 1 else 've'} no billing data" if names else "")
-            + f"; run `{fix_command(config)}`, or add [[billing.sources]] to the config"
+            + f"; run `{billing_fix_command(config, program())}`, or add [[billing.sources]] to the config"
         )
         return
     table = Table(title=f"Billing sources: {metric_words(config)}")

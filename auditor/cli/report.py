@@ -41,7 +41,7 @@ from reports.csv_export import write_csv
 from reports.files import write_atomic
 from reports.html import write_html
 from reports.json_form import report_object
-from reports.labels import gap_text, report_state, saving_words, shown_costs, total_line
+from reports.labels import gap_text, header_notes, report_state, saving_words, shown_costs, total_line
 from reports.markdown import render_markdown
 from reports.monthly import MonthError, MonthReport, NoDataError, build_month_report, month_window
 from rules.contract import RuleContext
@@ -120,6 +120,8 @@ def print_summary(report: MonthReport, written: Sequence[Path]) -> None:
     out = console()
     out.print(f"GPU cost report {report.month} ({report_state(report)}):", highlight=False)
     out.print(f"  {total_line(report)}", highlight=False)
+    for note in header_notes(report):
+        out.print(f"  {note}", highlight=False, markup=False)
     shown = shown_costs(report)
     for d in report.deployments:
         c = d.cost
@@ -133,8 +135,13 @@ def print_summary(report: MonthReport, written: Sequence[Path]) -> None:
                 f" moving would {move} {saving_words(saving)}"
             )
         out.print(
-            f"  {d.name}: {format_usd(shown.deployments[d.name])} raw, {format_usd(shown.tco(d.name))} TCO;"
-            " utilization "
+            f"  {d.name}: "
+            + (
+                f"{format_usd(shown.deployments[d.name])} raw, {format_usd(shown.tco(d.name))} TCO;"
+                if c.cost_known
+                else "no billing data (—);"
+            )
+            + " utilization "
             f"{format_share(c.utilization)} ({c.utilization_metric.value});"
             f" {format_tokens(c.tokens) if c.tokens_known else 'unknown'} tokens at "
             f"{format_usd(c.cost_per_mtok_usd)}/Mtok (raw){api}",
