@@ -34,7 +34,7 @@ import random
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.resources import as_file, files
 from pathlib import Path
@@ -43,7 +43,7 @@ from zoneinfo import ZoneInfo
 
 from auditor.config import Config, DeploymentConfig
 from auditor.gpu_prices import GpuPrice
-from auditor.model import MINUTE_S, CostBasis, CostLine, DeploymentMinute, GpuMinute
+from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
 from auditor.store import Store
 from auditor.units import format_usd
 
@@ -626,7 +626,7 @@ def generated_loads(requests_per_min: float, days: int, end: datetime, tz: ZoneI
 
 
 DEMO_CONFIG = """\
-# Written by `auditor demo`: two simulated deployments, priced at static rates.
+# Written by `auditor demo`: three simulated deployments, two priced at static rates, one by its bill.
 timezone = "UTC"
 
 [store]
@@ -658,14 +658,38 @@ compare_to = ["together:mistralai/Mistral-7B-Instruct-v0.2", "openai:gpt-4o-mini
 [deployments.price]
 source = "static"
 gpu_hourly_usd = 1.006
+
+# Priced by its cloud bill: the FOCUS export the demo writes and imports (`auditor billing import`).
+[[deployments]]
+name = "qwen-32b"
+model = "qwen2.5-32b-instruct"
+gpu_type = "A10G"
+gpu_count = 4
+prometheus_matchers = {{ deployment = "qwen-32b" }}
+capacity_tokens_per_s = 2500
+compare_to = ["openai:gpt-4o-mini"]
+[deployments.price]
+source = "focus"
+instance_type = "g5.12xlarge"
+tags = {{ deployment = "qwen-32b" }}
+
+[billing]
+cost_metric = "effective"
+
+[[billing.sources]]
+kind = "focus_files"
+name = "aws-focus"
+paths = ["{bills}"]
 """
-"""The demo's config (`{db}`: the store's path)."""
+"""The demo's config (`{db}`: the store's path; `{bills}`: the folder of its FOCUS bill)."""
 
 DEMO_TRAFFIC = {
     # A 70B model for an internal assistant: office hours, quiet weekends, far below its capacity.
     "llama-70b": (TrafficShape(mean_requests_per_min=9, seed=11), 1.0),
     # A small model behind a busy product feature: most of its capacity, bursts that queue.
     "mistral-7b": (TrafficShape(mean_requests_per_min=90, night_share=0.35, weekend_share=0.7, seed=5), 0.0),
+    # A 32B model on a cloud instance under a Savings Plan, its cost from the month's FOCUS bill.
+    "qwen-32b": (TrafficShape(mean_requests_per_min=20, seed=23), 0.0),
 }
 """Each demo deployment's traffic, and what NVML reads when its server idles (busy-polling)."""
 
@@ -713,22 +737,3 @@ def replay_config(
             ],
         }
     )
-
-
-def write_demo_unattributed(store: Store, first_day: date) -> None:
-    """A bill line tagged to no deployment (a forgotten dev box): the report shows it, never drops it."""
-    days = [first_day + timedelta(days=i) for i in range(3, 6)]
-    lines = [
-        CostLine(
-            day=day,
-            source="aws",
-            account="demo",
-            resource="i-0demo-untagged",
-            usage_type="BoxUsage:g5.xlarge",
-            amount_usd=Decimal("24.144"),
-            usage_hours=Decimal(24),
-            basis=CostBasis.INVOICED,
-        )
-        for day in days
-    ]
-    store.replace_cost_lines("aws", "demo", days[0], days[-1] + timedelta(days=1), lines)

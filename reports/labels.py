@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from auditor.bills import is_bill_priced
-from auditor.costing import DeploymentCost, Saving
+from auditor.costing import DeploymentCost, Saving, sum_usd
+from auditor.model import CostLine
 from auditor.units import allocate_cents, cents, format_saving, format_share, format_usd
 from reports.monthly import MonthReport
 
@@ -103,4 +104,25 @@ def header_notes(report: MonthReport) -> list[str]:
         line.effective_cost is not None for line in report.cost_lines
     ):
         notes.append(report.cost_metric_text)
+    notes.extend(bill_reconciliations(report))
+    return notes
+
+
+def bill_reconciliations(report: MonthReport) -> list[str]:
+    """Per bill source: its lines in the month = the deployments' share + the unattributed, to the cent
+    (`bill aws-focus: $2,773.23 = qwen-32b $2,700.80 + unattributed $72.43`)."""
+    names = {d.name for d in report.deployments}
+    by_source: dict[str, list[CostLine]] = {}
+    for line in report.cost_lines:
+        if line.effective_cost is not None or line.billing_period_start_ts is not None:
+            by_source.setdefault(line.source, []).append(line)
+    notes = []
+    for source, lines in sorted(by_source.items()):
+        owners = sorted({x.deployment for x in lines if x.deployment in names}, key=str)
+        amounts = [sum_usd(x.amount_usd for x in lines if x.deployment == o) for o in owners]
+        amounts.append(sum_usd(x.amount_usd for x in lines if x.deployment not in names))
+        shown, total = allocate_cents(amounts)
+        parts = [f"{o} {format_usd(v)}" for o, v in zip(owners, shown, strict=False)]
+        parts.append(f"unattributed {format_usd(shown[-1])}")
+        notes.append(f"bill {source}: {format_usd(total)} = " + " + ".join(parts))
     return notes

@@ -33,6 +33,8 @@ from auditor.gpu_prices import GpuPrice
 from auditor.prices import UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
+from collectors.focus_demo import write_demo_bill
+from collectors.focus_sources import import_files
 from collectors.replay import (
     DEFAULT_COMPARE_TO,
     DEMO_CONFIG,
@@ -47,7 +49,6 @@ from collectors.replay import (
     read_trace_loads,
     replay_config,
     replay_into_store,
-    write_demo_unattributed,
 )
 from reports.files import write_atomic
 from reports.json_form import deployment_object
@@ -213,7 +214,8 @@ def demo(
         db = directory / "auditor.db"
         for stale in directory.glob("auditor.db*"):
             stale.unlink()
-        text = DEMO_CONFIG.format(db=db.resolve())
+        bills = (directory / "bills").resolve()
+        text = DEMO_CONFIG.format(db=db.resolve(), bills=bills)
         write_atomic(directory / "auditor.toml", text)
     except OSError as exc:
         fatal(f"--out: cannot use {directory}: {exc.strerror or exc}; choose a writable directory")
@@ -229,13 +231,15 @@ def demo(
     store = open_store(config)
     apis, gpus = api_catalog(config), gpu_catalog()
     try:
-        with progress_bar(4 + len(FORMATS)) as step:
+        with progress_bar(5 + len(FORMATS)) as step:
             step("simulating a month of traffic")
             runs = demo_runs(
                 config.deployments, int(window.start.timestamp()), int(window.end.timestamp()), config.tz
             )
             replay_into_store(store, runs)
-            write_demo_unattributed(store, window.start.date())
+            step("importing the month's cloud bill (FOCUS)")
+            bill = write_demo_bill(bills / f"focus-{chosen_month}.csv", window.start, window.end)
+            import_files(store, config, [bill], gpus, source="aws-focus")
             step("evaluating rules")
             findings = evaluate_rules(config, store, window.end - LAST_SECOND, apis, gpus)
             result = build_month_report(
