@@ -113,6 +113,7 @@ def _check_slack(config: Config, env: Mapping[str, str]) -> Check | None:
 _SERVES = {
     "aws": ("aws_cost_explorer", "focus_s3", "focus_files"),
     "gcp": ("gcp_billing_export", "gcp_catalog", "focus_bigquery", "focus_files"),
+    "focus": ("focus_s3", "focus_bigquery", "focus_files"),
 }
 """The billing source kinds that can price a deployment of each `price.source`."""
 
@@ -131,7 +132,7 @@ def _check_billing(config: Config) -> list[Check]:
                     False,
                     f"{', '.join(priced)} priced from the {source.upper()} bill, but no billing source "
                     "brings that bill in: they show no billing data",
-                    f"add a [[billing.sources]] of kind {' or '.join(serving[:2])} (README: Billing)",
+                    f"add a [[billing.sources]] of kind {' or '.join(serving[:2])} (README: Cloud bills)",
                 )
             )
     return checks
