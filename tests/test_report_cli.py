@@ -223,11 +223,13 @@ def test_demo_runs_with_no_arguments(tmp_path: Path) -> None:
     (scratch,) = env_tmp.iterdir()
     html = next(scratch.glob("gpu-report-*.html"))
     assert f"file://{html}" in result.stdout
-    assert "llama-70b" in result.stdout and "mistral-7b" in result.stdout
+    assert all(name in result.stdout for name in ("llama-70b", "mistral-7b", "qwen-32b"))
     # One figure per saving: the report's, for its month; a finding's line repeats no amount.
     findings = [line for line in result.stdout.splitlines() if line.lstrip().startswith("[")]
     assert findings and not any("$" in line for line in findings)
-    assert result.stdout.count("moving would") == 2
+    assert result.stdout.count("moving would") == 3
+    # The cloud-billed deployment's cost is its FOCUS bill's, reconciled in the header.
+    assert "bill aws-focus: $2,773.23 = qwen-32b $2,700.80 + unattributed $72.43" in result.stdout
     data = json.loads(next(scratch.glob("gpu-report-*.json")).read_text())
     llama = data["deployments"][0]
     assert llama["utilization_measures"]["gpu_util"] == 1.0  # busy-polling: NVML says 100%
