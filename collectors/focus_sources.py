@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from auditor.attribution import Attributor
+from auditor.bills import BillImportResult, DeploymentBill, LineChanges
 from auditor.config import (
     BillingSource,
     Config,
@@ -29,7 +30,7 @@ from auditor.config import (
 )
 from auditor.errors import BadInputError, UnavailableError
 from auditor.gpu_prices import GpuPrice
-from auditor.model import CostLine
+from auditor.model import CostLine, CostMetric
 from auditor.store import BillingSync, CostLineChange, Store
 from collectors.focus import (
     OPTIONAL_COLUMNS,
@@ -365,3 +366,26 @@ def sync_focus_source(
     if isinstance(source, FocusBigQuerySource):
         return sync_bigquery(store, config, source, catalog)
     raise TypeError(f"not a FOCUS source: {source.kind}")
+
+
+def import_result(result: BillingResult, metric: CostMetric) -> BillImportResult:
+    """The command's result of an import or a FOCUS sync (`auditor.output` renders it)."""
+    change = result.change
+    return BillImportResult(
+        source=result.source,
+        kind=result.kind,
+        origin=result.origin,
+        cost_metric=metric,
+        rows_read=result.rows_read,
+        gpu_rows=result.gpu_rows,
+        billing_periods=result.periods,
+        lines=LineChanges(change.added, change.removed, change.changed, change.unchanged),
+        gpu_lines_usd=result.gpu_lines_usd,
+        deployments=[
+            DeploymentBill(name, usd)
+            for name, usd in sorted(result.usd_by_deployment.items(), key=lambda kv: str(kv[0]))
+            if name is not None
+        ],
+        unattributed_usd=result.usd_by_deployment.get(None, Decimal(0)),
+        warnings=result.warnings,
+    )

@@ -1,5 +1,7 @@
-"""`auditor billing sync` for a person: per source, what was read and what it cost, then the bill's GPU
-lines by deployment (money to the cent once, the parts summing to the total shown)."""
+"""The billing commands for a person: `billing sync` per source (what was read and what it cost, then the
+bill's GPU lines by deployment), `billing import` and `billing status` (`auditor.bills`): money to the
+cent once, the parts summing to the total shown, unknown as `—`, the cost counted named above every
+figure."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from auditor.billing_result import BillingSyncResult, SyncedSource
+from auditor.bills import BillImportResult, BillingStatusResult, cost_metric_words
 from auditor.model import COST_METRIC_COLUMNS, CostMetric
 from auditor.units import allocate_cents, format_usd
 
@@ -56,3 +59,70 @@ def billing_sync_text(result: BillingSyncResult, out: Console) -> None:
             table.add_row(name, format_usd(amount))
         table.add_row("total", format_usd(total), end_section=True)
         out.print(table)
+
+
+def _line(out: Console, text: str) -> None:
+    out.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
+def bill_import_text(result: BillImportResult, out: Console) -> None:
+    lines = result.lines
+    periods = ", ".join(f"{p:%Y-%m}" for p in result.billing_periods) or "none"
+    nothing = "" if lines.added or lines.removed or lines.changed else " (nothing changed)"
+    _line(
+        out,
+        f"{result.source}: {result.rows_read:,} rows read, {result.gpu_rows:,} GPU rows, billing periods "
+        f"{periods}; lines {lines.added} added, {lines.removed} removed, {lines.changed} changed, "
+        f"{lines.unchanged} unchanged{nothing}",
+    )
+    exact = [d.cost_usd for d in result.deployments] + [result.unattributed_usd]
+    shown, total = allocate_cents(exact)
+    table = Table(title=f"GPU lines by deployment: {cost_metric_words(result.cost_metric)}")
+    table.add_column("deployment")
+    table.add_column("cost", justify="right")
+    for name, amount in zip(
+        [*(d.deployment for d in result.deployments), "unattributed"], shown, strict=True
+    ):
+        table.add_row(name, format_usd(amount))
+    table.add_row("total (the bill's GPU lines)", format_usd(total), end_section=True)
+    out.print(table)
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.0f} h ago"
+    return f"{seconds / 86_400:.0f} days ago"
+
+
+def billing_status_text(result: BillingStatusResult, out: Console) -> None:
+    if result.no_billing_data:
+        names = ", ".join(result.no_billing_data)
+        _line(out, f"no billing data for {names} (cost unknown, not $0; no verdict): run `{result.fix}`")
+    if not result.sources:
+        _line(
+            out,
+            f"no billing source configured and no bill imported: run `{result.fix}`, "
+            "or add [[billing.sources]]",
+        )
+        return
+    table = Table(title=f"Billing sources: {cost_metric_words(result.cost_metric)}")
+    for column in ("source", "kind", "last sync", "days covered", "still estimated", "lines", "unattributed"):
+        right = column in {"lines", "unattributed", "still estimated"}
+        table.add_column(column, justify="right" if right else "left")
+    for s in result.sources:
+        covered = "—" if s.first_day is None else f"{s.first_day} … {s.last_day} ({s.days} days)"
+        synced = "never" if s.last_sync is None else _ago((result.now - s.last_sync).total_seconds())
+        table.add_row(
+            s.name,
+            (s.kind or "—") + ("" if s.configured else " (not configured)"),
+            synced,
+            covered,
+            f"{s.estimated_days} days",
+            f"{s.lines:,}",
+            format_usd(s.unattributed_usd),
+        )
+    out.print(table)

@@ -443,21 +443,30 @@ def test_billing_import_and_status_commands(tmp_path: Path) -> None:
     assert "1,000 rows read, 10 GPU rows" in done.stdout and "EffectiveCost" in done.stdout
     assert "$13.00" in done.stdout
     again = _run("billing", "import", "-c", str(config), str(FIXTURE), "--json")
-    figures = json.loads(again.stdout)
+    figures = json.loads(again.stdout, parse_float=Decimal)
+    assert list(figures) == [
+        "source", "kind", "origin", "cost_metric", "rows_read", "gpu_rows", "billing_periods", "lines",
+        "gpu_lines_usd", "deployments", "unattributed_usd", "warnings",
+    ]  # fmt: skip
     assert figures["lines"] == {"added": 0, "removed": 0, "changed": 0, "unchanged": 10}
-    assert (
-        figures["by_deployment"] == {"brightpath": "13.00000000000"} and figures["cost_metric"] == "effective"
-    )
+    assert figures["deployments"] == [{"deployment": "brightpath", "cost_usd": Decimal("13.00000000000")}]
+    assert figures["cost_metric"] == "effective" and figures["unattributed_usd"] == 0
     bad = tmp_path / "bad.csv"
     bad.write_text("BilledCost,ChargeDescription\n1,x\n")
     failed = _run("billing", "import", "-c", str(config), str(bad))
     assert failed.returncode == 2 and failed.stdout == ""
     assert failed.stderr.count("\n") == 1 and "bad.csv: not a FOCUS export: missing columns" in failed.stderr
     status = _run("billing", "status", "-c", str(config), "--json")
-    (source,) = json.loads(status.stdout)["sources"]
-    assert (source["name"], source["lines"], source["days"], source["unattributed_usd"]) == (
+    data = json.loads(status.stdout, parse_float=Decimal)
+    assert list(data) == ["cost_metric", "sources", "no_billing_data", "fix"]
+    (source,) = data["sources"]
+    assert (source["name"], source["kind"], source["lines"], source["days"], source["unattributed_usd"]) == (
         "focus-import",
+        "import",
         10,
         9,
-        "0",
+        0,
     )
+    assert data["no_billing_data"] == [] and source["last_sync"] is not None
+    text = _run("billing", "status", "-c", str(config))
+    assert "focus-import" in text.stdout and "2024-09-12 … 2024-09-30 (9 days)" in text.stdout
