@@ -100,7 +100,8 @@ def test_every_report_format_shows_no_billing_data_never_zero(
         assert not [line for line in text.splitlines() if "qwen-cloud" in line and "$0.00" in line]
     section = md.split("### qwen-cloud")[1].split("###")[0].split("**Total at stake")[0]
     # Its own figures: no $0.00 but its configured overheads of $0.
-    assert [line for line in section.splitlines() if "$0.00" in line] == ["| TCO (with $0.00 overheads) | — |"]
+    zeros = [line for line in section.splitlines() if "$0.00" in line]
+    assert zeros == ["| TCO (with $0.00 overheads) | — |"]
     data = json.loads((where / "gpu-report-2026-10.json").read_text())
     assert data["no_billing_data"] == ["qwen-cloud"] and data["cost_metric"] == "effective"
     assert data["billing_fix"] == "auditor billing import FILE…"
