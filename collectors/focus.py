@@ -190,6 +190,7 @@ class FocusImport:
     """Every billing period the files hold, GPU lines or not: each replaces its old lines whole."""
     origins: list[str] = field(default_factory=list)
     _sums: dict[tuple[Any, ...], _Sums] = field(default_factory=dict)
+    _types: dict[str, str | None] = field(default_factory=dict)
 
     def add_period(self, value: object, where: str) -> None:
         self.periods.add(_epoch(value, "BillingPeriodStart", where))
@@ -216,7 +217,10 @@ class FocusImport:
             _epoch(period_end, "BillingPeriodEnd", where) > self.now_ts if _text(period_end) else False
         )
         description = " ".join(_text(row.get(c)) or "" for c in DESCRIBING_COLUMNS)
-        instance_type = self.matcher.instance_type(description)
+        if description in self._types:
+            instance_type = self._types[description]
+        else:
+            instance_type = self._types[description] = self.matcher.instance_type(description)
         usage_type = (
             _text(row.get("x_UsageType"))
             or instance_type
@@ -425,7 +429,25 @@ def _money(value: object, column: str, where: str) -> Decimal:
     return amount
 
 
+_EPOCHS: dict[str, int] = {}
+"""Parsed times by their text: a month's bill has a few hundred distinct hours over millions of rows."""
+_TAGS: dict[str, str | None] = {}
+_CACHE_MAX = 100_000
+
+
 def _epoch(value: object, column: str, where: str) -> int:
+    if isinstance(value, str):
+        known = _EPOCHS.get(value)
+        if known is not None:
+            return known
+        parsed = _parse_epoch(value, column, where)
+        if len(_EPOCHS) < _CACHE_MAX:
+            _EPOCHS[value] = parsed
+        return parsed
+    return _parse_epoch(value, column, where)
+
+
+def _parse_epoch(value: object, column: str, where: str) -> int:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, date):
@@ -454,6 +476,17 @@ def _hours(row: Mapping[str, Any], where: str) -> Decimal | None:
 def _tags(value: object, where: str) -> str | None:
     if value is None:
         return None
+    if isinstance(value, str):
+        if value in _TAGS:
+            return _TAGS[value]
+        parsed = _parse_tags(value, where)
+        if len(_TAGS) < _CACHE_MAX:
+            _TAGS[value] = parsed
+        return parsed
+    return _parse_tags(value, where)
+
+
+def _parse_tags(value: object, where: str) -> str | None:
     if isinstance(value, str):
         text = _text(value)
         if text is None:

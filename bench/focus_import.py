@@ -1,0 +1,170 @@
+"""FOCUS import speed and memory: a bill of `--rows` rows in the FOCUS 1.0 sample's shape (its 43
+columns, its values), `--gpu-share` of them GPU instance-hours, as Parquet and as CSV.gz.
+
+For each format it runs, each in a fresh process: our read (`FocusImport.read_file`: projected Arrow
+batches, the GPU filter in Arrow, exact Decimals, summing per charge period × resource), and a bare
+`pandas.read_parquet` / `pandas.read_csv` of the same columns; and prints rows/s, peak RSS, and the
+ratio of our time to the bare read's. Targets (issue 10): Parquet at least 1M rows/s; peak RSS under
+500 MiB whatever the file size.
+
+    .venv/bin/python -m bench.focus_import [--rows 5000000] [--gpu-share 0.05] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "focus" / "focus_sample.csv"
+CHUNK = 250_000
+MIB = 1024 * 1024
+
+
+def _sample() -> pa.Table:
+    table = pacsv.read_csv(
+        SAMPLE,
+        convert_options=pacsv.ConvertOptions(
+            column_types={},
+            strings_can_be_null=False,
+            null_values=[],
+        ),
+        read_options=pacsv.ReadOptions(autogenerate_column_names=False),
+    )
+    return table.cast(pa.schema([pa.field(n, pa.string()) for n in table.schema.names]))
+
+
+def generate(directory: Path, rows: int, gpu_share: float) -> tuple[Path, Path]:
+    """The bill as Parquet and CSV.gz, written a chunk at a time (memory stays flat)."""
+    sample = _sample()
+    description = sample.column("ChargeDescription").to_pylist()
+    gpu_rows = np.array([i for i, d in enumerate(description) if " g5." in d or " g3." in d])
+    other_rows = np.array([i for i in range(sample.num_rows) if i not in set(gpu_rows.tolist())])
+    rng = np.random.default_rng(7)
+    parquet_path, csv_path = directory / "bill.parquet", directory / "bill.csv.gz"
+    writer = pq.ParquetWriter(str(parquet_path), sample.schema, compression="snappy")
+    sink = pa.CompressedOutputStream(str(csv_path), "gzip")
+    csv_writer = pacsv.CSVWriter(sink, sample.schema)
+    hours = np.array([f"2024-09-{d:02d} {h:02d}:00:00" for d in range(1, 31) for h in range(24)])
+    ends = np.array(
+        [f"2024-09-{d:02d} {h + 1:02d}:00:00" if h < 23 else f"2024-09-{d + 1:02d} 00:00:00"
+         for d in range(1, 31) for h in range(24)]
+    )  # fmt: skip
+    ends[-1] = "2024-10-01 00:00:00"
+    written = 0
+    while written < rows:
+        n = min(CHUNK, rows - written)
+        is_gpu = rng.random(n) < gpu_share
+        picks = np.where(is_gpu, rng.choice(gpu_rows, n), rng.choice(other_rows, n))
+        chunk = sample.take(pa.array(picks))
+        hour = rng.integers(0, len(hours), n)
+        resource = np.char.add("i-", rng.integers(0, 2_000, n).astype(str))
+        columns = {name: chunk.column(name) for name in chunk.schema.names}
+        columns["ChargePeriodStart"] = pa.chunked_array([pa.array(hours[hour])])
+        columns["ChargePeriodEnd"] = pa.chunked_array([pa.array(ends[hour])])
+        columns["ResourceId"] = pa.chunked_array(
+            [pa.array(np.where(is_gpu, resource, chunk.column("ResourceId")))]
+        )
+        table = pa.table([columns[name] for name in sample.schema.names], schema=sample.schema)
+        writer.write_table(table)
+        csv_writer.write_table(table)
+        written += n
+    writer.close()
+    csv_writer.close()
+    sink.close()
+    return parquet_path, csv_path
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory (VmHWM: reset by exec, unlike getrusage's maxrss)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(kind: str, path: str) -> None:
+    """Run one measurement in this (fresh) process and print its figures as JSON; imports come first,
+    so the time is the read's alone."""
+    from zoneinfo import ZoneInfo
+
+    import pandas as pd
+
+    from auditor.gpu_prices import load_gpu_prices
+    from collectors.focus import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, FocusImport, GpuMatcher
+
+    skipped = {"ServiceProviderName", "SkuMeter", "x_UsageType"}  # not FOCUS 1.0 columns
+    columns = [*REQUIRED_COLUMNS, *(c for c in OPTIONAL_COLUMNS if c not in skipped)]
+    matcher = GpuMatcher.build(load_gpu_prices())
+    before = _peak_rss_mib()
+    start = time.perf_counter()
+    if kind == "ours":
+        read = FocusImport("bench", ZoneInfo("UTC"), {}, matcher, time.time())
+        read.read_file(Path(path))
+        rows, gpu_rows, lines = read.rows_read, read.gpu_rows, sum(len(x) for x in read.lines().values())
+    elif path.endswith(".parquet"):
+        frame = pd.read_parquet(path, columns=columns, engine="pyarrow")
+        rows, gpu_rows, lines = len(frame), 0, 0
+    else:
+        frame = pd.read_csv(path, usecols=columns, dtype=str, na_values=["NULL"], keep_default_na=True)
+        rows, gpu_rows, lines = len(frame), 0, 0
+    seconds = time.perf_counter() - start
+    figures = {"rows": rows, "gpu_rows": gpu_rows, "lines": lines, "s": seconds}
+    print(json.dumps({**figures, "rss_mib": _peak_rss_mib(), "base_mib": before}))
+
+
+def measure(kind: str, path: Path) -> dict[str, float]:
+    done = subprocess.run(  # noqa: S603  (this very script, in a fresh process)
+        [sys.executable, "-m", "bench.focus_import", "--child", kind, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--gpu-share", type=float, default=0.05)
+    parser.add_argument(
+        "--dir", type=Path, default=None, help="where to write the bill (default: a temp dir)"
+    )
+    parser.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
+        started = time.perf_counter()
+        parquet, csv_gz = generate(Path(scratch), args.rows, args.gpu_share)
+        took = time.perf_counter() - started
+        print(
+            f"generated {args.rows:,} rows ({args.gpu_share:.0%} GPU) in {took:.1f} s:"
+            f" Parquet {parquet.stat().st_size / MIB:,.0f} MiB, CSV.gz {csv_gz.stat().st_size / MIB:,.0f} MiB"
+        )
+        for label, path in (("Parquet", parquet), ("CSV.gz", csv_gz)):
+            ours, bare = measure("ours", path), measure("bare", path)
+            print(
+                f"{label:8} ours: {ours['rows'] / ours['s']:>12,.0f} rows/s ({ours['s']:.2f} s, "
+                f"{ours['gpu_rows']:,.0f} GPU rows -> {ours['lines']:,.0f} lines), "
+                f"peak RSS {ours['rss_mib']:,.0f} MiB (after imports {ours['base_mib']:,.0f}) | "
+                f"bare pandas: {bare['rows'] / bare['s']:>12,.0f} rows/s ({bare['s']:.2f} s), peak RSS "
+                f"{bare['rss_mib']:,.0f} MiB | ours/bare time {ours['s'] / bare['s']:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
