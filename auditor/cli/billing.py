@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -29,8 +29,10 @@ from auditor.cli.common import (
 )
 from auditor.config import Config
 from auditor.output import emit, output_format, to_data
-from collectors.focus_sources import BillingResult, import_files, import_result, import_source_name
 from reports.billing_text import bill_import_text, billing_status_text
+
+if TYPE_CHECKING:
+    from collectors.focus_sources import BillingResult
 
 billing_app = typer.Typer(
     help="Cloud bills: import FOCUS files, and what the store holds of each billing source.",
@@ -47,12 +49,16 @@ def metric_words(config: Config) -> str:
 
 def result_json(result: BillingResult, config: Config) -> dict[str, Any]:
     """An import's or a FOCUS sync's result as JSON data (money exact; `billing sync --json` embeds it)."""
+    from collectors.focus_sources import import_result
+
     data: dict[str, Any] = to_data(import_result(result, config.billing.cost_metric))
     return data
 
 
 def print_result(result: BillingResult, config: Config) -> None:
     """An import's or a FOCUS sync's summary for a person (`billing sync` prints it per FOCUS source)."""
+    from collectors.focus_sources import import_result
+
     bill_import_text(import_result(result, config.billing.cost_metric), console())
 
 
@@ -70,6 +76,9 @@ def import_command(
 ) -> None:
     """Import FOCUS bill exports: their GPU lines, attributed to deployments; each billing period they
     hold replaces the one stored. Re-importing the same files changes nothing."""
+    # pyarrow loads only when a bill is read: `auditor --help` stays fast.
+    from collectors.focus_sources import import_files, import_result, import_source_name
+
     config = require_config(config_path)
     name = import_source_name(config, source)
     catalog = gpu_catalog()

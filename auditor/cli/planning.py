@@ -33,8 +33,6 @@ from auditor.gpu_prices import GpuPrice
 from auditor.prices import UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
-from collectors.focus_demo import write_demo_bill
-from collectors.focus_sources import import_files
 from collectors.replay import (
     DEFAULT_COMPARE_TO,
     DEMO_CONFIG,
@@ -238,6 +236,9 @@ def demo(
             )
             replay_into_store(store, runs)
             step("importing the month's cloud bill (FOCUS)")
+            from collectors.focus_demo import write_demo_bill
+            from collectors.focus_sources import import_files
+
             bill = write_demo_bill(bills / f"focus-{chosen_month}.csv", window.start, window.end)
             import_files(store, config, [bill], gpus, source="aws-focus")
             step("evaluating rules")
