@@ -10,29 +10,27 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from auditor.bills import billing_status, cost_metric_words
+from auditor.bills import billing_status
 from auditor.cli.common import (
     CONTEXT,
     ConfigOption,
     JsonOption,
     app,
-    console,
     gpu_catalog,
     open_store,
     program,
     require_config,
     warn,
 )
-from auditor.config import Config
-from auditor.output import emit, output_format, to_data
+from auditor.output import emit, output_format
 from reports.billing_text import bill_import_text, billing_status_text
 
 if TYPE_CHECKING:
-    from collectors.focus_sources import BillingResult
+    pass
 
 billing_app = typer.Typer(
     help="Cloud bills: import FOCUS files, and what the store holds of each billing source.",
@@ -40,26 +38,6 @@ billing_app = typer.Typer(
     context_settings=CONTEXT,
 )
 app.add_typer(billing_app, name="billing")
-
-
-def metric_words(config: Config) -> str:
-    """The cost every billing figure counts, as reports name it."""
-    return cost_metric_words(config.billing.cost_metric)
-
-
-def result_json(result: BillingResult, config: Config) -> dict[str, Any]:
-    """An import's or a FOCUS sync's result as JSON data (money exact; `billing sync --json` embeds it)."""
-    from collectors.focus_sources import import_result
-
-    data: dict[str, Any] = to_data(import_result(result, config.billing.cost_metric))
-    return data
-
-
-def print_result(result: BillingResult, config: Config) -> None:
-    """An import's or a FOCUS sync's summary for a person (`billing sync` prints it per FOCUS source)."""
-    from collectors.focus_sources import import_result
-
-    bill_import_text(import_result(result, config.billing.cost_metric), console())
 
 
 @billing_app.command("import")
