@@ -12,7 +12,15 @@ from sqlalchemy import insert, text
 
 from auditor.config import ConfigError, parse_config
 from auditor.model import CostBasis, CostLine, CostMetric
-from auditor.store import MIGRATIONS, SCHEMA_VERSION, BillingSync, CostLineChange, Store, schema_version
+from auditor.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    BillingSync,
+    CostLineChange,
+    Store,
+    _migration_cost_lines_focus,
+    schema_version,
+)
 
 SEPT = int(datetime(2024, 9, 1, tzinfo=UTC).timestamp())
 OCT = int(datetime(2024, 10, 1, tzinfo=UTC).timestamp())
@@ -124,7 +132,8 @@ def test_an_older_store_keeps_its_cost_lines_through_the_migration(tmp_path: Pat
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = Store.open(url, migrate=False)
     with old.engine.begin() as conn:
-        for version in range(1, SCHEMA_VERSION):  # every schema before FOCUS cost lines
+        mine = MIGRATIONS.index(_migration_cost_lines_focus) + 1
+        for version in range(1, mine):  # every schema before FOCUS cost lines
             MIGRATIONS[version - 1](conn)
             conn.execute(insert(schema_version).values(version=version, applied_ts=0.0))
         conn.execute(text("DROP TABLE cost_lines"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -28,9 +28,6 @@ from auditor.cli.common import (
 )
 from auditor.output import emit, output_format
 from reports.billing_text import bill_import_text, billing_status_text
-
-if TYPE_CHECKING:
-    pass
 
 billing_app = typer.Typer(
     help="Cloud bills: import FOCUS files, and what the store holds of each billing source.",
