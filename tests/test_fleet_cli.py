@@ -147,6 +147,14 @@ def test_report_rules_and_digest_from_prometheus_only(
     assert digest.returncode == 0, digest.stderr
     assert "llama" in digest.stdout and "mistral" in digest.stdout
 
+    # doctor checks Prometheus, not this host's NVML (there is none in fleet mode).
+    doctor = _auditor("doctor", "--json", config=config)
+    checks = {c["source"]: c for c in json.loads(doctor.stdout)["checks"]}
+    assert "nvml" not in checks
+    assert checks["prometheus"]["ok"], checks["prometheus"]
+    # h1 GPU 1 left days ago; the MIG instance counts as one GPU.
+    assert "for 4 GPU(s)" in checks["prometheus"]["detail"], checks["prometheus"]
+
 
 @pytest.mark.slow
 def test_daemon_in_fleet_mode_rolls_up_prometheus(

@@ -18,8 +18,10 @@ import typer
 
 from auditor.cli.common import CONTEXT, ConfigOption, JsonOption, app, open_store, require_config
 from auditor.config import Config, FleetConfig
+from auditor.doctor import Check
 from auditor.errors import BadInputError, UnavailableError
 from auditor.fleet import rollup_fleet
+from auditor.model import MINUTE_S
 from auditor.rollup import minute_floor
 
 if TYPE_CHECKING:
@@ -76,6 +78,41 @@ def fleet_reader(config: Config, env: Mapping[str, str] | None = None) -> FleetR
         server_matchers=fleet.server_matchers,
         chunk_minutes=fleet.chunk_minutes,
     )
+
+
+DOCTOR_LOOKBACK = "2h"
+"""`doctor` counts the GPUs with a DCGM activity series in the last two hours."""
+
+
+def fleet_check(config: Config) -> Check:
+    """Doctor's line for fleet mode: Prometheus answers, with these credentials, and holds DCGM series
+    for some GPUs (one cheap query, its usual retries)."""
+    from collectors.interface import CollectorError
+    from collectors.prometheus import selector, shown
+
+    fleet = fleet_config(config)
+    try:
+        reader = fleet_reader(config)
+    except BadInputError as exc:
+        return Check("prometheus", False, exc.message, exc.fix)
+    names = "DCGM_FI_DEV_GPU_UTIL|DCGM_FI_PROF_SM_ACTIVE|DCGM_FI_PROF_GR_ENGINE_ACTIVE"
+    series = selector({**fleet.gpu_matchers, "__name__": f"~{names}"})
+    query = f"count(count by (UUID, GPU_I_ID) (last_over_time({series}[{DOCTOR_LOOKBACK}])))"
+    now = minute_floor(time.time())
+    where = shown(fleet.url)
+    try:
+        result = reader.promql.range(query, now, now, MINUTE_S)
+    except CollectorError as exc:
+        return Check("prometheus", False, exc.message, exc.fix)
+    gpus = int(float(result[0]["values"][-1][1])) if result and result[0].get("values") else 0
+    if gpus == 0:
+        return Check(
+            "prometheus",
+            False,
+            f"{where} answers, but holds no DCGM utilization series in the last {DOCTOR_LOOKBACK}",
+            "check that Prometheus scrapes dcgm-exporter, and fleet.gpu_matchers",
+        )
+    return Check("prometheus", True, f"{where}: DCGM series for {gpus} GPU(s) in the last {DOCTOR_LOOKBACK}")
 
 
 def _instant(value: str, tz: object, option: str) -> float:

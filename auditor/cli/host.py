@@ -284,9 +284,14 @@ def _endpoint_checks(
 def run_checks(
     config: Config, host: str, env: Mapping[str, str], fetch: Callable[[str, float], str] = fetch_metrics
 ) -> list[Check]:
+    if config.fleet is not None:  # nothing is read on this host: Prometheus is the source
+        from auditor.cli.fleet import fleet_check
+
+        sources = [fleet_check(config)]
+    else:
+        sources = [_nvml_check(config, host), *_endpoint_checks(config, host, fetch)]
     return [
-        _nvml_check(config, host),
-        *_endpoint_checks(config, host, fetch),
+        *sources,
         *general_checks(config, env),
         *billing_checks(config, gpu_catalog()),
     ]
