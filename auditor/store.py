@@ -1002,47 +1002,39 @@ class Store:
         """Per deployment with data: (its first observed minute, the end of its last), epoch seconds.
 
         Over every roll-up kept, GPUs' and servers': the default active period of a rated deployment.
-        The quarter-hour tier reaches back past the minutes' retention; where the minutes of its first
-        (last) quarter-hour are still kept, they give the minute itself."""
+        The quarter-hour tier gives the first and last quarter-hours (back past the minutes' retention);
+        the minute rows of just those two quarter-hours, where still kept, give the minute itself: a few
+        index lookups, never a scan of a fleet's minutes. Read once per `one_pass`."""
+        cache = self._tier_cache
+        if cache is not None and all(name in cache.bounds for name in names):
+            return {name: known for name in names if (known := cache.bounds[name]) is not None}
         bounds: dict[str, tuple[int, int]] = {}
         if not names:
             return bounds
-        g, dm, dq = gpu_minutes, deployment_minutes, deployment_quarter_hours
+        dq = deployment_quarter_hours
         tier = (
             select(dq.c.deployment, func.min(dq.c.bucket_ts), func.max(dq.c.bucket_ts))
             .where(dq.c.deployment.in_(names), (dq.c.gpu_observed_s > 0) | (dq.c.server_observed_s > 0))
             .group_by(dq.c.deployment)
         )
-        minutes = (
-            select(g.c.deployment, func.min(g.c.minute_ts), func.max(g.c.minute_ts))
-            .where(g.c.deployment.in_(names), g.c.observed_s > 0)
-            .group_by(g.c.deployment),
-            select(dm.c.deployment, func.min(dm.c.minute_ts), func.max(dm.c.minute_ts))
-            .where(dm.c.deployment.in_(names), dm.c.server_observed_s > 0)
-            .group_by(dm.c.deployment),
-        )
-        fine: dict[str, tuple[int, int]] = {}
         with self.engine.connect() as conn:
-            for query in minutes:
-                for name, first, last in conn.execute(query):
-                    end = int(last) + MINUTE_S
-                    known = fine.get(name)
-                    fine[name] = (
-                        (int(first), end)
-                        if known is None
-                        else (min(known[0], int(first)), max(known[1], end))
+            coarse = {name: (int(first), int(last)) for name, first, last in conn.execute(tier)}
+            for name in names:
+                if name in coarse:
+                    first_q, last_q = coarse[name]
+                    first = _observed_minute(conn, name, first_q, first_q + BUCKET_S, last=False)
+                    last = _observed_minute(conn, name, last_q, last_q + BUCKET_S, last=True)
+                    bounds[name] = (
+                        first_q if first is None else first,
+                        last_q + BUCKET_S if last is None else last + MINUTE_S,
                     )
-            coarse = {name: (int(first), int(last) + BUCKET_S) for name, first, last in conn.execute(tier)}
-        for name in set(fine) | set(coarse):
-            if name not in coarse:
-                bounds[name] = fine[name]
-                continue
-            first, end = coarse[name]
-            if name in fine:
-                minute_first, minute_end = fine[name]
-                first = minute_first if minute_first < first + BUCKET_S else first
-                end = minute_end if minute_end > end - BUCKET_S else end
-            bounds[name] = (first, end)
+                else:  # minutes without a tier row (written before the tiers existed)
+                    first = _observed_minute(conn, name, None, None, last=False)
+                    last = _observed_minute(conn, name, None, None, last=True)
+                    if first is not None and last is not None:
+                        bounds[name] = (first, last + MINUTE_S)
+        if cache is not None:
+            cache.bounds.update({name: bounds.get(name) for name in names})
         return bounds
 
     # -- cost lines -----------------------------------------------------------------------------
@@ -1674,6 +1666,28 @@ def _served_peak_tokens(
     return None if best is None else int(best)
 
 
+def _observed_minute(
+    conn: Connection, name: str, start_ts: int | None, end_ts: int | None, *, last: bool
+) -> int | None:
+    """The first (the last) minute in [start, end) (anywhere, when None) with the deployment's GPUs or
+    server observed."""
+    pick = func.max if last else func.min
+    found: list[int] = []
+    for table, observed in (
+        (gpu_minutes, gpu_minutes.c.observed_s),
+        (deployment_minutes, deployment_minutes.c.server_observed_s),
+    ):
+        query = select(pick(table.c.minute_ts)).where(table.c.deployment == name, observed > 0)
+        if start_ts is not None and end_ts is not None:
+            query = query.where(table.c.minute_ts >= start_ts, table.c.minute_ts < end_ts)
+        value = conn.execute(query).scalar()
+        if value is not None:
+            found.append(int(value))
+    if not found:
+        return None
+    return max(found) if last else min(found)
+
+
 def _gpu_count_query(
     start_ts: float, end_ts: float, names: Sequence[str] | None, bucket_s: int
 ) -> Select[Any]:
@@ -1775,6 +1789,8 @@ class _TierCache:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[int, _TierRow]] = {}
+        self.bounds: dict[str, tuple[int, int] | None] = {}
+        """`Store.activity_bounds` of the deployments asked for so far (None: no data)."""
         self.spans: list[tuple[int, int]] = []
         """Disjoint [start, end) spans of whole quarter-hours held, in order."""
 

@@ -198,6 +198,17 @@ def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
         deployment_rows, around, around_end, "llama"
     )
 
+    # A deployment's active period (its first and last observed minute): the tier's first and last
+    # quarter-hours, refined by their minutes.
+    observed = {
+        name: [m.minute_ts for m in gpu_rows if m.deployment == name and m.observed_s > 0]
+        + [m.minute_ts for m in deployment_rows if m.deployment == name and m.server_observed_s > 0]
+        for name in DEPLOYMENTS
+    }
+    assert store.activity_bounds(DEPLOYMENTS) == {
+        name: (min(minutes), max(minutes) + 60) for name, minutes in observed.items() if minutes
+    }
+
     # One pass: an overlapping window read first (the report's month before the rules' week, or the
     # other way round) leaves the tier rows it read for this one; the answer is the same.
     other_start = data.draw(st.sampled_from(near)) - data.draw(st.integers(0, 3 * 3600))
