@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from auditor.model import ServerSample
 from auditor.redact import redact
@@ -116,6 +117,26 @@ def test_status_says_which_source_is_down_and_since_when(tmp_path: Path) -> None
     assert f"DOWN  inference {up_url}" not in table.stdout
 
 
+def _wait_for_samples(url: str, process: subprocess.Popen[bytes], deadline_s: float = 120) -> None:
+    """Until the daemon has migrated the store and written a few GPU samples: a fixed sleep was too
+    short on a loaded machine (the daemon stopped mid-migration and the report had nothing)."""
+    engine = create_engine(url)
+    give_up = time.monotonic() + deadline_s
+    try:
+        while time.monotonic() < give_up and process.poll() is None:
+            try:
+                with engine.connect() as conn:
+                    if conn.execute(text("SELECT count(*) FROM gpu_samples")).scalar_one() >= 6:
+                        return
+            except SQLAlchemyError:
+                pass  # no table yet: the daemon is still migrating
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    process.kill()
+    pytest.fail(f"the daemon wrote no GPU samples within {deadline_s:.0f} s (exit {process.wait()})")
+
+
 @pytest.mark.slow
 def test_no_secret_in_any_log_line_or_report_file(tmp_path: Path, postgres_url: str) -> None:
     """A run configured with a Slack token, a webhook URL, AWS keys, a PostgreSQL DSN with a password
@@ -148,13 +169,17 @@ def test_no_secret_in_any_log_line_or_report_file(tmp_path: Path, postgres_url: 
         config.chmod(0o600)
         env = daemon_env(tmp_path, THREE_GPUS, **secrets_env)
         daemon = [str(AUDITOR), "daemon", "--config", str(config), "--log-level", "debug"]
-        with subprocess.Popen(
-            daemon, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        ) as process:
-            time.sleep(8)
+        # Its output goes to a file, not a pipe: debug logging fills a pipe's 64 KiB long before the
+        # test reads it, and the daemon then blocks on a write (it did, mid-migration).
+        daemon_log = tmp_path / "daemon.log"
+        with (
+            daemon_log.open("wb") as sink,
+            subprocess.Popen(daemon, env=env, stdout=sink, stderr=subprocess.STDOUT) as process,
+        ):
+            _wait_for_samples(postgres_url.rsplit("/", 1)[0] + f"/{name}", process)
             process.send_signal(signal.SIGTERM)
-            stdout, stderr = process.communicate(timeout=30)
-        logs += [stdout, stderr]
+            process.wait(timeout=30)
+        logs.append(daemon_log.read_text())
         month = time.strftime("%Y-%m", time.gmtime())
         for command in (
             ["config", "check"],
