@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -28,8 +28,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 from auditor.cron import cron_kwargs
 from auditor.model import CostMetric, UtilizationMetric
@@ -115,6 +116,9 @@ def parse_store_url(value: str) -> URL:
     """A SQLAlchemy URL for a dialect and driver the store supports, or ValueError saying what would be.
 
     The messages never repeat the URL: it may hold a password."""
+    from sqlalchemy.engine import make_url  # SQLAlchemy on first use, not at start-up
+    from sqlalchemy.exc import ArgumentError
+
     try:
         url = make_url(value)
     except ArgumentError as exc:
@@ -994,7 +998,7 @@ def redacted(config: Config) -> dict[str, Any]:
     """The effective config as plain data, with every secret hidden: the store URL's password, and
     credentials in any other URL (an inference server's, the price mirror's)."""
     data = config.model_dump(mode="json")
-    url = make_url(config.store.url)
+    url = parse_store_url(config.store.url)
     data["store"]["url"] = url.render_as_string(hide_password=True)
     cleaned: dict[str, Any] = _redact_strings(data)
     return cleaned

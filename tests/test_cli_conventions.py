@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from auditor import __version__
 from auditor.cli import main
+from auditor.cli.app import COMMANDS
 from auditor.cli.common import command, program
 
 AUDITOR = Path(sys.executable).parent / "auditor"
@@ -95,3 +96,61 @@ def test_replay_shows_a_progress_bar_on_a_terminal_and_none_in_a_pipe() -> None:
     assert "\x1b[?25l" in on_terminal.stderr  # a live display started (it hides the cursor)
     piped = run(*args)
     assert piped.returncode == 0 and "\x1b[" not in piped.stderr
+
+
+# -- start-up: commands are imported when used (auditor.cli.app) ------------------------------------
+
+HEAVY = ("sqlalchemy", "pydantic", "slack_sdk", "jinja2", "prometheus_client", "pandas", "pyarrow", "boto3")
+
+
+def imported_modules(*args: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "auditor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return {
+        line.split("|")[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "heavy"),
+    [
+        (("--help",), HEAVY),
+        (("--version",), HEAVY),
+        # The what-if needs the config's models, not the store, Slack, the exporter or the bills.
+        (
+            ("breakeven", "--help"),
+            ("sqlalchemy", "slack_sdk", "jinja2", "prometheus_client", "pyarrow", "boto3"),
+        ),
+    ],
+)
+def test_start_up_imports_only_what_the_command_needs(args: tuple[str, ...], heavy: tuple[str, ...]) -> None:
+    modules = imported_modules(*args)
+    assert "auditor.cli.app" in modules  # the measurement saw our imports
+    assert not {m.split(".")[0] for m in modules} & set(heavy)
+
+
+def test_the_command_table_lists_what_the_modules_register() -> None:
+    """`auditor --help` lists commands from `COMMANDS` without importing them: the list and each line
+    must be what the loaded commands would show."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "120"}
+    lazy = subprocess.run([str(AUDITOR), "--help"], capture_output=True, text=True, env=env, check=True)
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from auditor.cli.app import command; command().main(['--help'], prog_name='auditor')",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert lazy.stdout == loaded.stdout
+    assert set(command().commands) == set(COMMANDS)

@@ -1,6 +1,7 @@
 """`auditor`: the command line, and the composition root that builds what each command needs.
 
-Each module of this package registers its commands on the one Typer app in `common`. `main` is the
+Each module of this package registers its commands on the one Typer app in `app`, which imports a
+command's module only when the command runs (`auditor --help` stays fast). `main` is the
 failure boundary: usage errors become one line and exit status 2; every other exception a command
 meets becomes one line naming the thing and the fix (`auditor.cli.failure`): exit 2 for input that
 cannot be used, 1 for a dependency that is unavailable. `--debug`, anywhere on the command line,
@@ -15,37 +16,9 @@ from collections.abc import Sequence
 
 import typer
 
-from auditor.cli import (
-    alerts,
-    billing,
-    billing_sync,
-    failure,
-    fleet,
-    host,
-    install,
-    planning,
-    prices,
-    pricing,
-    report,
-    status,
-)
-from auditor.cli.common import EXIT_USAGE, command
+from auditor.cli.app import EXIT_USAGE, command
 from auditor.redact import redact, register_env_secrets
 
-# Imported for the commands they register; listed so that the import is explicit.
-COMMAND_MODULES = (
-    pricing,
-    prices,
-    host,
-    status,
-    alerts,
-    report,
-    planning,
-    install,
-    billing,
-    billing_sync,
-    fleet,
-)
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "AUDITOR_DEBUG"
 
@@ -63,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     debug = debug or os.environ.get(DEBUG_ENV, "") not in {"", "0"}
     register_env_secrets(os.environ)
     try:
-        result = command().main(args=args, prog_name="auditor", standalone_mode=False)
+        result = command(everything=False).main(args=args, prog_name="auditor", standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -77,6 +50,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as exc:  # noqa: BLE001  (the failure boundary: every exception becomes one line)
+        from auditor.cli import failure
+
         sys.stderr.flush()
         sys.exit(failure.report(exc, sys.stderr, debug=debug))
     sys.exit(result if isinstance(result, int) else 0)

@@ -11,17 +11,13 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
-from typer.core import TyperArgument, TyperGroup, TyperOption
 
-from auditor import __version__
-from auditor.cli.failure import store_failure
+from auditor.cli.app import CONTEXT, EXIT_FINDING, EXIT_OK, EXIT_USAGE, app, command, config_app
 from auditor.config import (
     DEFAULT_CONFIG_PATH,
     Config,
@@ -34,82 +30,11 @@ from auditor.errors import UnavailableError
 from auditor.gpu_prices import GpuPrice, GpuPriceDataError, load_gpu_prices
 from auditor.prices import ApiPriceCatalog, refresh_api_prices
 from auditor.redact import redact, register_secret
-from auditor.store import Store, StoreError
 
-EXIT_OK = 0
-EXIT_FINDING = 1
-EXIT_USAGE = 2
+if TYPE_CHECKING:
+    from auditor.store import Store
 
-# -h as well as --help, on every command.
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-app = typer.Typer(
-    name="auditor",
-    help="GPU utilization auditor: is self-hosting your LLMs still paying for itself?",
-    no_args_is_help=True,
-    add_completion=True,
-    pretty_exceptions_enable=False,
-    context_settings=CONTEXT,
-)
-config_app = typer.Typer(help="Check the configuration.", no_args_is_help=True, context_settings=CONTEXT)
-
-
-def _print_version(value: bool) -> None:
-    if value:
-        print(f"gpu-auditor {__version__}")
-        raise typer.Exit(EXIT_OK)
-
-
-@app.callback()
-def _global_options(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
-) -> None:
-    """GPU utilization auditor: is self-hosting your LLMs still paying for itself?
-
-    Colours follow NO_COLOR; shell completion: `auditor --install-completion`."""
-
-
-# What help shows after an option that takes a value, by the value's type (never `<bool>` after a flag).
-_PLACEHOLDERS = {"int": "N", "float": "NUMBER", "Path": "PATH", "str": "TEXT"}
-
-
-def command() -> TyperGroup:
-    """The click command of the app, with help that shows no type metavars.
-
-    Typer prints `<bool>` after every flag and `<str>` after values; flags get nothing, and an option
-    that takes a value gets a word (TEXT, N, NUMBER, PATH) unless it names its own metavar."""
-    group = typer.main.get_command(app)
-    assert isinstance(group, TyperGroup)  # noqa: S101  (an app with commands is a group)
-    _clean_metavars(group)
-    return group
-
-
-def _clean_metavars(group: TyperGroup) -> None:
-    for cmd in (group, *group.commands.values()):
-        if isinstance(cmd, TyperGroup) and cmd is not group:
-            _clean_metavars(cmd)
-            continue
-        # The help option is made (once, then kept) from a context: make it now to clean it too.
-        params = [*cmd.params, cmd.get_help_option(typer.Context(cmd, **CONTEXT))]  # type: ignore[arg-type]
-        for param in params:
-            _clean(param)
-
-
-def _clean(param: object) -> None:
-    if isinstance(param, TyperOption) and param.metavar is None:
-        if param.is_flag:
-            param.metavar = ""
-        else:
-            bare = param.display_type(None).strip("<>")  # type: ignore[arg-type]
-            param.metavar = _PLACEHOLDERS.get(bare.removeprefix("list[").removesuffix("]"), bare.upper())
-    elif isinstance(param, TyperArgument) and param.metavar is None:
-        param.metavar = param.name.upper() if param.name else None
-
-
-app.add_typer(config_app, name="config")
+__all__ = ["CONTEXT", "EXIT_FINDING", "EXIT_OK", "EXIT_USAGE", "app", "command", "config_app"]
 
 ConfigOption = Annotated[
     Path | None,
@@ -169,6 +94,8 @@ def load_config_or_exit(explicit: Path | None, *, required: bool) -> Config | No
 
 def register_config_secrets(config: Config) -> None:
     """Passwords the config holds (in URLs) are hidden from every line written from now on."""
+    from sqlalchemy.engine import make_url  # SQLAlchemy on first use, not at start-up
+
     register_secret(make_url(config.store.url).password)
     slack = config.slack
     register_secret(os.environ.get(slack.token_env))
@@ -190,6 +117,11 @@ def open_store(config: Config, *, read_only: bool = False) -> Store:
     """The one way a command opens the store. Unreachable, unusable or absent: one line, exit 1.
 
     read_only: the commands that only look (`status`, `doctor`) create nothing, migrate nothing."""
+    from sqlalchemy.exc import SQLAlchemyError  # SQLAlchemy on first use, not at start-up
+
+    from auditor.cli.failure import store_failure
+    from auditor.store import Store, StoreError
+
     try:
         store = Store.open(config.store.url, read_only=read_only)
         if read_only:

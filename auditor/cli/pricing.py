@@ -29,7 +29,6 @@ from auditor.output import emit, output_format
 from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
 from auditor.results import breakeven_result
 from auditor.units import parse_positive, parse_token_count, parse_usd
-from reports.monthly import MonthError, month_start
 from reports.terminal import breakeven_text
 
 AVERAGE_MONTH_HOURS = Decimal(730)
@@ -155,6 +154,8 @@ def _month_hours(hours: str | None, month: str | None, config: Config | None) ->
         return _parse("--hours", lambda t: parse_positive(t, "hours", maximum=Decimal(745)), hours), "given"
     if month is None:
         return AVERAGE_MONTH_HOURS, "a year's average month; --month YYYY-MM bills a calendar month"
+    from reports.monthly import MonthError, month_start  # imported here: it imports the store
+
     tz = config.tz if config is not None else ZoneInfo("UTC")
     try:
         start = month_start(month, tz)
