@@ -170,20 +170,24 @@ def finding_data(finding: Finding) -> dict[str, Any]:
     return data
 
 
+def total_at_stake(stake: AtStake) -> TotalAtStake:
+    return TotalAtStake(
+        usd_per_month=stake.usd_per_month,
+        cost_usd_per_month=stake.cost_usd_per_month,
+        deployments=stake.deployments,
+        capped=stake.capped,
+        overspend_usd_per_month=stake.overspend_usd_per_month,
+        text=at_stake_line(stake),
+    )
+
+
 def findings_result(
     now: datetime, findings: Sequence[Finding], stake: AtStake, nothing_found: str
 ) -> FindingsResult:
     return FindingsResult(
         now=now,
         findings=tuple(finding_data(f) for f in findings),
-        total_at_stake=TotalAtStake(
-            usd_per_month=stake.usd_per_month,
-            cost_usd_per_month=stake.cost_usd_per_month,
-            deployments=stake.deployments,
-            capped=stake.capped,
-            overspend_usd_per_month=stake.overspend_usd_per_month,
-            text=at_stake_line(stake),
-        ),
+        total_at_stake=total_at_stake(stake),
         found=tuple(findings),
         nothing_found=nothing_found,
     )

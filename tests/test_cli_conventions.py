@@ -154,3 +154,14 @@ def test_the_command_table_lists_what_the_modules_register() -> None:
     )
     assert lazy.stdout == loaded.stdout
     assert set(command().commands) == set(COMMANDS)
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if len(p) == 2], ids=" ".join)
+def test_a_subcommand_of_a_group_loads_in_a_fresh_process(path: tuple[str, ...]) -> None:
+    """A group (`config`) exists before the module that adds its commands is imported: the console
+    script must still find them."""
+    done = subprocess.run(
+        [str(AUDITOR), *path, "-h"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"auditor {' '.join(path)}" in done.stdout

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from auditor.config import parse_config
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis, CostLine
+from auditor.output import render_json
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 from auditor.units import cents, format_usd
@@ -141,28 +142,27 @@ def test_money_holds_together(
         if active is None and not observed:
             assert llama.cost_usd == 0 and llama.overhead_usd == 0
         data = report_object(report)
-        # Displayed parts sum to the displayed total.
-        parts = [Decimal(repr(d["cost_usd"])) for d in data["deployments"] if d["cost_usd"] is not None]
-        assert sum(parts, Decimal(0)) + Decimal(repr(data["unattributed_cost_usd"])) == Decimal(
-            repr(data["total_cost_usd"])
-        )
+        # The JSON's exact parts sum to its exact total.
+        parts = [d["cost_usd"] for d in data["deployments"] if d["cost_usd"] is not None]
+        assert sum(parts, Decimal(0)) + data["unattributed_cost_usd"] == data["total_cost_usd"]
         # The lines CSV recomputes the JSON.
         paths = write_csv(report, Path(scratch), "p")
         with next(p for p in paths if p.name.endswith("-lines.csv")).open() as handle:
             rows = list(csv.DictReader(handle))
         usage = [r for r in rows if r["ChargeCategory"] == "Usage"]
-        assert cents(sum((Decimal(r["EffectiveCost"]) for r in usage), Decimal(0))) == Decimal(
-            repr(data["total_cost_usd"])
-        ).quantize(Decimal("0.01"))
+        assert cents(sum((Decimal(r["EffectiveCost"]) for r in usage), Decimal(0))) == cents(
+            data["total_cost_usd"]
+        )
         for d in data["deployments"]:
             own = [Decimal(r["EffectiveCost"]) for r in usage if r["x_Deployment"] == d["name"]]
             if d["cost_usd"] is not None:
-                assert abs(sum(own, Decimal(0)) - Decimal(repr(d["cost_usd"]))) < Decimal("0.01")
+                assert abs(sum(own, Decimal(0)) - d["cost_usd"]) < Decimal("0.01")
             tokens = sum(int(r["x_PromptTokens"] or 0) for r in rows if r["x_Deployment"] == d["name"])
             if d["prompt_tokens"] is not None and tokens:
                 assert tokens == d["prompt_tokens"]
         # The HTML shows the JSON's total.
         html = render_html(report)
-        assert f'id="total-cost">{format_usd(Decimal(repr(data["total_cost_usd"])))}<' in html
-        json.dumps(data)  # and the JSON is JSON
+        assert f'id="total-cost">{format_usd(data["total_cost_usd"])}<' in html
+        written = json.loads(render_json(data), parse_float=Decimal)  # and the JSON is JSON, exact
+        assert written["total_cost_usd"] == data["total_cost_usd"]
         store.close()

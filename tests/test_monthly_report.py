@@ -200,10 +200,10 @@ def test_the_month_reconciles_to_the_cent(october: tuple[Store, Decimal]) -> Non
         assert sum((day.cost_usd for day in d.days), Decimal(0)) == d.cost.cost_usd
         assert sum(day.prompt_tokens for day in d.days) == d.cost.prompt_tokens
         assert sum((day.billed_gpu_hours for day in d.days), Decimal(0)) == d.cost.hours.billed
-    # The JSON rounds to the cent (half-even): 24.135 → 24.14; total of exact amounts, rounded once.
+    # The JSON is exact (a machine format): 24.135 stays 24.135; the total is the exact sum.
     data = report_object(report)
-    assert data["unattributed_cost_usd"] == 24.14
-    assert data["total_cost_usd"] == float((billed + rated).quantize(Decimal("0.01")))
+    assert data["unattributed_cost_usd"] == Decimal("24.135")
+    assert data["total_cost_usd"] == billed + rated
     assert data["deployments"][0]["recommendations"] == [
         {
             "rule": "move-to-api",

@@ -246,3 +246,33 @@ def test_status_json_and_table_show_the_same_cost_rate(
     row = next(line for line in text.splitlines() if line.strip("│ ").startswith(deployment["deployment"]))
     assert abs(rate - Decimal("4.9134")) < Decimal("1e-20")  # 2 GPUs × $2.4567, unrounded
     assert "4.91" in [cell.strip() for cell in row.split("│")]
+
+
+def test_digest_json_and_text_show_the_same_week(
+    capsys: pytest.CaptureFixture[str],
+    config: Path,  # noqa: F811  (the fixture imported above)
+) -> None:
+    code, out = cli(capsys, "digest", "--config", str(config), "--json")
+    assert code == 0
+    data = exact(out)
+    assert set(data) == {
+        "week",
+        "start",
+        "end",
+        "timezone",
+        "coverage",
+        "unknown",
+        "total_usd",
+        "unattributed_usd",
+        "deployments",
+        "recommendations",
+        "total_at_stake",
+    }
+    assert shape(data["total_at_stake"]) == AT_STAKE_SCHEMA
+    code, text = cli(capsys, "digest", "--config", str(config))
+    assert code == 0
+    assert f"Total billed: {format_usd(data['total_usd'])}" in text
+    [rag] = data["deployments"]
+    assert rag["name"] == "rag" and rag["known"]
+    assert data["total_at_stake"]["text"] in text
+    assert cli(capsys, "digest", "--config", str(config), "--json", "--send")[0] == 2

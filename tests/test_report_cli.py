@@ -166,7 +166,7 @@ def test_replay_plans_a_trace_on_n_gpus() -> None:
     assert data["prompt_tokens"] == sum(r.prompt_tokens for r in requests)
     assert data["generation_tokens"] == sum(r.generation_tokens for r in requests)
     minutes = data["billed_gpu_hours"] / 2 * 60
-    assert data["cost_usd"] == round(3 * 2 * minutes / 60, 2)
+    assert data["cost_usd"] == pytest.approx(3 * 2 * minutes / 60, abs=1e-9)
     assert 0 < data["utilization_measures"]["throughput_util"] < 1
     assert data["api_equivalents"][0]["model"] == "gpt-4o"
     table = run("replay", "--trace", str(TRACE), "--gpus", "1", "--gpu-type", "H100")

@@ -31,10 +31,11 @@ from auditor.cli.common import (
 )
 from auditor.config import Config
 from auditor.model import Severity
-from auditor.output import emit, output_format
+from auditor.output import emit, output_format, render_json
 from auditor.results import findings_result
 from auditor.units import format_share
 from reports.digest import digest_text, parse_week
+from reports.json_form import digest_object
 from reports.slack import WEBHOOK_AT_LEAST_ONCE, SlackConfigError, slack_sender
 from reports.terminal import findings_text
 
@@ -97,6 +98,7 @@ def digest(
     ] = None,
     send: Annotated[bool, typer.Option("--send", help="Send it to Slack (once per week).")] = False,
     config_path: ConfigOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """The weekly digest: utilization, tokens, cost, idle cost, API equivalent, recommendations."""
     if week is not None:
@@ -104,6 +106,8 @@ def digest(
             parse_week(week)
         except ValueError as exc:
             fatal(f"--week: {exc}")
+    if send and as_json:
+        fatal("give --send or --json, not both")
     config = require_config(config_path)
     store = open_store(config)
     now = datetime.now(tz=UTC)
@@ -112,7 +116,7 @@ def digest(
             made = make_digest(
                 config, store, now, week, api_catalog=api_catalog(config), gpu_catalog=gpu_catalog()
             )
-            print(digest_text(made))
+            print(render_json(digest_object(made)) if as_json else digest_text(made))
             return
         try:
             sender = slack_sender(config.slack, os.environ)

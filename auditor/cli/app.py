@@ -93,12 +93,14 @@ class LazyGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._listing = False
+        self.loaded: set[str] = set()
+        """The commands whose modules were imported (a group such as `config` exists before)."""
 
     def list_commands(self, ctx: Any) -> list[str]:
         return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        if cmd_name in self.commands or cmd_name not in COMMANDS:
+        if cmd_name in self.loaded or cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         entry = COMMANDS[cmd_name]
         if self._listing:  # the root's help: the name and one line are all it shows
@@ -112,6 +114,7 @@ class LazyGroup(TyperGroup):
             return None
         _clean_metavars(found)
         self.commands[cmd_name] = found
+        self.loaded.add(cmd_name)
         return found
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
@@ -168,8 +171,10 @@ def command(*, everything: bool = True) -> TyperGroup:
             for module in entry.modules:
                 importlib.import_module(module)
     group = typer.main.get_command(app)
-    assert isinstance(group, TyperGroup)  # noqa: S101  (an app with commands is a group)
+    assert isinstance(group, LazyGroup)  # noqa: S101  (the app's class)
     _clean_metavars(group)
+    if everything:
+        group.loaded.update(COMMANDS)
     return group
 
 

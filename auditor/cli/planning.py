@@ -4,7 +4,6 @@ does; the planning defaults live in `collectors.replay`."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from auditor.cli.report import FORMATS, LAST_SECOND, evaluate_rules, print_summa
 from auditor.config import ConfigError, parse_config
 from auditor.costing import DeploymentCost
 from auditor.gpu_prices import GpuPrice
+from auditor.output import render_json
 from auditor.prices import UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
@@ -154,7 +154,7 @@ def replay(
         finally:
             store.close()
     if as_json:
-        print(json.dumps(deployment_object(cost, []), indent=2))
+        print(render_json(deployment_object(cost, [])))
         return
     if note:
         print(note)

@@ -7,7 +7,6 @@ traffic (`collectors.replay`) first.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from auditor.config import Config
 from auditor.costing import monthly_saving
 from auditor.gpu_prices import GpuPrice
 from auditor.model import Finding
+from auditor.output import render_json
 from auditor.prices import ApiPriceCatalog, UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd
@@ -108,9 +108,7 @@ def write_report(
             elif fmt == "md":
                 written.append(write_atomic(out / f"{stem}.md", render_markdown(report)))
             else:
-                written.append(
-                    write_atomic(out / f"{stem}.json", json.dumps(report_object(report), indent=2))
-                )
+                written.append(write_atomic(out / f"{stem}.json", render_json(report_object(report))))
     except OSError as exc:
         fatal(f"--out: cannot write the report to {out}: {exc.strerror or exc}; choose a writable directory")
     return written
@@ -210,7 +208,7 @@ def report(
                 progress=step,
             )
             if as_json:
-                print(json.dumps(report_object(result), indent=2))
+                print(render_json(report_object(result)))
                 return
             written = write_report(result, chosen, out, step)
     except UnknownModelError as exc:
