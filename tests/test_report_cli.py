@@ -90,9 +90,12 @@ def test_report_writes_every_format_and_reconciles(configured: Path, tmp_path: P
         "gpu-report-2026-10.json",
         "gpu-report-2026-10.md",
     ]
-    data = json.loads((out / "gpu-report-2026-10.json").read_text())
+    data = json.loads((out / "gpu-report-2026-10.json").read_text(), parse_float=Decimal)
     assert data["month"] == "2026-10" and data["partial"] is False
-    assert data["total_cost_usd"] == 3732.35 and data["unattributed_cost_usd"] == 12.35
+    # Exact (a machine format); the HTML and Markdown show $3,732.35 and $12.35.
+    assert data["total_cost_usd"] == Decimal("3732.346") and data["unattributed_cost_usd"] == Decimal(
+        "12.346"
+    )
     (llama,) = data["deployments"]
     assert llama["cost_usd"] == 3720.0 and llama["billed_gpu_hours"] == 1488.0
     assert llama["prompt_tokens"] == sum(r.prompt_tokens for r in bundled_trace())
