@@ -15,7 +15,7 @@ from typing import Any
 from auditor.costing import DeploymentCost, monthly_saving, token_splits
 from auditor.model import Finding
 from auditor.results import finding_data, total_at_stake
-from reports.digest import Digest
+from reports.digest import DeploymentWeek, Digest
 from reports.monthly import MonthReport
 
 
@@ -152,10 +152,32 @@ def digest_object(digest: Digest) -> dict[str, Any]:
         "unknown": digest.unknown,
         "total_usd": digest.total_usd,
         "unattributed_usd": digest.unattributed_usd,
-        "deployments": [
-            {**deployment_object(row.cost, []), "week_coverage": row.coverage, "known": row.known}
-            for row in digest.deployments
-        ],
+        "deployments": [_week_object(row) for row in digest.deployments],
         "recommendations": [finding_data(f) for f in digest.recommendations],
         "total_at_stake": total_at_stake(digest.at_stake),
     }
+
+
+# What a deployment's week says beyond its coverage and cost: unknown (null) when too little of the
+# week was observed, as the text and Slack leave them out (docs/rules.md, "Unknown weeks").
+WEEK_FIGURES = (
+    "utilization",
+    "utilization_measures",
+    "prompt_tokens",
+    "generation_tokens",
+    "cost_per_mtok_usd",
+    "tco_per_mtok_usd",
+    "idle_cost_usd",
+    "idle_gpu_hours",
+    "cost_bases",
+    "api_equivalents",
+    "breakeven_utilization",
+    "breakeven_tokens_per_month",
+)
+
+
+def _week_object(row: DeploymentWeek) -> dict[str, Any]:
+    data = deployment_object(row.cost, [])
+    if not row.known:
+        data.update(dict.fromkeys(WEEK_FIGURES))
+    return {**data, "week_coverage": row.coverage, "known": row.known}

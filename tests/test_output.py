@@ -7,7 +7,7 @@ keys are pinned here: a change to them is a change to a published schema.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 
+from auditor.alert_jobs import make_digest
 from auditor.cli import main
+from auditor.config import load_config
 from auditor.output import render_json, to_data
+from auditor.store import Store
 from auditor.units import cents, format_share, format_tokens, format_usd
+from reports.json_form import WEEK_FIGURES, digest_object
 from tests.test_alerts_cli import config  # noqa: F401  (the fixture: two weeks of a RAG deployment)
 
 
@@ -276,3 +280,20 @@ def test_digest_json_and_text_show_the_same_week(
     assert rag["name"] == "rag" and rag["known"]
     assert data["total_at_stake"]["text"] in text
     assert cli(capsys, "digest", "--config", str(config), "--json", "--send")[0] == 2
+
+
+def test_an_unknown_week_has_no_figures_in_json_either(config: Path) -> None:  # noqa: F811
+    """Under `rules.min_coverage` the text and Slack show a deployment's coverage and cost only."""
+    loaded = load_config(config)
+    store = Store.open(loaded.store.url)
+    try:
+        made = make_digest(loaded, store, datetime.now(tz=UTC))
+    finally:
+        store.close()
+    unknown = replace(made, deployments=[replace(row, min_coverage=2.0) for row in made.deployments])
+    [known_row] = digest_object(made)["deployments"]
+    [row] = digest_object(unknown)["deployments"]
+    assert known_row["known"] and known_row["utilization"] is not None and known_row["api_equivalents"]
+    assert row["known"] is False
+    assert row["cost_usd"] == known_row["cost_usd"] and row["week_coverage"] == known_row["week_coverage"]
+    assert all(row[key] is None for key in WEEK_FIGURES)
