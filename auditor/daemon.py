@@ -13,23 +13,32 @@ job backs off (doubling up to 15 minutes) and the other jobs, sampling first, go
 has its own boundary too, so a failing source costs its own samples only. The daemon counts as
 healthy (and feeds systemd's watchdog) only after a sampling pass has completed within the last two
 intervals: a pass stuck in a driver call stops the pings, and systemd restarts the daemon.
+
+The wall clock may jump (NTP stepping a clock that was wrong, a VM restored from a snapshot). The
+scheduler's times are wall-clock times, so after a jump every job is rescheduled from the new time
+(else a clock set back an hour would stop sampling for an hour). A sample is stamped with the wall
+clock, but never earlier than the last sample of its series: after the clock was set back, a series
+goes on in its own time (monotonic) until the clock catches up — two timelines interleaved would read
+as counter resets and count tokens twice. A clock set forward leaves a gap: unknown time.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.exc import SQLAlchemyError
 
 from auditor.config import Config
@@ -42,6 +51,7 @@ from auditor.store import Store
 from collectors.interface import Collection, Collector, CollectorError, Problem
 
 log = logging.getLogger("auditor.daemon")
+_S = TypeVar("_S", GpuSample, ServerSample)
 
 STOP_DEADLINE_S = 5.0
 JOB_WAIT_S = 3.0
@@ -51,6 +61,9 @@ MAX_PENDING_ROWS = 100_000
 OUTBOX_RETENTION_S = 30 * 86400
 """Alert messages already delivered are kept this long (what was sent, and when), then pruned."""
 JOB_BACKOFF_MAX_S = 15 * MINUTE_S
+CLOCK_JUMP_S = 2.0
+"""A change of the wall clock against the monotonic clock larger than this is a jump (NTP slews
+smaller corrections; it steps larger ones)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +214,14 @@ class Daemon:
         self._pending_gpu: list[GpuSample] = []
         self._pending_server: list[ServerSample] = []
         self._rolled_once = False
+        self._rolled_until: float | None = None
         self._last_pass_ts: float | None = None
         self._busy = threading.Lock()
+        self._latest: dict[tuple[str | None, ...], tuple[float, float | None]] | None = None
+        """Per series (GPU UUID; deployment and instance): its last stamp, and the monotonic time it was
+        made (None: read from the store at start). None until read."""
+        self._behind_s = 0.0
+        """How far the wall clock is behind samples already written (0: it is not)."""
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -263,8 +282,56 @@ class Daemon:
                 if result is not None:
                     servers.extend(result.samples)
             self.state.set_gpu_samples(gpu)
+            gpu, servers = self._in_order(gpu, servers)
             self._write(gpu, servers)
             self._last_pass_ts = self.monotonic()
+
+    def _in_order(
+        self, gpu: list[GpuSample], servers: list[ServerSample]
+    ) -> tuple[list[GpuSample], list[ServerSample]]:
+        """The samples, each later than its series' last one. When the wall clock was set back, a
+        series keeps its own time (its last stamp plus the monotonic time since) until the clock
+        catches up: nothing is dropped, and no series gets two interleaved timelines (which would read
+        as counter resets and count tokens twice). After a restart the last stamp's monotonic time is
+        not known: the series goes on `max_gap_s` later, and the time in between is unknown."""
+        if self._latest is None:
+            try:
+                self._latest = {
+                    **{(s.gpu_uuid,): (s.ts, None) for s in self.store.last_gpu_samples_before(math.inf)},
+                    **{
+                        (s.deployment, s.instance): (s.ts, None)
+                        for s in self.store.last_server_samples_before(math.inf)
+                    },
+                }
+            except SQLAlchemyError:
+                return gpu, servers  # the store is failing: _write says so, and this is read next time
+        latest = self._latest
+        now = self.monotonic()
+        gap_s = self.config.daemon.effective_max_gap_s + 1.0
+        ahead = 0.0
+
+        def stamp(sample: _S, key: tuple[str | None, ...]) -> _S:
+            nonlocal ahead
+            last_ts, last_mono = latest.get(key, (None, None))
+            if last_ts is not None and sample.ts <= last_ts:
+                ts = last_ts + (gap_s if last_mono is None else max(now - last_mono, 1e-3))
+                ahead = max(ahead, ts - sample.ts)
+                sample = replace(sample, ts=ts)
+            latest[key] = (sample.ts, now)
+            return sample
+
+        stamped_gpu = [stamp(s, (s.gpu_uuid,)) for s in gpu]
+        stamped_servers = [stamp(s, (s.deployment, s.instance)) for s in servers]
+        if ahead and not self._behind_s:
+            log.warning(
+                "the wall clock is %.0f s behind samples already written (it was set back): samples keep "
+                "their own time until it catches up",
+                ahead,
+            )
+        elif self._behind_s and not ahead:
+            log.info("the wall clock has caught up with the samples written before it was set back")
+        self._behind_s = ahead
+        return stamped_gpu, stamped_servers
 
     def _write(self, gpu: list[GpuSample], servers: list[ServerSample]) -> None:
         """Commit this pass (and any pass the store refused before); keep them for later on failure."""
@@ -333,6 +400,8 @@ class Daemon:
         end = minute_floor(now) + MINUTE_S
         max_gap_s = self.config.daemon.effective_max_gap_s
         start = minute_floor(now - max(TRAILING_ROLLUP_S, max_gap_s + MINUTE_S))
+        if self._rolled_until is not None:  # the clock jumped forward: finish what came before the jump
+            start = min(start, minute_floor(self._rolled_until - max_gap_s - MINUTE_S))
         if not self._rolled_once:
             oldest = minute_floor(now - self.config.store.raw_retention_h * 3600)
             last = self.store.last_minute_ts()
@@ -356,6 +425,7 @@ class Daemon:
             return
         self.problems.update("rollup", [])
         self._rolled_once = True
+        self._rolled_until = now
         self.update_figures()
 
     def update_figures(self) -> None:
@@ -443,6 +513,12 @@ def scrape_deadline_s(config: Config) -> float:
     return min(daemon.scrape_timeout_s, max(1.0, 0.8 * daemon.sample_interval_s))
 
 
+def retry_cap_s(config: Config) -> float:
+    """The longest wait before a failed source (an endpoint, NVML's init) is tried again: short, so
+    that its unknown time ends soon after the outage does."""
+    return min(60.0, max(3 * config.daemon.sample_interval_s, 10.0))
+
+
 def _source_of(sample: GpuSample | ServerSample) -> str:
     return sample.gpu_uuid if isinstance(sample, GpuSample) else sample.instance
 
@@ -468,6 +544,16 @@ def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundSchedul
         else:
             raise ValueError(f"job {job.name!r} has neither interval_s nor cron")
     return scheduler
+
+
+def reschedule(scheduler: BackgroundScheduler) -> None:
+    """Every job's next run computed again from the wall clock's new time: an interval job runs one
+    interval from now, a cron job at its next time after now."""
+    for job in scheduler.get_jobs():
+        trigger = job.trigger
+        if isinstance(trigger, IntervalTrigger):
+            trigger = IntervalTrigger(seconds=trigger.interval.total_seconds(), timezone=trigger.timezone)
+        scheduler.reschedule_job(job.id, trigger=trigger)
 
 
 def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading.Event | None = None) -> int:
@@ -502,10 +588,19 @@ def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading
     watchdog_s = watchdog_interval_s(env)
     tick = min(watchdog_s or 1.0, 1.0)
     flushed = False
+    offset = time.time() - time.monotonic()
     try:
         while not stop.wait(tick):
             if watchdog_s is not None and daemon.healthy():
                 sd_notify("WATCHDOG=1", env)
+            now_offset = time.time() - time.monotonic()
+            if abs(now_offset - offset) > CLOCK_JUMP_S:
+                log.warning(
+                    "the wall clock jumped by %+.0f s: jobs rescheduled from the new time",
+                    now_offset - offset,
+                )
+                reschedule(scheduler)
+            offset = now_offset
     finally:
         started = time.monotonic()
         sd_notify("STOPPING=1", env)

@@ -6,9 +6,14 @@ The rules, which every figure downstream relies on:
   period before the reading). The interval's seconds are split across the minutes it spans.
 - Samples further apart leave *unknown* time: not idle, not busy, simply not in `observed_s`.
 - A counter's increase between consecutive samples is `b - a`, or `b` when the counter went down
-  (a reset: the server or driver restarted), as Prometheus' `increase()` does. It is counted even
-  across a gap (a server that was not scraped still served those tokens) and lands in the minute
-  the interval ends in. A series' first sample only starts it: what came before it is unknown.
+  (a reset: the server or driver restarted), as Prometheus' `increase()` does, and lands in the
+  minute the interval ends in. A series' first sample only starts it: what came before it is unknown.
+- Across a gap (samples more than `max_gap_s` apart) the increase is real but its time is unknown.
+  *Tokens* are not counted there: every per-token figure divides tokens by the cost of the observed
+  hours, so tokens of unobserved time would make self-hosting look cheaper than measured; they are
+  unknown, like the gap's hours (and so are the prefill/decode seconds, which split those tokens'
+  cost). *Energy* is counted (in the minute the gap ends): it is a cost paid
+  whether or not it was observed, and an on-prem cost without it would be too low.
 - Rolling up a window twice gives the same rows (`run_rollup` replaces the window's rows).
 """
 
@@ -211,6 +216,8 @@ def _rollup_server_series(
     for a, b in _intervals(samples, previous):
         if a is None or b.ts <= a.ts:
             continue
+        if b.ts - a.ts > max_gap_s:
+            continue  # unknown time: its tokens are unknown too (module docstring)
         end_minute = minute_of_interval_end(b.ts)
         if _in_window(end_minute, start_minute_ts, end_minute_ts):
             bucket = minutes.setdefault(end_minute, _ServerAcc())
@@ -225,8 +232,6 @@ def _rollup_server_series(
             bucket.decode_s = _plus(
                 bucket.decode_s, counter_increase(a.decode_seconds_total, b.decode_seconds_total)
             )
-        if b.ts - a.ts > max_gap_s:
-            continue
         for minute, seconds in split_by_minute(a.ts, b.ts):
             if not _in_window(minute, start_minute_ts, end_minute_ts):
                 continue

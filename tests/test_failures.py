@@ -108,6 +108,13 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
+def test_debug_is_listed_in_help() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "--debug" in result.stdout
+    assert "AUDITOR_DEBUG" in result.stdout
+
+
 UNREACHABLE_PG = 'url = "postgresql+psycopg://auditor:hunter2@127.0.0.1:1/x"'
 
 

@@ -124,8 +124,9 @@ def test_tokens_with_a_server_restart_and_an_outage() -> None:
         server(T0 + 10, 1500, 150),
         server(T0 + 20, 200, 30),  # restarted: 200 and 30 tokens since
         server(T0 + 30, 400, 60, running=0),
-        # down for 90 s: unknown time, but what the counters say it served in between still counts
+        # down for 90 s: unknown time; the 500 prompt tokens it served meanwhile are unknown too
         server(T0 + 120, 900, 160, running=0),
+        server(T0 + 130, 1000, 170, running=0),
     ]
     rows = rollup_deployments(samples, [], [], T0, T0 + 180, max_gap_s=30, capacity_tokens_per_s=no_capacity)
     by_minute = {r.minute_ts: r for r in rows}
@@ -133,9 +134,25 @@ def test_tokens_with_a_server_restart_and_an_outage() -> None:
     assert (first.prompt_tokens, first.generation_tokens) == (500 + 200 + 200, 50 + 30 + 30)
     assert first.server_observed_s == 30
     assert first.request_busy_s == 20 and first.request_busy == pytest.approx(2 / 3)
-    assert by_minute[T0 + 60].prompt_tokens == 500  # the outage interval ends at T0+120: minute T0+60
-    assert by_minute[T0 + 60].server_observed_s == 0 and by_minute[T0 + 60].request_busy is None
-    assert sum(r.prompt_tokens for r in rows) == 1400
+    assert T0 + 60 not in by_minute  # nothing observed, nothing counted: the outage's minute has no row
+    after = by_minute[T0 + 120]
+    assert (after.prompt_tokens, after.generation_tokens) == (100, 10)  # only the observed 10 s after it
+    assert after.server_observed_s == 10
+    assert sum(r.prompt_tokens for r in rows) == 1000
+
+
+def test_tokens_across_a_gap_are_unknown_in_per_token_figures() -> None:
+    """Design: tokens in unobserved time are unknown. Counting an outage's increase into the minute it
+    ends would pair those tokens with the cost of the observed time alone."""
+    steady = [server(T0 + 10 * i, 1000 * i, 0) for i in range(4)]  # 100 tokens/s, observed 30 s
+    after_outage = [server(T0 + 600 + 10 * i, 60_000 + 1000 * i, 0) for i in range(4)]  # 570 s unseen
+    rows = rollup_deployments(
+        steady + after_outage, [], [], T0, T0 + 720, max_gap_s=30, capacity_tokens_per_s=no_capacity
+    )
+    observed = sum(r.server_observed_s for r in rows)
+    tokens = sum(r.prompt_tokens for r in rows)
+    assert observed == 60
+    assert tokens == 6000  # 100 tokens/s × the 60 observed seconds: the measured rate, not 10× it
 
 
 def test_two_replicas_add_up() -> None:

@@ -150,6 +150,14 @@ def _global_options(
         bool,
         typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            help="On an error, print its traceback too (redacted). Works anywhere on the command line, "
+            "or set AUDITOR_DEBUG=1.",
+        ),
+    ] = False,
 ) -> None:
     """GPU utilization auditor: is self-hosting your LLMs still paying for itself?
 

@@ -67,6 +67,7 @@ def _nvml_collector(config: Config, host: str) -> NvmlCollector | None:
         host=host,
         deployments=GpuDeploymentMap.from_config(config),
         interval_s=config.daemon.sample_interval_s,
+        backoff_max_s=daemon_module.retry_cap_s(config),
     )
 
 
@@ -110,14 +111,13 @@ def daemon(
             "nvml: nvidia-ml-py is not installed; GPUs are not sampled"
         )
     endpoints = endpoints_on_host(config, name) if fleet is None else []
-    interval = config.daemon.sample_interval_s
     servers = (
         [
             InferenceCollector(
                 endpoints,
                 host=name,
                 timeout_s=daemon_module.scrape_deadline_s(config),
-                backoff_max_s=min(60.0, max(3 * interval, 10.0)),  # unknown time ends soon after an outage
+                backoff_max_s=daemon_module.retry_cap_s(config),
             )
         ]
         if endpoints
@@ -224,7 +224,8 @@ def alert_jobs(
         return digest_cycle(config, store, now(), sender, api_catalog=apis, gpu_catalog=gpus)
 
     jobs = [
-        daemon_module.JobSpec("runaway-spend", runaway, interval_s=RUNAWAY_INTERVAL_S),
+        # At start-up too: a daemon restarted in the middle of a runaway says so at once, not a minute later.
+        daemon_module.JobSpec("runaway-spend", runaway, interval_s=RUNAWAY_INTERVAL_S, run_at_start=True),
         daemon_module.JobSpec("rules", every_rule, interval_s=RULES_INTERVAL_S),
     ]
     if sender is not None:

@@ -6,6 +6,9 @@ on it; in-process tests load it under another name and call `configure()`.
 The script (a JSON file named by $FAKE_NVML_SCRIPT, or a dict given to `configure`):
 
     {"init_error": null,                # or "LibraryNotFound", "DriverNotLoaded", "NoPermission"
+     "init_error_windows": [[2.0, 5.0, "Unknown"]],  # nvmlInit raises NVMLError_<name> in [from, until) s
+     "t0_monotonic": null,              # the fake clock's zero (time.monotonic(), system-wide: several
+                                        # processes share it); null: the first init
      "driver_version": "590.48.01",
      "gpus": [{"profile": "h100_load",  # values from tests/fixtures/nvidia_smi/gpus.json, then overrides:
                "not_supported": ["nvmlDeviceGetTotalEnergyConsumption"],
@@ -15,7 +18,8 @@ The script (a JSON file named by $FAKE_NVML_SCRIPT, or a dict given to `configur
                "util_samples": [0, 100], # the utilization buffer cycles through these (one per 1/6 s)
                "gpm": null}]}            # null: no GPM (pre-Hopper)
 
-Energy advances as power × time since the start, so the counter behaves as on a real GPU.
+Energy advances as power × time since the start, so the counter behaves as on a real GPU. The fake's
+clock is the monotonic one, as a driver's counters are: setting the wall clock changes none of them.
 """
 
 from __future__ import annotations
@@ -145,8 +149,9 @@ def _script() -> dict[str, Any]:
 
 def _elapsed() -> float:
     if _state["t0"] is None:
-        _state["t0"] = time.time()
-    return time.time() - float(_state["t0"])
+        anchor = _script().get("t0_monotonic")
+        _state["t0"] = time.monotonic() if anchor is None else float(anchor)
+    return time.monotonic() - float(_state["t0"])
 
 
 def _check_init() -> None:
@@ -178,7 +183,10 @@ def nvmlInit() -> None:
     script = _script()
     if script.get("init_error"):
         raise globals()["NVMLError_" + script["init_error"]]()
-    _elapsed()
+    elapsed = _elapsed()
+    for start, until, error in script.get("init_error_windows", ()):
+        if start <= elapsed < until:
+            raise globals()["NVMLError_" + error]()
     _state["initialized"] = True
 
 
