@@ -217,6 +217,8 @@ class Daemon:
         self._rolled_until: float | None = None
         self._last_pass_ts: float | None = None
         self._busy = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._writer: threading.Thread | None = None
         self._latest: dict[tuple[str | None, ...], tuple[float, float | None]] | None = None
         """Per series (GPU UUID; deployment and instance): its last stamp, and the monotonic time it was
         made (None: read from the store at start). None until read."""
@@ -269,7 +271,8 @@ class Daemon:
         return collection
 
     def sample(self) -> None:
-        """One pass of every collector; the samples are committed before the pass ends."""
+        """One pass of every collector; the samples are committed before the pass ends, unless the
+        store is blocked (then they wait, in order, for the writer)."""
         with self._busy:
             gpu: list[GpuSample] = []
             for gpu_collector in self.gpu_collectors:
@@ -283,8 +286,22 @@ class Daemon:
                     servers.extend(result.samples)
             self.state.set_gpu_samples(gpu)
             gpu, servers = self._in_order(gpu, servers)
-            self._write(gpu, servers)
+            with self._pending_lock:
+                self._pending_gpu.extend(gpu)
+                self._pending_server.extend(servers)
+            self._start_write(wait_s=max(0.5, min(5.0, 0.5 * self.config.daemon.sample_interval_s)))
             self._last_pass_ts = self.monotonic()
+
+    def _start_write(self, wait_s: float) -> None:
+        """Write what is pending on the writer thread, and wait for it up to `wait_s` (normally it is
+        done in milliseconds, and the pass ends with its samples committed). A store that blocks (a
+        second process holding SQLite's write lock, a slow disk) holds the writer, never the sampling:
+        while the writer is busy the passes only add to what is pending."""
+        if self._writer is not None and self._writer.is_alive():
+            return
+        self._writer = threading.Thread(target=self._write_pending, name="store-writer", daemon=True)
+        self._writer.start()
+        self._writer.join(wait_s)
 
     def _in_order(
         self, gpu: list[GpuSample], servers: list[ServerSample]
@@ -292,8 +309,9 @@ class Daemon:
         """The samples, each later than its series' last one. When the wall clock was set back, a
         series keeps its own time (its last stamp plus the monotonic time since) until the clock
         catches up: nothing is dropped, and no series gets two interleaved timelines (which would read
-        as counter resets and count tokens twice). After a restart the last stamp's monotonic time is
-        not known: the series goes on `max_gap_s` later, and the time in between is unknown."""
+        as counter resets and count tokens twice). A series' first sample in this process comes at
+        least `max_gap_s` after its last stamp in the store: what happened while no daemon ran is
+        unknown, even when a clock set back makes the downtime look short."""
         if self._latest is None:
             try:
                 self._latest = {
@@ -313,15 +331,20 @@ class Daemon:
         def stamp(sample: _S, key: tuple[str | None, ...]) -> _S:
             nonlocal ahead
             last_ts, last_mono = latest.get(key, (None, None))
-            if last_ts is not None and sample.ts <= last_ts:
-                ts = last_ts + (gap_s if last_mono is None else max(now - last_mono, 1e-3))
+            ts = sample.ts
+            if last_ts is not None and last_mono is None:
+                ts = max(ts, last_ts + gap_s)  # this process's first: what happened since is unknown
+            elif last_ts is not None and last_mono is not None and ts <= last_ts:
+                ts = last_ts + max(now - last_mono, 1e-3)
                 ahead = max(ahead, ts - sample.ts)
+            if ts != sample.ts:
                 sample = replace(sample, ts=ts)
-            latest[key] = (sample.ts, now)
+            latest[key] = (ts, now)
             return sample
 
         stamped_gpu = [stamp(s, (s.gpu_uuid,)) for s in gpu]
         stamped_servers = [stamp(s, (s.deployment, s.instance)) for s in servers]
+        ahead = ahead if ahead > gap_s else 0.0  # a restart's own gap, or a step NTP would slew: no line
         if ahead and not self._behind_s:
             log.warning(
                 "the wall clock is %.0f s behind samples already written (it was set back): samples keep "
@@ -333,17 +356,19 @@ class Daemon:
         self._behind_s = ahead
         return stamped_gpu, stamped_servers
 
-    def _write(self, gpu: list[GpuSample], servers: list[ServerSample]) -> None:
-        """Commit this pass (and any pass the store refused before); keep them for later on failure."""
-        self._pending_gpu.extend(gpu)
-        self._pending_server.extend(servers)
+    def _write_pending(self) -> None:
+        """Commit the pending samples (this pass's, and any the store refused before); keep them for
+        the next pass on failure, at most MAX_PENDING_ROWS of each kind. Runs on the writer thread."""
+        with self._pending_lock:
+            gpu, servers = list(self._pending_gpu), list(self._pending_server)
         try:
-            self.store.add_gpu_samples(self._pending_gpu)
-            self._pending_gpu = []
-            self.store.add_server_samples(self._pending_server)
-            self._pending_server = []
+            self.store.add_gpu_samples(gpu)
+            with self._pending_lock:
+                del self._pending_gpu[: len(gpu)]
+            self.store.add_server_samples(servers)
+            with self._pending_lock:
+                del self._pending_server[: len(servers)]
         except SQLAlchemyError as exc:
-            kept = len(self._pending_gpu) + len(self._pending_server)
             self.problems.update(
                 "store",
                 [
@@ -353,8 +378,10 @@ class Daemon:
                 ],
             )
             self.state.record_errors("store", ["write_failed"])
-            self._pending_gpu = self._pending_gpu[-MAX_PENDING_ROWS:]
-            self._pending_server = self._pending_server[-MAX_PENDING_ROWS:]
+            with self._pending_lock:
+                del self._pending_gpu[:-MAX_PENDING_ROWS]
+                del self._pending_server[:-MAX_PENDING_ROWS]
+                kept = len(self._pending_gpu) + len(self._pending_server)
             log.debug("store: %d samples kept in memory for the next pass", kept)
             return
         self.problems.update("store", [])
@@ -501,8 +528,10 @@ class Daemon:
         self._busy.release()
         if self.fleet is not None:
             return True  # nothing sampled here: the next start reads the window again
+        if self._writer is not None:
+            self._writer.join(deadline_s)
         if self._pending_gpu or self._pending_server:
-            self._write([], [])
+            self._start_write(wait_s=deadline_s)
         self.rollup()
         return True
 

@@ -56,13 +56,19 @@ def flush_outbox(
     """Send what is due, oldest first; a message is marked sent only once the sender accepted it.
 
     A transport failure stops the flush (the rest waits for the next one); any other failure holds
-    that message back with a backoff, and the later messages about the same key wait behind it.
+    that message back with a backoff. Messages about one key arrive in the order they were queued:
+    the later ones wait behind one that failed or is waiting for its retry (else a "resolved" held
+    back by an outage would arrive after the "firing" that followed it).
     `due_ts` (default now) sends what is due by then: a person asking to send now skips the backoff."""
     sent = failed = 0
     blocked: set[str] = set()
-    for message in store.outbox_pending(now_ts if due_ts is None else due_ts, limit):
+    due = now_ts if due_ts is None else due_ts
+    for message in store.outbox_pending(float("inf"), 10 * limit):
         assert message.id is not None  # noqa: S101  (read from the store)
-        if message.key in blocked:
+        if message.key in blocked or sent + failed >= limit:
+            continue
+        if message.next_attempt_ts > due:
+            blocked.add(message.key)  # waiting for its retry: the key's later messages wait too
             continue
         try:
             ref = sender.send(message)

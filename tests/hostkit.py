@@ -146,6 +146,24 @@ THREE_GPUS: dict[str, Any] = {
 }
 
 
+LIBFAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
+"""libfaketime (Debian package faketime), which moves a process's wall clock; None when not installed."""
+
+
+def faketime_env(offset_file: Path) -> dict[str, str]:
+    """Environment for a daemon whose wall clock is offset by the seconds written in `offset_file`
+    (`+0`, `-120`; read again every second); its monotonic clock is left alone, as a real clock step
+    leaves it. Use with `daemon_env(..., **faketime_env(f))`."""
+    assert LIBFAKETIME is not None  # callers skip without it
+    return {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
+        "FAKETIME_CACHE_DURATION": "1",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+        "PYTHONPATH": f"{FAKE_NVML_DIR}{os.pathsep}{TESTS / 'faketime_fix'}",
+    }
+
+
 def daemon_env(directory: Path, script: dict[str, Any], **extra: str) -> dict[str, str]:
     script_path = directory / "fake_nvml.json"
     script_path.write_text(json.dumps(script))

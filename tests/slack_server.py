@@ -5,6 +5,9 @@ It records every request and answers from a script: queue `(status, headers, bod
 Slack, it keeps the messages it accepted (with their metadata) and answers `conversations.history` and
 `conversations.list` from them. `slow(path, seconds)` makes the next request on a path answer late —
 after having done its work, as Slack does when it accepts a post and the answer is lost to a timeout.
+Two states a schedule can set (the soak does): `rate_limited` (the next N requests are answered 429
+with `Retry-After: 1`, a rate-limit storm) and `down` (every request is read and its connection closed
+without an answer: an outage).
 """
 
 from __future__ import annotations
@@ -41,6 +44,10 @@ class SlackServer:
     """Messages accepted by chat.postMessage, oldest first, as conversations.history gives them."""
     delays: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     lock: threading.Lock = field(default_factory=threading.Lock)
+    rate_limited: int = 0
+    down: bool = False
+    refused: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Requests answered 429 (`"429"`) or dropped unanswered (`"down"`)."""
 
     @property
     def port(self) -> int:
@@ -124,6 +131,20 @@ def start_slack_server() -> SlackServer:
             recorded = Recorded(path, dict(self.headers.items()), body)
             with slack.lock:
                 slack.requests.append(recorded)
+                if slack.down:
+                    slack.refused["down"] += 1
+                    self.close_connection = True
+                    return  # no answer at all: the client sees the connection closed
+                if slack.rate_limited > 0:
+                    slack.rate_limited -= 1
+                    slack.refused["429"] += 1
+                    slack.script[path].appendleft(
+                        (
+                            429,
+                            {"Retry-After": "1"},
+                            json.dumps({"ok": False, "error": "ratelimited"}).encode(),
+                        )
+                    )
                 delay = slack.delays[path].popleft() if slack.delays[path] else 0.0
                 if slack.script[path]:
                     status, headers, raw = slack.script[path].popleft()

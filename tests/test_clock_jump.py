@@ -11,24 +11,19 @@ from typing import Any
 
 import pytest
 
-from tests.hostkit import THREE_GPUS, VllmServer, daemon_env, daemon_process, write_config
-
-LIBFAKETIME = next(
-    (p for p in Path("/usr/lib").glob("*/faketime/libfaketime.so.1") if p.exists()),
-    None,
+from tests.hostkit import (
+    LIBFAKETIME,
+    THREE_GPUS,
+    VllmServer,
+    daemon_env,
+    daemon_process,
+    faketime_env,
+    write_config,
 )
+
 pytestmark = pytest.mark.skipif(
     LIBFAKETIME is None, reason="libfaketime is not installed (Debian package faketime; .ci/run installs it)"
 )
-
-
-def faketime_env(offset_file: Path) -> dict[str, str]:
-    return {
-        "LD_PRELOAD": str(LIBFAKETIME),
-        "FAKETIME_TIMESTAMP_FILE": str(offset_file),
-        "FAKETIME_NO_CACHE": "1",
-        "FAKETIME_DONT_FAKE_MONOTONIC": "1",  # a step of the wall clock leaves the monotonic clock alone
-    }
 
 
 def wait_for(predicate: object, timeout_s: float) -> bool:

@@ -204,6 +204,39 @@ def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> N
     assert daemon.problems.active == {}
 
 
+def test_a_store_locked_by_another_process_does_not_stall_sampling(tmp_path: Path) -> None:
+    """A second process holding SQLite's write lock (a backup, `sqlite3` by hand) holds the writer, never
+    the sampling: each pass still ends within its interval, and every sample is written once the lock
+    goes."""
+    db = tmp_path / "a.db"
+    config = Config.model_validate({"store": {"url": f"sqlite:///{db}"}, "daemon": {"sample_interval_s": 1}})
+    store = Store.open(config.store.url)
+    nvml = NvmlCollector(
+        load_fake_nvml({"gpus": [{"profile": "h100_load"}]}),
+        host="h",
+        deployments=GpuDeploymentMap([]),
+        interval_s=1,
+    )
+    daemon = Daemon(
+        config=config, store=store, gpu_collectors=[nvml], server_collectors=[], state=ExporterState()
+    )
+    daemon.sample()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, held
+    durations = []
+    for _ in range(5):
+        started = time.monotonic()
+        daemon.sample()
+        durations.append(time.monotonic() - started)
+        time.sleep(0.2)
+    other.execute("ROLLBACK")
+    other.close()
+    assert max(durations) < 1.0, durations  # the first waits up to half an interval, the rest not at all
+    assert daemon.flush(15)
+    assert len(store.gpu_samples(0, 2e9)) == 6  # nothing lost, nothing twice
+    store.close()
+
+
 def test_a_pass_hung_from_the_start_never_feeds_the_watchdog(
     tmp_path: Path, notify_socket: socket.socket
 ) -> None:

@@ -234,3 +234,23 @@ def test_another_auditors_message_with_the_same_outbox_id_is_not_taken_for_ours(
     assert flush.sent == 1 and len(slack.posted()) == 1  # looked, did not match, posted
     (sent,) = store.outbox_messages()
     assert sent.sent_ref == "C0123:1700000000.000001"
+
+
+def test_messages_about_one_key_arrive_in_the_order_queued(slack: SlackServer, tmp_path: Path) -> None:
+    """A 'resolved' held back by an outage must not arrive after the 'firing' queued behind it; other
+    keys are not held up."""
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    slack.down = True
+    resolved = store.enqueue(replace(message(), key="runaway-spend/llama", kind="resolved", text="resolved"))
+    flush = flush_outbox(store, SlackSender(client=client(slack, retries=0)), now_ts=1000.0)
+    assert (flush.sent, flush.failed) == (0, 1)
+    slack.down = False
+    firing = store.enqueue(replace(message(), key="runaway-spend/llama", kind="firing", text="firing"))
+    other = store.enqueue(replace(message(), key="runaway-spend/mistral", kind="firing", text="other"))
+    early = flush_outbox(store, SlackSender(client=client(slack)), now_ts=1001.0)
+    assert early.sent == 1  # the other key's message; llama's firing waits behind its resolved
+    (waiting,) = [m for m in store.outbox_messages() if m.id == resolved]
+    later = flush_outbox(store, SlackSender(client=client(slack)), now_ts=waiting.next_attempt_ts)
+    assert later.sent == 2
+    order = [m["metadata"]["event_payload"]["outbox_id"] for m in slack.history]
+    assert order == [other, resolved, firing]
