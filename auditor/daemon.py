@@ -427,10 +427,10 @@ class Daemon:
         end = minute_floor(now) + MINUTE_S
         max_gap_s = self.config.daemon.effective_max_gap_s
         start = minute_floor(now - max(TRAILING_ROLLUP_S, max_gap_s + MINUTE_S))
+        oldest = minute_floor(now - self.config.store.raw_retention_h * 3600)
         if self._rolled_until is not None:  # the clock jumped forward: finish what came before the jump
-            start = min(start, minute_floor(self._rolled_until - max_gap_s - MINUTE_S))
+            start = min(start, max(minute_floor(self._rolled_until - max_gap_s - MINUTE_S), oldest))
         if not self._rolled_once:
-            oldest = minute_floor(now - self.config.store.raw_retention_h * 3600)
             last = self.store.last_minute_ts()
             start = min(start, max(last if last is not None else oldest, oldest))
         capacities = {d.name: d.capacity_tokens_per_s for d in self.config.deployments}

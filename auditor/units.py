@@ -14,6 +14,10 @@ CENT = Decimal("0.01")
 MAX_TOKENS = 10**18
 """A billion billion tokens: beyond any fleet's volume, and within exact arithmetic."""
 MAX_USD = Decimal(10**12)
+MAX_GPUS = 10**6
+"""A million GPUs: more than any fleet; a larger count is a typo."""
+MAX_TOKENS_PER_S = 1e12
+"""The same bound as `capacity_tokens_per_s` in the config."""
 
 
 def parse_token_count(text: str) -> int:

@@ -36,6 +36,7 @@ from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd
 from reports.charts import heatmaps_png
 from reports.findings import alternative_lines
+from reports.monthly import MAX_YEAR, MIN_YEAR
 
 WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})$")
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -48,6 +49,8 @@ def parse_week(text: str) -> tuple[int, int]:
     if not match:
         raise ValueError(f"{text!r} is not an ISO week; write it as 2026-W47")
     year, week = int(match.group(1)), int(match.group(2))
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise ValueError(f"{text!r}: the year must be from {MIN_YEAR} to {MAX_YEAR}")
     try:
         date.fromisocalendar(year, week, 1)
     except ValueError:

@@ -16,6 +16,7 @@ import pytest
 from auditor.config import Config
 from auditor.daemon import Daemon, JobSpec, ProblemLog, build_scheduler, sd_notify, watchdog_interval_s
 from auditor.exporter import ExporterState
+from auditor.model import GpuSample
 from auditor.store import Store
 from auditor.store import gpu_samples as gpu_samples_table
 from collectors.interface import Problem
@@ -256,3 +257,31 @@ def test_a_pass_hung_from_the_start_never_feeds_the_watchdog(
         _, stderr = process.communicate(timeout=15)
     assert "WATCHDOG=1" not in messages, messages
     assert "did not finish" in stderr  # it exits without waiting for the stuck pass
+
+
+def test_minutes_sampled_before_the_clock_jumped_forward_are_rolled_up(tmp_path: Path) -> None:
+    """The roll-up re-rolls only its trailing minutes; after the wall clock jumps an hour ahead, the
+    minutes sampled just before the jump must still be rolled up."""
+    store = Store.open(f"sqlite:///{tmp_path / 'a.db'}")
+    config = Config.model_validate({"store": {"url": f"sqlite:///{tmp_path / 'a.db'}"}})
+    now = [1_800_000_000.0]  # on a minute boundary
+    daemon = Daemon(
+        config=config,
+        store=store,
+        gpu_collectors=[],
+        server_collectors=[],
+        state=ExporterState(),
+        clock=lambda: now[0],
+    )
+    daemon.rollup()
+    store.add_gpu_samples(
+        [
+            GpuSample(ts=now[0] + 10 * i, host="h", gpu_uuid="GPU-a", gpu_index=0, util_pct=50.0)
+            for i in range(1, 6)
+        ]
+    )
+    now[0] += 3600  # NTP steps the clock an hour ahead before the next roll-up
+    daemon.rollup()
+    (row,) = store.gpu_minutes(0, 2e9)
+    assert row.observed_s == 40
+    store.close()

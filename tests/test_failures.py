@@ -74,6 +74,18 @@ def config(tmp_path: Path, text: str, name: str = "auditor.toml") -> Path:
         (["--prompt-tokens", "1M", "--gpu-hourly-usd", "1e400"], "--gpu-hourly-usd"),
         (["--prompt-tokens", "1M", "--gpu-hourly-usd", "2", "--hours", "1e30"], "--hours"),
         (["--prompt-tokens", "1M", "--gpu-hourly-usd", "2", "--overhead-usd-month", "9e99"], "--overhead"),
+        (
+            ["--prompt-tokens", "1M", "--gpu-hourly-usd", "2", "--gpus", "99999999999999999999"],
+            "--gpus: must be",
+        ),
+        (
+            ["--prompt-tokens", "1M", "--gpu-hourly-usd", "2", "--capacity-tokens-per-s", "1e308"],
+            "at most 1e+12",
+        ),
+        (
+            ["--prompt-tokens", "1M", "--gpu-hourly-usd", "2", "--capacity-tokens-per-s", "inf"],
+            "at most 1e+12",
+        ),
     ],
 )
 def test_numbers_too_large_are_bad_input(args: list[str], expected: str) -> None:
@@ -84,6 +96,12 @@ def test_numbers_too_large_are_bad_input(args: list[str], expected: str) -> None
 def test_months_out_of_range_are_bad_input(tmp_path: Path, month: str) -> None:
     path = config(tmp_path, f'[store]\nurl = "sqlite:///{tmp_path / "a.db"}"\n')
     one_line(run("report", "--month", month, "--config", str(path)), 2, "--month", "1970 to 9998")
+
+
+@pytest.mark.parametrize("week", ["0000-W01", "9999-W52"])
+def test_weeks_out_of_range_are_bad_input(tmp_path: Path, week: str) -> None:
+    path = config(tmp_path, f'[store]\nurl = "sqlite:///{tmp_path / "a.db"}"\n')
+    one_line(run("digest", "--week", week, "--config", str(path)), 2, "--week", "1970 to 9998")
 
 
 def test_a_binary_trace_is_bad_input(tmp_path: Path) -> None:

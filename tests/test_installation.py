@@ -75,6 +75,25 @@ def test_init_keeps_an_edited_config_and_prints_the_unit_for_this_installation(t
     assert forced.returncode == 0 and "[[deployments]]" in config.read_text()
 
 
+def test_init_refuses_a_config_path_that_is_not_a_file(tmp_path: Path) -> None:
+    """A directory (or /dev/null) given as --config: nothing is written, not even the secrets file
+    beside it (it would land in /dev)."""
+    directory = tmp_path / "etc"
+    directory.mkdir()
+    for force in ([], ["--force"]):
+        result = subprocess.run(
+            [str(AUDITOR), "init", "--config", str(directory), *force],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert "exists and is not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == [directory] and list(directory.iterdir()) == []
+
+
 def test_doctor_reports_the_packages_as_ours() -> None:
     check = check_packages()
     assert (check.source, check.ok) == ("packages", True)

@@ -39,6 +39,9 @@ def init(
     An existing config is kept unless --force. The unit starts the `auditor` you ran."""
     config = resolve_config_path(config_path)
     env = config.parent / ENV_NAME
+    for target in (config, env):
+        if target.exists() and not target.is_file():  # a directory, /dev/null, a FIFO: never write beside it
+            fatal(f"{target} exists and is not a regular file; give --config the path of a config file")
     for target, source, mode in (
         (config, "auditor.example.toml", 0o640),
         (env, "auditor.env.example", 0o600),

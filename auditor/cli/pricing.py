@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Annotated, Any
@@ -28,7 +27,7 @@ from auditor.gpu_prices import PRICING_KINDS, find_gpu_price
 from auditor.output import emit, output_format
 from auditor.prices import DEFAULT_COMPARISONS, ApiPrice, ApiPriceCatalog, UnknownModelError
 from auditor.results import breakeven_result
-from auditor.units import parse_positive, parse_token_count, parse_usd
+from auditor.units import MAX_GPUS, MAX_TOKENS_PER_S, parse_positive, parse_token_count, parse_usd
 from reports.terminal import breakeven_text
 
 AVERAGE_MONTH_HOURS = Decimal(730)
@@ -120,12 +119,10 @@ def breakeven(
     prompt = _parse("--prompt-tokens", parse_token_count, prompt_tokens)
     generation = _parse("--generation-tokens", parse_token_count, generation_tokens)
     overhead = _parse("--overhead-usd-month", parse_usd, overhead_usd_month)
-    if capacity_tokens_per_s is not None and not (
-        capacity_tokens_per_s > 0 and math.isfinite(capacity_tokens_per_s)
-    ):
-        fatal("--capacity-tokens-per-s: must be more than 0 tokens/s")
-    if gpus is not None and gpus <= 0:
-        fatal("--gpus: must be 1 or more")
+    if capacity_tokens_per_s is not None and not (0 < capacity_tokens_per_s <= MAX_TOKENS_PER_S):
+        fatal(f"--capacity-tokens-per-s: must be more than 0 and at most {MAX_TOKENS_PER_S:.0e} tokens/s")
+    if gpus is not None and not 0 < gpus <= MAX_GPUS:
+        fatal(f"--gpus: must be 1 to {MAX_GPUS:,}")
     config = load_config_or_exit(config_path, required=False)
     billed_hours, hours_basis = _month_hours(hours, month, config)
     notes: list[str] = []
