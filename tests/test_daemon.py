@@ -181,8 +181,11 @@ def test_kill_9_loses_no_committed_row_and_the_next_start_carries_on(
     assert _rows(db, f"SELECT COUNT(*) FROM gpu_minutes WHERE minute_ts = {minute}")[0][0] == 3  # noqa: S608
 
 
-def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
-    config = Config.model_validate({"store": {"url": f"sqlite:///{tmp_path / 'a.db'}"}})
+def one_gpu_daemon(db: Path, interval_s: float = 10) -> tuple[Daemon, Store]:
+    """A daemon on one fake GPU and a SQLite store, driven pass by pass."""
+    config = Config.model_validate(
+        {"store": {"url": f"sqlite:///{db}"}, "daemon": {"sample_interval_s": interval_s}}
+    )
     store = Store.open(config.store.url)
     nvml = NvmlCollector(
         load_fake_nvml({"gpus": [{"profile": "h100_load"}]}),
@@ -193,6 +196,11 @@ def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> N
     daemon = Daemon(
         config=config, store=store, gpu_collectors=[nvml], server_collectors=[], state=ExporterState()
     )
+    return daemon, store
+
+
+def test_a_pass_the_store_refuses_is_kept_and_written_later(tmp_path: Path) -> None:
+    daemon, store = one_gpu_daemon(tmp_path / "a.db")
     with store.engine.begin() as conn:
         gpu_samples_table.drop(conn)  # the store fails (a full disk, a broken mount)
     daemon.sample()
@@ -210,17 +218,7 @@ def test_a_store_locked_by_another_process_does_not_stall_sampling(tmp_path: Pat
     the sampling: each pass still ends within its interval, and every sample is written once the lock
     goes."""
     db = tmp_path / "a.db"
-    config = Config.model_validate({"store": {"url": f"sqlite:///{db}"}, "daemon": {"sample_interval_s": 1}})
-    store = Store.open(config.store.url)
-    nvml = NvmlCollector(
-        load_fake_nvml({"gpus": [{"profile": "h100_load"}]}),
-        host="h",
-        deployments=GpuDeploymentMap([]),
-        interval_s=1,
-    )
-    daemon = Daemon(
-        config=config, store=store, gpu_collectors=[nvml], server_collectors=[], state=ExporterState()
-    )
+    daemon, store = one_gpu_daemon(db, interval_s=1)
     daemon.sample()
     other = sqlite3.connect(db, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # the write lock, held
