@@ -165,3 +165,19 @@ def test_a_subcommand_of_a_group_loads_in_a_fresh_process(path: tuple[str, ...])
     )
     assert done.returncode == 0, done.stderr
     assert f"auditor {' '.join(path)}" in done.stdout
+
+
+def test_a_typo_gets_a_suggestion_though_no_command_is_loaded() -> None:
+    done = subprocess.run([str(AUDITOR), "stauts"], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == "auditor: error: No such command 'stauts'. Did you mean 'status'? (see `auditor --help`)\n"
+    )
+
+
+@pytest.mark.parametrize("args", [[], ["rules"]], ids=["auditor", "auditor rules"])
+def test_a_bare_group_prints_its_help_and_no_empty_error(args: list[str]) -> None:
+    done = subprocess.run([str(AUDITOR), *args], capture_output=True, text=True, timeout=120, check=False)
+    assert "Commands" in done.stdout
+    assert "error" not in done.stderr

@@ -45,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except typer.TyperException as exc:  # click-style usage errors: unknown option, missing value, …
         where = getattr(getattr(exc, "ctx", None), "command_path", "auditor")
         message = redact(exc.format_message())
-        print(f"auditor: error: {message} (see `{where} --help`)", file=sys.stderr)
+        if message:  # none after the help a bare group prints (`auditor`, `auditor rules`)
+            print(f"auditor: error: {message} (see `{where} --help`)", file=sys.stderr)
         sys.exit(getattr(exc, "exit_code", EXIT_USAGE))
     except SystemExit:
         raise

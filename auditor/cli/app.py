@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from difflib import get_close_matches
 from typing import Annotated, Any
 
 import typer
@@ -116,6 +117,16 @@ class LazyGroup(TyperGroup):
         self.commands[cmd_name] = found
         self.loaded.add(cmd_name)
         return found
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except typer.TyperException as exc:  # a usage error: suggest among every command, loaded or not
+            message = getattr(exc, "message", "")
+            close = get_close_matches(args[0], list(COMMANDS)) if args else []
+            if close and "Did you mean" not in message:
+                exc.message = f"{message.rstrip('.')}. Did you mean {', '.join(map(repr, close))}?"
+            raise
 
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True
