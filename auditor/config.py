@@ -238,8 +238,9 @@ class FleetConfig(_Strict):
     """Each roll-up re-reads this many trailing minutes: samples arrive late (scrape, remote write)."""
     max_gap_s: float = Field(180, ge=60, le=86_400)
     """Per-minute points of a series further apart than this leave unknown time between them."""
-    chunk_minutes: int = Field(360, ge=1, le=10_999)
-    """Minutes per query_range request (under Prometheus' 11,000 points per series)."""
+    chunk_minutes: int = Field(120, ge=1, le=10_999)
+    """Minutes per query_range request (under Prometheus' 11,000 points per series). Memory grows with
+    GPUs × this: at 1,024 GPUs, 120 kept a roll-up at 235 MiB, 360 took 388 MiB (bench/fleet.py)."""
     gpu_matchers: Matchers = Field(default_factory=dict)
     """Label matchers added to every DCGM query (`{job = "dcgm-exporter"}`); `~regex` for a regex."""
     server_matchers: Matchers = Field(default_factory=dict)

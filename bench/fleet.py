@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from auditor.config import FleetConfig
 from collectors.prometheus import GPU_QUERIES, RANGE, PromAuth, PromQL, connect
 from tests.promkit import backfill, serve
 
@@ -186,7 +187,7 @@ def main() -> None:
             f"in {figures['chunks']} chunks, {figures['gpu_minutes']:,} GPU-minutes, "
             f"peak RSS {rss / 2**20:.0f} MiB"
         )
-        chunk = 360
+        chunk = FleetConfig.model_fields["chunk_minutes"].default  # the one a roll-up uses
         naive_gpus = args.naive_gpus or args.gpus
         requests, seconds = naive_chunk(prom.url, naive_gpus, t0, chunk)
         scale = args.gpus / naive_gpus

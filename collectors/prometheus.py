@@ -312,7 +312,7 @@ class FleetReader:
         *,
         gpu_matchers: Mapping[str, str] | None = None,
         server_matchers: Mapping[str, str] | None = None,
-        chunk_minutes: int = 360,
+        chunk_minutes: int = 120,
     ) -> None:
         self.promql = promql
         self.deployments = list(deployments)
