@@ -103,7 +103,7 @@ def fleet_check(config: Config) -> Check:
     try:
         result = reader.promql.range(query, now, now, MINUTE_S)
     except CollectorError as exc:
-        return Check("prometheus", False, exc.message, exc.fix)
+        return Check("prometheus", False, exc.message, "check fleet.url, the way there, and its credentials")
     gpus = int(float(result[0]["values"][-1][1])) if result and result[0].get("values") else 0
     if gpus == 0:
         return Check(
@@ -164,7 +164,10 @@ def rollup(
             capacity_tokens_per_s=capacities.get,
         )
     except CollectorError as exc:
-        raise UnavailableError(exc.message, exc.fix) from None
+        # The chunks before the failure are written; the rest stays unknown until a rerun reads it.
+        raise UnavailableError(
+            exc.message, "rerun when Prometheus answers (the window is left unknown)"
+        ) from None
     finally:
         store.close()
     seconds = time.monotonic() - began
