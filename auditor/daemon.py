@@ -399,7 +399,8 @@ class Daemon:
         assert self.fleet is not None  # noqa: S101  (only scheduled in fleet mode)
         self._last_pass_ts = self.monotonic()  # the job ran: a hung run stops the watchdog pings
         try:
-            result = self.fleet.run(self.clock())
+            with self._busy:
+                result = self.fleet.run(self.clock())
         except CollectorError as exc:
             self.problems.update("prometheus", [Problem("prometheus", exc.kind, str(exc))])
             self.state.record_errors("prometheus", [exc.kind], down=True)
@@ -521,13 +522,18 @@ class Daemon:
     def flush(self, deadline_s: float) -> bool:
         """At exit: wait (briefly) for a running pass, then roll up what was sampled.
 
-        False when a pass is stuck (in a driver call, say): the caller must exit without it."""
+        False when a pass is stuck (in a driver call, say): the caller must exit without it.
+        In fleet mode a roll-up stops before its next chunk; one still writing its chunk is left
+        behind (its transaction rolls back when the process exits; the next start reads it again)."""
+        if self.fleet is not None:
+            self.fleet.stopping.set()
+            if self._busy.acquire(timeout=deadline_s):
+                self._busy.release()
+            return True
         if not self._busy.acquire(timeout=deadline_s):
             log.warning("a sampling pass did not finish within %.0f s; exiting without it", deadline_s)
             return False
         self._busy.release()
-        if self.fleet is not None:
-            return True  # nothing sampled here: the next start reads the window again
         if self._writer is not None:
             self._writer.join(deadline_s)
         if self._pending_gpu or self._pending_server:

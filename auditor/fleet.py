@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import groupby
@@ -65,6 +66,7 @@ def rollup_fleet(
     idle_threshold: float,
     capacity_tokens_per_s: Callable[[str], float | None],
     written: Callable[[int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> FleetResult:
     """Read and roll up [start, end) chunk by chunk, replacing each chunk's rows in the store
     (`written(chunk_end)` after each).
@@ -80,6 +82,8 @@ def rollup_fleet(
         if not locked:
             return FleetResult(start_minute_ts, end_minute_ts, 0, 0, 0, skipped=True)
         for first in range(start_minute_ts, end_minute_ts, chunk_s):
+            if stop is not None and stop():
+                break  # what is written stays; the rest is read on the next run
             after = min(first + chunk_s, end_minute_ts)
             gpu_samples, server_samples = source.read(first - margin, after + margin)
             gpu_rows = []
@@ -134,6 +138,8 @@ class FleetRollup:
         """The end of the last window written: the next run starts no later than this."""
         self.progress: Callable[[], None] | None = None
         """Called after each chunk is written (the daemon's liveness during a long catch-up)."""
+        self.stopping = threading.Event()
+        """Set at shutdown: a run stops before its next chunk."""
 
     def window(self, now: float) -> tuple[int, int]:
         end = minute_floor(now)
@@ -154,9 +160,14 @@ class FleetRollup:
             idle_threshold=self.idle_threshold,
             capacity_tokens_per_s=self.capacity_tokens_per_s,
             written=self._written,
+            stop=self.stopping.is_set,
         )
-        # After a run another replica did, start again from what the store holds.
-        self.done_until = None if result.skipped else end
+        # After a run another replica did, start again from what the store holds; after a stop, from
+        # the last chunk written.
+        if result.skipped:
+            self.done_until = None
+        elif not self.stopping.is_set():
+            self.done_until = end
         return result
 
     def _written(self, chunk_end: int) -> None:

@@ -153,8 +153,10 @@ def daemon(
         code = daemon_module.run(runner)
     finally:
         exporter.stop()
-    if code != 0:
+    if code != 0 or fleet is not None:
         # A job is stuck (a hung driver call): exiting normally would wait for its thread forever.
+        # In fleet mode a roll-up may be writing a chunk: its transaction rolls back at exit and the
+        # next start reads that window again, so the daemon exits now, not after the chunk.
         sys.stderr.flush()
         os._exit(code)
     if gpu is not None:
