@@ -406,11 +406,7 @@ class Daemon:
             self.state.record_errors("prometheus", [exc.kind], down=True)
             return
         except SQLAlchemyError as exc:
-            self.problems.update(
-                "rollup",
-                [Problem("store", "rollup_failed", f"cannot roll up: {getattr(exc, 'orig', None) or exc}")],
-            )
-            self.state.record_errors("rollup", ["rollup_failed"])
+            self._rollup_failed(exc)
             return
         self.problems.update("prometheus", [])
         self.problems.update("rollup", [])
@@ -418,6 +414,13 @@ class Daemon:
         self._last_pass_ts = self.monotonic()
         if not result.skipped:
             self.update_figures()
+
+    def _rollup_failed(self, exc: SQLAlchemyError) -> None:
+        self.problems.update(
+            "rollup",
+            [Problem("store", "rollup_failed", f"cannot roll up: {getattr(exc, 'orig', None) or exc}")],
+        )
+        self.state.record_errors("rollup", ["rollup_failed"])
 
     def rollup(self) -> None:
         """Roll up the trailing minutes (and, the first time, everything since the last roll-up)."""
@@ -445,11 +448,7 @@ class Daemon:
                 capacity_tokens_per_s=lambda name: capacities.get(name),
             )
         except SQLAlchemyError as exc:
-            self.problems.update(
-                "rollup",
-                [Problem("store", "rollup_failed", f"cannot roll up: {getattr(exc, 'orig', None) or exc}")],
-            )
-            self.state.record_errors("rollup", ["rollup_failed"])
+            self._rollup_failed(exc)
             return
         self.problems.update("rollup", [])
         self._rolled_once = True
