@@ -626,6 +626,17 @@ def _migration_served_peaks(conn: Connection) -> None:
         day += DAY_S
 
 
+MIGRATION_LOCK_KEY = zlib.crc32(b"gpu-auditor:migrate")
+"""The PostgreSQL advisory lock held while migrating (named as `Store.try_lock` names its locks)."""
+
+
+def _schema_version(conn: Connection) -> int:
+    if not conn.dialect.has_table(conn, "schema_version"):
+        return 0
+    version = conn.execute(select(func.max(schema_version.c.version))).scalar()
+    return int(version or 0)
+
+
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
 MIGRATIONS = (
     _migration_1,
@@ -828,10 +839,7 @@ class Store:
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
-            if not self.engine.dialect.has_table(conn, "schema_version"):
-                return 0
-            version = conn.execute(select(func.max(schema_version.c.version))).scalar()
-            return int(version or 0)
+            return _schema_version(conn)
 
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION, each step in its own transaction; returns the version."""
@@ -843,6 +851,12 @@ class Store:
             )
         for version in range(current + 1, SCHEMA_VERSION + 1):
             with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Replicas (or a command and the daemon) starting together on one database: one
+                    # migrates, the others wait for its transaction, then find the step done.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                    if _schema_version(conn) >= version:
+                        continue
                 MIGRATIONS[version - 1](conn)
                 conn.execute(insert(schema_version).values(version=version, applied_ts=time.time()))
         return SCHEMA_VERSION

@@ -262,3 +262,33 @@ def test_every_field_of_samples_and_minutes_survives_a_write_and_a_read(store_ur
     assert store.gpu_minutes(0, 2e9) == [minute]
     assert store.deployment_minutes(0, 2e9) == [row]
     store.close()
+
+
+def test_replicas_starting_together_migrate_a_new_postgresql_store_once(postgres_url: str) -> None:
+    """Fleet replicas (or a command beside the daemon) opening one fresh database at once: one migrates,
+    the others wait for it; none fails on a table another has just created."""
+    from sqlalchemy import create_engine
+
+    name = f"race_{time.time_ns()}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = postgres_url.rsplit("/", 1)[0] + f"/{name}"
+    opener = "import sys; from auditor.store import Store; Store.open(sys.argv[1]).close()"
+    try:
+        openers = [
+            subprocess.Popen([sys.executable, "-c", opener, url], stderr=subprocess.PIPE) for _ in range(4)
+        ]
+        errors = [p.communicate(timeout=120)[1].decode() for p in openers]
+        assert [p.returncode for p in openers] == [0, 0, 0, 0], errors
+        store = Store.open(url, migrate=False)
+        with store.engine.connect() as conn:
+            applied = (
+                conn.execute(text("SELECT version FROM schema_version ORDER BY version")).scalars().all()
+            )
+        store.close()
+        assert applied == list(range(1, SCHEMA_VERSION + 1))  # each step once
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
