@@ -149,7 +149,7 @@ def test_a_private_api_price_from_config(tmp_path: Path) -> None:
         (["--prompt-tokens", "lots"], "--prompt-tokens: 'lots' is not a token count; write e.g. 100M"),
         (["--gpu-hourly-usd", "two"], "--gpu-hourly-usd: 'two' is not an amount in USD"),
         (["--api", "gpt-4oo"], "--api: unknown API model 'gpt-4oo'; did you mean: openai:gpt-4o"),
-        (["--gpus", "0"], "--gpus: must be 1 or more"),
+        (["--gpus", "0"], "--gpus: must be 1 to 1,000,000"),
         (["--hours", "0"], "--hours: '0' must be more than 0 hours"),
     ],
 )
