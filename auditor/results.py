@@ -364,3 +364,20 @@ def prices_result(
             for p in api_rows
         ),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetRollupResult:
+    """`auditor fleet rollup`: the window rolled up from Prometheus and what it took."""
+
+    window_start: datetime
+    window_end: datetime
+    """Exclusive."""
+    gpu_minutes: int
+    deployment_minutes: int
+    chunks: int
+    requests: int
+    """PromQL requests made (constant in the number of GPUs: per chunk, not per series)."""
+    seconds: float
+    skipped: bool
+    """Another replica held the fleet roll-up lock: nothing was done here."""

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from auditor.results import BreakevenResult, FindingsResult, PricesResult, StatusResult
+from auditor.results import BreakevenResult, FindingsResult, FleetRollupResult, PricesResult, StatusResult
 from auditor.units import cents, format_share, format_tokens, format_usd
 from reports.findings import finding_detail_lines
 
@@ -215,3 +215,15 @@ def prices_text(result: PricesResult, out: Console) -> None:
                 p.as_of or "—",
             )
         out.print(table)
+
+
+def fleet_rollup_text(result: FleetRollupResult, out: Console) -> None:
+    if result.skipped:
+        out.print("another replica holds the fleet roll-up lock: nothing done (it rolls the window up)")
+        return
+    out.print(
+        f"rolled up {result.window_start.isoformat()} to {result.window_end.isoformat()}: "
+        f"{result.gpu_minutes} GPU-minutes, {result.deployment_minutes} deployment-minutes, "
+        f"{result.requests} PromQL requests in {result.chunks} chunk(s), {result.seconds:.1f} s",
+        highlight=False,
+    )

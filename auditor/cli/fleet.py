@@ -7,7 +7,6 @@ collector is imported here, when a fleet command runs, never at the CLI's start-
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -22,7 +21,10 @@ from auditor.doctor import Check
 from auditor.errors import BadInputError, UnavailableError
 from auditor.fleet import rollup_fleet
 from auditor.model import MINUTE_S
+from auditor.output import emit, output_format
+from auditor.results import FleetRollupResult
 from auditor.rollup import minute_floor
+from reports.terminal import fleet_rollup_text
 
 if TYPE_CHECKING:
     from collectors.prometheus import FleetReader
@@ -170,24 +172,14 @@ def rollup(
         ) from None
     finally:
         store.close()
-    seconds = time.monotonic() - began
-    figures = {
-        "from": datetime.fromtimestamp(start_ts, UTC).isoformat(),
-        "to": datetime.fromtimestamp(end_ts, UTC).isoformat(),
-        "gpu_minutes": result.gpu_rows,
-        "deployment_minutes": result.deployment_rows,
-        "chunks": result.chunks,
-        "requests": reader.requests,
-        "seconds": round(seconds, 2),
-        "skipped": result.skipped,
-    }
-    if json_out:
-        print(json.dumps(figures, indent=2))
-    elif result.skipped:
-        print("another replica holds the fleet roll-up lock: nothing done (it rolls the window up)")
-    else:
-        print(
-            f"rolled up {figures['from']} to {figures['to']}: {result.gpu_rows} GPU-minutes, "
-            f"{result.deployment_rows} deployment-minutes, {reader.requests} PromQL requests "
-            f"in {result.chunks} chunk(s), {seconds:.1f} s"
-        )
+    done = FleetRollupResult(
+        window_start=datetime.fromtimestamp(start_ts, UTC),
+        window_end=datetime.fromtimestamp(end_ts, UTC),
+        gpu_minutes=result.gpu_rows,
+        deployment_minutes=result.deployment_rows,
+        chunks=result.chunks,
+        requests=reader.requests,
+        seconds=time.monotonic() - began,
+        skipped=result.skipped,
+    )
+    emit(done, output_format(json_out), fleet_rollup_text)
