@@ -10,15 +10,15 @@ deadline, PostgreSQL by its connect timeout.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from auditor import output
 from auditor.config import Config
 from auditor.installation import OWN_PACKAGES, foreign_packages
 from auditor.redact import redact
@@ -152,24 +152,24 @@ def failed(checks: Sequence[Check]) -> list[Check]:
     return [c for c in checks if not c.ok and c.required]
 
 
+@dataclass(frozen=True, slots=True)
+class DoctorResult:
+    """`auditor doctor`: what is reachable on this host (or fleet), each check with its fix."""
+
+    host: str
+    ok: bool
+    """No required check failed."""
+    checks: tuple[Check, ...]
+
+
+def doctor_result(host: str, checks: Sequence[Check]) -> DoctorResult:
+    """The checks as shown: a detail can quote a library's message, so it is redacted here, once."""
+    shown = tuple(replace(c, detail=redact(c.detail)) for c in checks)
+    return DoctorResult(host=host, ok=not failed(checks), checks=shown)
+
+
 def render_json(host: str, checks: Sequence[Check]) -> str:
-    return json.dumps(
-        {
-            "host": host,
-            "ok": not failed(checks),
-            "checks": [
-                {
-                    "source": c.source,
-                    "ok": c.ok,
-                    "required": c.required,
-                    "detail": redact(c.detail),
-                    "fix": c.fix,
-                }
-                for c in checks
-            ],
-        },
-        indent=2,
-    )
+    return output.render_json(doctor_result(host, checks))
 
 
 def render_text(checks: Sequence[Check]) -> str:
