@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auditor.config import parse_config
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostBasis, CostLine
 from auditor.output import render_json
@@ -30,42 +29,10 @@ from reports.csv_export import write_csv
 from reports.html import render_html
 from reports.json_form import report_object
 from reports.monthly import NoDataError, build_month_report
-from tests.test_money_truth import _minutes
+from tests.test_money_truth import _config, _minutes
 
 ZONES = ("UTC", "Europe/Berlin", "America/New_York", "Australia/Lord_Howe")
 DST_MONTHS = (3, 4, 10, 11)
-
-CONFIG = """
-timezone = "{tz}"
-[[deployments]]
-name = "llama"
-model = "llama-3-70b"
-gpu_type = "H100"
-gpus = [{{ host = "h1", indexes = [0, 1] }}]
-compare_to = ["cheap-api"]
-capacity_tokens_per_s = 5000
-{active}
-[deployments.price]
-source = "static"
-gpu_hourly_usd = {rate}
-[deployments.overheads]
-engineering_usd_month = {overhead}
-
-[[deployments]]
-name = "qwen"
-model = "qwen"
-gpu_type = "A100-40GB"
-gpu_count = 8
-prometheus_matchers = {{ app = "qwen" }}
-[deployments.price]
-source = "aws"
-tags = {{ deployment = "qwen" }}
-
-[prices.api.cheap-api]
-provider = "cheap"
-input_mtok_usd = 0.10
-output_mtok_usd = 0.40
-"""
 
 spans = st.lists(
     st.tuples(st.integers(0, 27), st.integers(0, 23), st.integers(1, 10)), min_size=0, max_size=4
@@ -99,7 +66,7 @@ def test_money_holds_together(
         first = date(2026, month, active[0])
         until = first + timedelta(days=active[1])
         active_text = f"active_from = {first.isoformat()}\nactive_until = {until.isoformat()}"
-    config = parse_config(CONFIG.format(tz=tz, active=active_text, rate=rate, overhead=overhead))
+    config = _config(tz=tz, active=active_text, rate=rate, overhead=overhead)
     with tempfile.TemporaryDirectory() as scratch:
         store = Store.open(f"sqlite:///{Path(scratch) / 'p.db'}")
         for day, hour, hours in observed:

@@ -44,9 +44,9 @@ capacity_tokens_per_s = 5000
 {active}
 [deployments.price]
 source = "static"
-gpu_hourly_usd = 2.40
+gpu_hourly_usd = {rate}
 [deployments.overheads]
-engineering_usd_month = 744
+engineering_usd_month = {overhead}
 
 [[deployments]]
 name = "qwen"
@@ -68,8 +68,12 @@ output_mtok_usd = 0.40
 """
 
 
-def _config(tz: str = "UTC", active: str = "", window_days: int = 7) -> Config:
-    return parse_config(CONFIG.format(tz=tz, active=active, window_days=window_days))
+def _config(
+    tz: str = "UTC", active: str = "", window_days: int = 7, rate: object = "2.40", overhead: object = 744
+) -> Config:
+    return parse_config(
+        CONFIG.format(tz=tz, active=active, window_days=window_days, rate=rate, overhead=overhead)
+    )
 
 
 def _minutes(
