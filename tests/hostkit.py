@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -179,18 +180,50 @@ def daemon_env(directory: Path, script: dict[str, Any], **extra: str) -> dict[st
     }
 
 
+class DaemonProcess:
+    """A running `auditor daemon` whose output goes to files, not pipes.
+
+    A pipe nobody reads fills at 64 KiB and blocks the daemon mid-write (a debug-level start, a long
+    migration), so the test would see a hung daemon that is only waiting for its reader.
+    """
+
+    def __init__(self, config: Path, env: dict[str, str], output_dir: Path) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        self._stdout_path = output_dir / "daemon.stdout"
+        self._stderr_path = output_dir / "daemon.stderr"
+        with self._stdout_path.open("w") as stdout, self._stderr_path.open("w") as stderr:
+            self.popen = subprocess.Popen(
+                [str(AUDITOR), "daemon", "--config", str(config)], env=env, stdout=stdout, stderr=stderr
+            )
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def send_signal(self, signum: int) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout=timeout)
+
+    def stderr_text(self) -> str:
+        return self._stderr_path.read_text()
+
+    def communicate(self, timeout: float) -> tuple[str, str]:
+        """Wait for the exit, then return (stdout, stderr) as `Popen.communicate` would."""
+        self.popen.wait(timeout=timeout)
+        return self._stdout_path.read_text(), self.stderr_text()
+
+
 @contextmanager
-def daemon_process(config: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen(
-        [str(AUDITOR), "daemon", "--config", str(config)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def daemon_process(config: Path, env: dict[str, str]) -> Iterator[DaemonProcess]:
+    process = DaemonProcess(config, env, config.parent / f"daemon-output-{time.monotonic_ns()}")
     try:
         yield process
     finally:
         if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+            process.popen.kill()
+            process.popen.wait(timeout=10)

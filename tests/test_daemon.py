@@ -110,7 +110,7 @@ def test_daemon_samples_rolls_up_and_exits_on_sigterm(tmp_path: Path, notify_soc
         with daemon_process(config, env) as process:
             ready = _wait_ready(notify_socket)
             time.sleep(4)
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, process.stderr_text()
             process.send_signal(signal.SIGTERM)
             started = time.monotonic()
             _, stderr = process.communicate(timeout=10)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import time
@@ -18,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from auditor.store import Store
 from tests.fleetkit import MATCHERS, MINUTE, Fleet, small_fleet
-from tests.hostkit import AUDITOR, free_port
+from tests.hostkit import AUDITOR, daemon_process, free_port
 from tests.promkit import PromServer, running_prometheus
 
 DAY = 86_400
@@ -162,12 +163,7 @@ def test_daemon_in_fleet_mode_rolls_up_prometheus(
 ) -> None:
     store_url = _database(postgres_url, "fleet_daemon")
     config = _config(tmp_path / "auditor.toml", prom.url, store_url, fleet)
-    with subprocess.Popen(
-        [str(AUDITOR), "daemon", "--config", str(config)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as process:
+    with daemon_process(config, dict(os.environ)) as process:
         deadline = time.monotonic() + 120
         rows = 0
         while time.monotonic() < deadline and rows == 0 and process.poll() is None:
