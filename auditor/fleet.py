@@ -18,20 +18,199 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import groupby
-from typing import Protocol
+from typing import Any, Protocol
 
-from auditor.model import MINUTE_S, GpuSample, ServerSample
-from auditor.rollup import minute_floor, rollup_deployments, rollup_gpu
-from auditor.store import Store
+import numpy as np
+import numpy.typing as npt
+
+from auditor.model import MINUTE_S, GpuMinute, GpuSample, ServerSample
+from auditor.rollup import GpuShare, minute_floor, rollup_deployments
+from auditor.store import RecordRows, Store
 
 log = logging.getLogger("auditor.fleet")
 
 LOCK_NAME = "fleet-rollup"
 
 
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class GpuBlock:
+    """A fleet's GPUs over a grid of minutes, as arrays: row `i` is the GPU `uuids[i]`, column `k` the
+    minute `start_minute_ts + 60 k` — its point, the samples taken in `(m, m + 60]`, stamped `m + 60`
+    (`collectors.prometheus`). NaN: not known; `present[i, k]`: the GPU has a point there (some field
+    known). Units as in `GpuSample`. A GPU that moved between pods has the deployment of each point
+    (`deployment` holds indexes into `deployments`, -1 for none)."""
+
+    start_minute_ts: int
+    uuids: list[str]
+    hosts: list[str]
+    indexes: list[int]
+    names: list[str | None]
+    deployments: list[str]
+    deployment: npt.NDArray[np.int32]
+    present: npt.NDArray[np.bool_]
+    util_pct: Floats
+    sm_active_pct: Floats
+    tensor_active_pct: Floats
+    power_w: Floats
+    mem_used_bytes: Floats
+    energy_j: Floats
+
+    def samples(self) -> list[GpuSample]:
+        """The points as samples (ordered by GPU, then time): what the host path would roll up."""
+        out = []
+        for i, uuid in enumerate(self.uuids):
+            for k in np.flatnonzero(self.present[i]).tolist():
+
+                def known(values: Floats, i: int = i, k: int = k) -> float | None:
+                    value = float(values[i, k])
+                    return None if math.isnan(value) else value
+
+                mem = known(self.mem_used_bytes)
+                code = int(self.deployment[i, k])
+                out.append(
+                    GpuSample(
+                        ts=float(self.start_minute_ts + (k + 1) * MINUTE_S),
+                        host=self.hosts[i],
+                        gpu_uuid=uuid,
+                        gpu_index=self.indexes[i],
+                        deployment=self.deployments[code] if code >= 0 else None,
+                        gpu_name=self.names[i],
+                        util_pct=known(self.util_pct),
+                        sm_active_pct=known(self.sm_active_pct),
+                        tensor_active_pct=known(self.tensor_active_pct),
+                        mem_used_bytes=None if mem is None else int(mem),
+                        power_w=known(self.power_w),
+                        energy_j=known(self.energy_j),
+                    )
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class BlockRollup:
+    """A block's minute rows in a window (tuples in `GpuMinute`'s field order) and what each
+    deployment-minute gets from its GPUs."""
+
+    rows: RecordRows[GpuMinute]
+    shares: dict[tuple[str, int], GpuShare]
+    gpus: int
+
+
+def _nullable(values: npt.NDArray[Any], known: npt.NDArray[np.bool_]) -> list[Any]:
+    out = values.astype(object)
+    out[~known] = None
+    return list(out.tolist())
+
+
+def rollup_block(
+    block: GpuBlock, start_minute_ts: int, end_minute_ts: int, *, max_gap_s: float, idle_threshold: float
+) -> BlockRollup:
+    """`auditor.rollup.rollup_gpu`'s rules over a whole block at once (each point is a sample stamped
+    at its minute's end, so every interval is whole minutes): minute `k` is observed, for 60 s, when
+    the point before it and the first point at or after it are no more than `max_gap_s` apart, and
+    takes that later point's values; a counter's increase (the value itself after a drop) lands in
+    the minute of the later of two consecutive points, gap or not. The same floating-point steps as
+    `rollup_gpu`, so the rows are the same numbers."""
+    if (start_minute_ts - block.start_minute_ts) % MINUTE_S or (end_minute_ts - start_minute_ts) % MINUTE_S:
+        raise ValueError("a roll-up window starts and ends on whole minutes")
+    present = block.present
+    gpus, width = present.shape
+    grid = np.arange(width)
+    upto = np.maximum.accumulate(np.where(present, grid, -1), axis=1)  # last point at or before k
+    before = np.concatenate([np.full((gpus, 1), -1), upto[:, :-1]], axis=1)  # last point before k
+    later = np.minimum.accumulate(np.where(present, grid, width)[:, ::-1], axis=1)[:, ::-1]  # first at/after
+    k0 = max(0, (start_minute_ts - block.start_minute_ts) // MINUTE_S)
+    k1 = min(width, max(k0, (end_minute_ts - block.start_minute_ts) // MINUTE_S))
+    before, later, here = before[:, k0:k1], later[:, k0:k1], present[:, k0:k1]
+    observed = (later < width) & (before >= 0) & ((later - before) * MINUTE_S <= max_gap_s)
+    b = np.minimum(later, width - 1)
+
+    def at(values: Floats) -> Floats:
+        return np.take_along_axis(values, b, axis=1)
+
+    energy = block.energy_j
+    energy_b = energy[:, k0:k1]
+    energy_a = np.take_along_axis(energy, np.maximum(before, 0), axis=1)
+    increase = np.where(energy_b >= energy_a, energy_b - energy_a, energy_b)
+    has_increase = here & (before >= 0) & np.isfinite(energy_a) & np.isfinite(energy_b)
+    keep = observed | has_increase
+    rows_i, rows_k = np.nonzero(keep)
+
+    def pick(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        return values[rows_i, rows_k]
+
+    seconds = float(MINUTE_S)
+    util = at(block.util_pct) / 100
+    sm = at(block.sm_active_pct) / 100
+    activity = np.where(np.isnan(sm), util, sm)
+    util_known = observed & ~np.isnan(util)
+    sm_known = observed & ~np.isnan(sm)
+    activity_known = observed & ~np.isnan(activity)
+    power = at(block.power_w)
+    mem = at(block.mem_used_bytes)
+    mem_known = observed & ~np.isnan(mem)
+    observed_s = pick(np.where(observed, seconds, 0.0))
+    activity_s = pick(np.where(activity_known, seconds, 0.0))
+    idle_s = pick(np.where(activity_known & (activity < idle_threshold), seconds, 0.0))
+    gpu_util, util_known = pick(util * seconds / seconds), pick(util_known)
+    sm_active, sm_known = pick(sm * seconds / seconds), pick(sm_known)
+    codes = pick(np.take_along_axis(block.deployment, b, axis=1))
+    names = np.array([*block.deployments, None], dtype=object)
+    minute_ts = block.start_minute_ts + (rows_k + k0) * MINUTE_S
+    count = len(rows_i)
+    columns = [
+        minute_ts.tolist(),
+        np.array(block.hosts, dtype=object)[rows_i].tolist(),
+        np.array(block.uuids, dtype=object)[rows_i].tolist(),
+        np.array(block.indexes, dtype=np.int64)[rows_i].tolist(),
+        names[codes].tolist(),
+        observed_s.tolist(),
+        activity_s.tolist(),
+        idle_s.tolist(),
+        [0.0] * count,  # loaded_s: DCGM has no process list
+        _nullable(gpu_util, util_known),
+        _nullable(pick(util), util_known),
+        _nullable(sm_active, sm_known),
+        _nullable(pick(increase), pick(has_increase)),
+        _nullable(pick(power * seconds / seconds), pick(observed & ~np.isnan(power))),
+        _nullable(np.where(mem_known, mem, 0).astype(np.int64)[rows_i, rows_k], pick(mem_known)),
+        [None] * count,  # mem_total_bytes: not read
+    ]
+    rows = RecordRows(GpuMinute, list(zip(*columns, strict=True)))
+
+    # Each deployment-minute's GPUs, summed in the rows' order (GPU, then minute) as `gpu_shares` sums
+    # them, so the figures are the same to the last bit.
+    shares: dict[tuple[str, int], GpuShare] = {}
+    assigned = codes >= 0
+    if assigned.any():
+        keys, where = np.unique(codes[assigned] * (k1 - k0) + rows_k[assigned], return_inverse=True)
+
+        def total(values: Floats) -> Floats:
+            return np.bincount(where, weights=values[assigned], minlength=len(keys)).astype(np.float64)
+
+        weighted = activity_s > 0
+        util_w = util_known & weighted
+        sm_w = sm_known & weighted
+        observed_total = total(observed_s)
+        util_total = total(np.where(util_w, gpu_util * activity_s, 0.0))
+        util_seconds = total(np.where(util_w, activity_s, 0.0))
+        sm_total = total(np.where(sm_w, sm_active * activity_s, 0.0))
+        sm_seconds = total(np.where(sm_w, activity_s, 0.0))
+        for j, key in enumerate(keys.tolist()):
+            code, k = divmod(key, k1 - k0)
+            shares[(block.deployments[code], block.start_minute_ts + (k + k0) * MINUTE_S)] = GpuShare(
+                float(observed_total[j]),
+                float(util_total[j] / util_seconds[j]) if util_seconds[j] > 0 else None,
+                float(sm_total[j] / sm_seconds[j]) if sm_seconds[j] > 0 else None,
+            )
+    return BlockRollup(rows, shares, gpus)
+
+
 class FleetSource(Protocol):
-    """Per-minute samples of a fleet (`collectors.prometheus.FleetReader`)."""
+    """Per-minute points of a fleet (`collectors.prometheus.FleetReader`)."""
 
     chunk_minutes: int
 
@@ -40,8 +219,9 @@ class FleetSource(Protocol):
         """Requests sent so far (for the benchmark and the log)."""
         ...
 
-    def read(self, start_minute_ts: int, end_minute_ts: int) -> tuple[list[GpuSample], list[ServerSample]]:
-        """Samples of the minutes in [start, end); raises when the source cannot be read."""
+    def read(self, start_minute_ts: int, end_minute_ts: int) -> tuple[GpuBlock, list[ServerSample]]:
+        """The GPUs' points and the servers' samples of the minutes in [start, end); raises when the
+        source cannot be read."""
         ...
 
 
@@ -67,9 +247,12 @@ def rollup_fleet(
     capacity_tokens_per_s: Callable[[str], float | None],
     written: Callable[[int], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    minute_cut: Callable[[int], float] | None = None,
 ) -> FleetResult:
     """Read and roll up [start, end) chunk by chunk, replacing each chunk's rows in the store
-    (`written(chunk_end)` after each).
+    (`written(chunk_end)` after each). `minute_cut(gpus)`: where the store's minute window begins
+    for that many GPUs; GPU minutes before it are dropped once their hours' tiers are written (a
+    backfill of a large fleet; the daemon's prune does it otherwise).
 
     Raises the source's error at the first chunk it cannot read; the chunks before it are written."""
     if start_minute_ts % MINUTE_S or end_minute_ts % MINUTE_S:
@@ -85,26 +268,25 @@ def rollup_fleet(
             if stop is not None and stop():
                 break  # what is written stays; the rest is read on the next run
             after = min(first + chunk_s, end_minute_ts)
-            gpu_samples, server_samples = source.read(first - margin, after + margin)
-            gpu_rows = []
-            for _uuid, series in groupby(gpu_samples, key=lambda s: s.gpu_uuid):
-                gpu_rows.extend(
-                    rollup_gpu(
-                        list(series), None, first, after, max_gap_s=max_gap_s, idle_threshold=idle_threshold
-                    )
-                )
+            block, server_samples = source.read(first - margin, after + margin)
+            gpu = rollup_block(block, first, after, max_gap_s=max_gap_s, idle_threshold=idle_threshold)
             deployment_rows = rollup_deployments(
                 server_samples,
                 [],
-                gpu_rows,
+                [],
                 first,
                 after,
                 max_gap_s=max_gap_s,
                 capacity_tokens_per_s=capacity_tokens_per_s,
+                shares=gpu.shares,
             )
-            store.replace_minutes(first, after, gpu_rows, deployment_rows)
+            store.replace_minutes(first, after, gpu.rows, deployment_rows)
+            if minute_cut is not None:
+                # The tiers of the hours before this chunk's last one are final: past the minute
+                # window, their GPU minutes go now rather than at the next prune.
+                store.drop_gpu_minutes(start_minute_ts, min(minute_cut(gpu.gpus), after))
             chunks += 1
-            gpu_total += len(gpu_rows)
+            gpu_total += len(gpu.rows)
             deployment_total += len(deployment_rows)
             if written is not None:
                 written(after)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from typing import TypeVar
@@ -259,6 +259,35 @@ def _weighted_mean(pairs: Iterable[tuple[float | None, float]]) -> float | None:
     return acc.mean
 
 
+@dataclass(frozen=True, slots=True)
+class GpuShare:
+    """A deployment-minute's GPU figures: the sum of its GPUs' observed seconds, and their
+    utilization and SM activity weighted by the seconds each was known."""
+
+    observed_s: float
+    gpu_util: float | None
+    sm_active: float | None
+
+
+NO_GPUS = GpuShare(0, None, None)
+
+
+def gpu_shares(gpu_rows: Iterable[GpuMinute]) -> dict[tuple[str, int], GpuShare]:
+    """Per (deployment, minute): its GPU rows' share (rows without a deployment count nowhere)."""
+    gpus: dict[tuple[str, int], list[GpuMinute]] = defaultdict(list)
+    for row in gpu_rows:
+        if row.deployment is not None:
+            gpus[(row.deployment, row.minute_ts)].append(row)
+    return {
+        key: GpuShare(
+            sum(g.observed_s for g in rows),
+            _weighted_mean((g.gpu_util, g.util_observed_s) for g in rows),
+            _weighted_mean((g.sm_active, g.util_observed_s) for g in rows),
+        )
+        for key, rows in gpus.items()
+    }
+
+
 def rollup_deployments(
     server_samples: Sequence[ServerSample],
     previous: Sequence[ServerSample],
@@ -268,9 +297,11 @@ def rollup_deployments(
     *,
     max_gap_s: float,
     capacity_tokens_per_s: Callable[[str], float | None],
+    shares: Mapping[tuple[str, int], GpuShare] | None = None,
 ) -> list[DeploymentMinute]:
     """Deployments' minutes from their servers' samples (ordered by deployment, instance, time) and
-    their GPUs' minutes. A minute with GPUs but no server data has unknown request measures."""
+    their GPUs' minutes (or, from a bulk roll-up, `shares`: what `gpu_shares` makes of them). A
+    minute with GPUs but no server data has unknown request measures."""
     before = {(s.deployment, s.instance): s for s in previous}
     servers: dict[str, dict[int, _ServerAcc]] = defaultdict(dict)
     for (deployment, instance), series in groupby(server_samples, key=lambda s: (s.deployment, s.instance)):
@@ -283,16 +314,13 @@ def rollup_deployments(
             servers[deployment],
         )
 
-    gpus: dict[tuple[str, int], list[GpuMinute]] = defaultdict(list)
-    for row in gpu_rows:
-        if row.deployment is not None:
-            gpus[(row.deployment, row.minute_ts)].append(row)
+    shares = gpu_shares(gpu_rows) if shares is None else shares
 
-    keys = {(d, m) for d, by_minute in servers.items() for m in by_minute} | set(gpus)
+    keys = {(d, m) for d, by_minute in servers.items() for m in by_minute} | set(shares)
     rows = []
     for deployment, minute in sorted(keys):
         server = servers.get(deployment, {}).get(minute, _ServerAcc())
-        gpu = gpus.get((deployment, minute), [])
+        gpu = shares.get((deployment, minute), NO_GPUS)
         tokens = server.prompt_tokens + server.generation_tokens
         capacity = capacity_tokens_per_s(deployment)
         rows.append(
@@ -308,9 +336,9 @@ def rollup_deployments(
                 requests_waiting_mean=_sum_of_means(server.waiting_by_instance),
                 kv_cache_mean=server.kv.mean,
                 kv_cache_max=server.kv.maximum,
-                gpu_observed_s=sum(g.observed_s for g in gpu),
-                gpu_util=_weighted_mean((g.gpu_util, g.util_observed_s) for g in gpu),
-                sm_active=_weighted_mean((g.sm_active, g.util_observed_s) for g in gpu),
+                gpu_observed_s=gpu.observed_s,
+                gpu_util=gpu.gpu_util,
+                sm_active=gpu.sm_active,
                 request_busy=server.busy_s / server.busy_known_s if server.busy_known_s > 0 else None,
                 throughput_util=(
                     tokens / MINUTE_S / capacity if capacity is not None and server.observed_s > 0 else None

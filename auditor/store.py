@@ -18,7 +18,7 @@ from decimal import Decimal
 from enum import Enum
 from operator import attrgetter
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -757,14 +757,60 @@ def _record_values(record: object) -> dict[str, Any]:
     return values
 
 
-def _insert_records(conn: Connection, table: Table, records: Sequence[object]) -> None:
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRows(Generic[T]):
+    """Records of `cls` as plain tuples in its fields' order: a bulk roll-up's rows (fleet mode
+    writes a chunk's 100k+ GPU minutes), without a dataclass object per row."""
+
+    cls: type[T]
+    tuples: Sequence[tuple[Any, ...]]
+
+    def __len__(self) -> int:
+        return len(self.tuples)
+
+
+COPY_MIN_ROWS = 1000
+"""From this many rows, PostgreSQL is sent a COPY instead of an executemany (several times faster)."""
+
+
+def _copy_rows(conn: Connection, table: Table, names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """COPY rows (plain scalars, None for NULL) into a PostgreSQL table, in the caller's transaction."""
+    driver: Any = conn.connection.driver_connection  # psycopg's Connection
+    with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_records(conn: Connection, table: Table, records: Sequence[object] | RecordRows[Any]) -> None:
     """Insert records whose fields are the table's columns, all plain scalars (samples, roll-ups):
     one statement, rows built straight from the fields as tuples (dicts for a driver that binds by
-    name), handed to the driver's `executemany` in the caller's transaction.
+    name), handed to the driver's `executemany` in the caller's transaction (a COPY on PostgreSQL
+    for a bulk write).
 
     SQLAlchemy's own executemany processes every row's parameters in Python, which was most of the
     time of a write; these tables have no column type that needs it."""
     if not records:
+        return
+    if isinstance(records, RecordRows):
+        names = _shape(records.cls).names
+        if conn.dialect.name == "postgresql" and len(records) >= COPY_MIN_ROWS:
+            _copy_rows(conn, table, names, records.tuples)
+            return
+        compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(names))
+        order = getattr(compiled, "positiontup", None)
+        if not compiled.positional or order is None:
+            conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in records.tuples])
+        else:
+            where = [names.index(name) for name in order]
+            batch = (
+                records.tuples
+                if where == list(range(len(names)))
+                else [tuple(t[i] for i in where) for t in records.tuples]
+            )
+            conn.exec_driver_sql(str(compiled), list(batch))
         return
     shape = _shape(type(records[0]))
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(shape.names))
@@ -927,7 +973,7 @@ class Store:
         self,
         start_minute_ts: int,
         end_minute_ts: int,
-        gpu_rows: Sequence[GpuMinute],
+        gpu_rows: Sequence[GpuMinute] | RecordRows[GpuMinute],
         deployment_rows: Sequence[DeploymentMinute],
     ) -> None:
         """Replace every roll-up row in [start, end) at once, so that re-running a roll-up changes nothing."""
@@ -941,6 +987,20 @@ class Store:
                 )
                 _insert_records(conn, table, rows)
             _refresh_tiers(conn, start_minute_ts, end_minute_ts)
+
+    def drop_gpu_minutes(self, start_ts: float, end_ts: float) -> int:
+        """Delete the GPU-minute rows of the whole hours in [start, end), whose tier rows are written
+        (what `prune` does past the minute window, done as a fleet backfill goes, so that a month's
+        backfill never holds a month of GPU minutes); returns the rows deleted. Deployment minutes
+        stay (a handful per minute; the quarter-hours' served peaks read them across chunk edges)."""
+        first, after = _ceil(start_ts, HOUR_S), _floor(end_ts, HOUR_S)
+        if first >= after:
+            return 0
+        self._written()
+        g = gpu_minutes
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(g).where(g.c.minute_ts >= first, g.c.minute_ts < after))
+            return int(result.rowcount)
 
     @contextmanager
     def try_lock(self, name: str) -> Iterator[bool]:

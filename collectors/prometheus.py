@@ -30,18 +30,21 @@ import math
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import requests
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
-from auditor.model import MINUTE_S, GpuSample, ServerSample
+from auditor.fleet import GpuBlock
+from auditor.model import MINUTE_S, ServerSample
 from auditor.redact import redact, register_secret
 from collectors.interface import CollectorError, CollectorUnavailable
 from collectors.metric_catalog import CATALOG, Field
@@ -288,10 +291,13 @@ def match_deployment(
 
 
 @dataclass
-class _GpuMinutes:
+class _GpuSeries:
+    """One GPU series' labels and its points, field by field: (columns, values) pieces as read."""
+
+    key: str
     labels: dict[str, str]
     deployment: str | None
-    points: dict[int, dict[str, float]] = field(default_factory=lambda: defaultdict(dict))
+    pieces: list[tuple[int, npt.NDArray[np.int64], npt.NDArray[np.float64]]] = field(default_factory=list)
 
 
 @dataclass
@@ -341,26 +347,29 @@ class FleetReader:
             )
         return queries
 
-    def read(self, start_minute_ts: int, end_minute_ts: int) -> tuple[list[GpuSample], list[ServerSample]]:
-        """Samples (stamped at each minute's end) of the minutes in [start, end), chunked; GPU samples
-        ordered by GPU then time, server samples by deployment, instance, time (the roll-up's order)."""
+    def read(self, start_minute_ts: int, end_minute_ts: int) -> tuple[GpuBlock, list[ServerSample]]:
+        """The GPUs' points of the minutes in [start, end) as one block (rows by GPU), chunked; server
+        samples (stamped at each minute's end) by deployment, instance, time (the roll-up's order)."""
         if start_minute_ts % MINUTE_S or end_minute_ts % MINUTE_S:
             raise ValueError("a fleet window starts and ends on whole minutes")
-        gpus: dict[str, _GpuMinutes] = {}
+        gpus: dict[str, _GpuSeries] = {}
         servers: dict[str, _ServerMinutes] = {}
         chunk_s = self.chunk_minutes * MINUTE_S
         for first in range(start_minute_ts, end_minute_ts, chunk_s):
             last = min(first + chunk_s, end_minute_ts) - MINUTE_S
             # Evaluated at each minute's end: the first step at first + 60, the last at last + 60.
-            for key, query in self.gpu_queries().items():
+            for number, query in enumerate(self.gpu_queries().values()):
                 for series in self.promql.range(query, first + MINUTE_S, last + MINUTE_S, MINUTE_S):
-                    self._add_gpu(gpus, key, series)
+                    self._add_gpu(gpus, number, series, start_minute_ts)
             for fld, query in self.server_queries().items():
                 for series in self.promql.range(query, first + MINUTE_S, last + MINUTE_S, MINUTE_S):
                     self._add_server(servers, fld, series)
-        return _gpu_samples(gpus), _server_samples(servers)
+        width = (end_minute_ts - start_minute_ts) // MINUTE_S
+        return _gpu_block(gpus, start_minute_ts, width), _server_samples(servers)
 
-    def _add_gpu(self, gpus: dict[str, _GpuMinutes], key: str, series: Mapping[str, Any]) -> None:
+    def _add_gpu(
+        self, gpus: dict[str, _GpuSeries], number: int, series: Mapping[str, Any], start: int
+    ) -> None:
         labels = _labels(series)
         uuid = labels.get("UUID")
         if not uuid:
@@ -372,11 +381,13 @@ class FleetReader:
         series_key = f"{gpu_key}\0{deployment or ''}"
         entry = gpus.get(series_key)
         if entry is None:
-            entry = gpus[series_key] = _GpuMinutes({**labels, "UUID": gpu_key}, deployment)
-        for ts, value in series.get("values", ()):
-            number = float(value)
-            if math.isfinite(number):
-                entry.points[int(float(ts))][key] = number
+            entry = gpus[series_key] = _GpuSeries(gpu_key, labels, deployment)
+        points = series.get("values") or ()
+        if points:
+            array = np.array(points, dtype=np.float64).reshape(-1, 2)
+            # The step at m + 60 is minute m's point.
+            columns = np.rint((array[:, 0] - start) / MINUTE_S).astype(np.int64) - 1
+            entry.pieces.append((number, columns, array[:, 1]))
 
     def _add_server(self, servers: dict[str, _ServerMinutes], fld: str, series: Mapping[str, Any]) -> None:
         labels = _labels(series)
@@ -398,47 +409,64 @@ def _labels(series: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in series.get("metric", {}).items() if k != "__name__"}
 
 
-def _gpu_samples(gpus: Mapping[str, _GpuMinutes]) -> list[GpuSample]:
-    by_gpu: dict[str, list[GpuSample]] = defaultdict(list)
-    for entry in gpus.values():
-        labels = entry.labels
-        uuid = labels["UUID"]
-        index = labels.get("gpu", "")
-        for ts, point in entry.points.items():
-            sm = point.get("sm", point.get("gr"))
-            tensor = point.get("tensor")
-            fb = point.get("fb_used")
-            energy = point.get("energy")
-            by_gpu[uuid].append(
-                GpuSample(
-                    ts=float(ts),
-                    host=labels.get("Hostname") or labels.get("instance") or "",
-                    gpu_uuid=uuid,
-                    gpu_index=int(index) if index.isdigit() else 0,
-                    deployment=entry.deployment,
-                    gpu_name=labels.get("modelName"),
-                    util_pct=point.get("util"),
-                    sm_active_pct=None if sm is None else sm * 100,
-                    tensor_active_pct=None if tensor is None else tensor * 100,
-                    mem_used_bytes=None if fb is None else round(fb * MIB),
-                    power_w=point.get("power"),
-                    energy_j=None if energy is None else energy / 1000,
-                )
-            )
-    samples: list[GpuSample] = []
-    for uuid in sorted(by_gpu):
-        samples.extend(_one_per_ts(sorted(by_gpu[uuid], key=lambda s: s.ts)))
-    return samples
+_UTIL, _SM, _GR, _TENSOR, _POWER, _FB, _ENERGY = range(len(GPU_QUERIES))
 
 
-def _one_per_ts(samples: Iterable[GpuSample]) -> list[GpuSample]:
-    """Where two series of one GPU (a pod change) both have a minute, keep the one with a deployment."""
-    kept: dict[float, GpuSample] = {}
-    for sample in samples:
-        other = kept.get(sample.ts)
-        if other is None or (other.deployment is None and sample.deployment is not None):
-            kept[sample.ts] = sample
-    return [kept[ts] for ts in sorted(kept)]
+def _gpu_block(gpus: Mapping[str, _GpuSeries], start_minute_ts: int, width: int) -> GpuBlock:
+    """The series' points on one grid of minutes, a row per GPU (sorted by key). Where two series of
+    one GPU (a pod change) both have a minute, the first read with a deployment wins, else the first."""
+    order = list(gpus.values())
+    raw = np.full((len(GPU_QUERIES), len(order), width), np.nan)
+    for row, entry in enumerate(order):
+        for number, columns, values in entry.pieces:
+            inside = (columns >= 0) & (columns < width)
+            raw[number, row, columns[inside]] = values[inside]
+    raw[~np.isfinite(raw)] = np.nan  # ±Inf is not a reading
+    present = ~np.isnan(raw).all(axis=0)
+    names = sorted({e.deployment for e in order if e.deployment is not None})
+    code = {name: i for i, name in enumerate(names)}
+    by_gpu: dict[str, list[int]] = defaultdict(list)
+    for row, entry in enumerate(order):
+        by_gpu[entry.key].append(row)
+    keys = sorted(by_gpu)
+    chosen = np.full((len(keys), width), -1, dtype=np.int64)  # the series row each point comes from
+    for i, key in enumerate(keys):
+        rows = by_gpu[key]
+        if len(rows) == 1:
+            chosen[i] = np.where(present[rows[0]], rows[0], -1)
+            continue
+        for row in rows:
+            mine = order[row].deployment is not None
+            have = chosen[i] >= 0
+            without = np.zeros(width, dtype=bool)
+            without[have] = [order[r].deployment is None for r in chosen[i][have].tolist()]
+            take = present[row] & (~have | (without & mine))
+            chosen[i][take] = row
+    rows_of = np.maximum(chosen, 0)
+
+    def field_of(number: int) -> npt.NDArray[np.float64]:
+        values = np.take_along_axis(raw[number], rows_of, axis=0) if len(order) else raw[number][:0]
+        return np.where(chosen >= 0, values, np.nan)
+
+    series_code = np.array([code[e.deployment] if e.deployment is not None else -1 for e in order] or [-1])
+    sm = field_of(_SM)
+    first = [order[by_gpu[key][0]].labels for key in keys]
+    return GpuBlock(
+        start_minute_ts=start_minute_ts,
+        uuids=keys,
+        hosts=[labels.get("Hostname") or labels.get("instance") or "" for labels in first],
+        indexes=[int(labels["gpu"]) if labels.get("gpu", "").isdigit() else 0 for labels in first],
+        names=[labels.get("modelName") for labels in first],
+        deployments=names,
+        deployment=np.where(chosen >= 0, series_code[rows_of], -1).astype(np.int32),
+        present=chosen >= 0,
+        util_pct=field_of(_UTIL),
+        sm_active_pct=np.where(np.isnan(sm), field_of(_GR), sm) * 100,
+        tensor_active_pct=field_of(_TENSOR) * 100,
+        power_w=field_of(_POWER),
+        mem_used_bytes=np.rint(field_of(_FB) * MIB),
+        energy_j=field_of(_ENERGY) / 1000,
+    )
 
 
 def _server_samples(servers: Mapping[str, _ServerMinutes]) -> list[ServerSample]:

@@ -248,7 +248,8 @@ def test_a_real_dcgm_exporter_scrape_reads_with_its_labels(tmp_path: Path) -> No
     labelled = DeploymentMatch("t4", {"modelName": "~Tesla T4", "Hostname": "424773df46e0"}, {})
     with running_prometheus(series, tmp_path) as server:
         promql = PromQL(connect(server.url, PromAuth(), timeout_s=10), retries=0)
-        gpus, servers = FleetReader(promql, [labelled]).read(T0, T0 + 2 * MINUTE)
+        block, servers = FleetReader(promql, [labelled]).read(T0, T0 + 2 * MINUTE)
+    gpus = block.samples()
     assert servers == []
     # Series without a UUID (DataDog's dummies, the exporter's own) are not GPUs.
     assert {s.gpu_uuid for s in gpus} == {"GPU-20c56d28-0da5-6d26-a36a-e7af1ce2586e"}

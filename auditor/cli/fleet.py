@@ -24,6 +24,7 @@ from auditor.model import MINUTE_S
 from auditor.output import emit, output_format
 from auditor.results import FleetRollupResult
 from auditor.rollup import minute_floor
+from auditor.store import DAY_S, fleet_minute_window_s
 from reports.terminal import fleet_rollup_text
 
 if TYPE_CHECKING:
@@ -154,6 +155,14 @@ def rollup(
     reader = fleet_reader(config)
     store = open_store(config)
     capacities = {d.name: d.capacity_tokens_per_s for d in config.deployments}
+    kept = config.store
+
+    def minute_cut(gpus: int) -> float:
+        """Where the store's minute window begins for this many GPUs (as the daemon's prune keeps it)."""
+        days = kept.minute_retention_days
+        window = days * DAY_S if days is not None else fleet_minute_window_s(gpus, kept.minute_rows_max)
+        return now - min(window, kept.rollup_retention_days * DAY_S)
+
     began = time.monotonic()
     try:
         result = rollup_fleet(
@@ -164,6 +173,7 @@ def rollup(
             max_gap_s=fleet.max_gap_s,
             idle_threshold=config.rules.idle_threshold,
             capacity_tokens_per_s=capacities.get,
+            minute_cut=minute_cut,
         )
     except CollectorError as exc:
         # The chunks before the failure are written; the rest stays unknown until a rerun reads it.
