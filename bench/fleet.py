@@ -1,19 +1,23 @@
 """Fleet mode at 1,024 GPUs: PromQL requests, roll-up and report times, peak RSS, against a real
-Prometheus backfilled with a month of dcgm-exporter and vLLM history.
+Prometheus backfilled with a month of dcgm-exporter and vLLM history and a real PostgreSQL store.
 
 The fleet: N GPUs on 8-GPU nodes, in 16 deployments (Kubernetes pods `dN-M`), one vLLM server per
 node. Every `--every` minutes (default 5: a month at 1-minute resolution is 44M samples per DCGM
-field, too much text for promtool on 2 cores) each GPU has `DCGM_FI_DEV_GPU_UTIL`,
+field, ~45 min of promtool on this machine's 2 shared cores) each GPU has `DCGM_FI_DEV_GPU_UTIL`,
 `DCGM_FI_PROF_SM_ACTIVE` and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (the reader still sends its 7 DCGM
 queries; the other four come back empty), each server its two token counters and running requests.
+History is backfilled a day at a time (promtool reads a whole file into memory), the next day's text
+written while promtool reads the last.
 
-Measured, each as a whole process where a user would run one:
-1. `auditor fleet rollup` of the whole span into SQLite: wall time, PromQL requests, peak RSS;
+Measured, each as a whole process where a user would run one, with CPU seconds beside wall time (the
+machine is shared: CPU is the figure to trust; the Prometheus and PostgreSQL servers' CPU is read
+from /proc, a server's own and its reaped children's):
+1. `auditor fleet rollup` of the whole span into the store: wall, CPU, PromQL requests, peak RSS;
 2. the same window's first chunk read by a naive per-GPU loop (7 queries per GPU with `UUID=`):
-   requests and time, extrapolated to the span's chunks (running it whole would take an hour);
-3. `auditor report --month` over the rolled-up store: wall time, peak RSS.
+   requests and time, extrapolated to the span's chunks (running it whole would take hours);
+3. `auditor report --month` over the rolled-up store: wall, CPU, peak RSS.
 
-    .venv/bin/python -m bench.fleet [--gpus 1024] [--days 30] [--every 5] [--keep DIR]
+    .venv/bin/python -m bench.fleet [--gpus 1024] [--days 30] [--every 5] [--store postgresql|sqlite]
 
 Targets (issue 15): requests constant in the number of GPUs; the report under 30 s; RSS under 300 MiB.
 """
@@ -21,20 +25,24 @@ Targets (issue 15): requests constant in the number of GPUs; the report under 30
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
 from auditor.config import FleetConfig
 from collectors.prometheus import GPU_QUERIES, RANGE, PromAuth, PromQL, connect
-from tests.promkit import backfill, serve
+from tests.pgkit import running_postgres, server_pid
+from tests.promkit import PROMTOOL, serve
 
 AUDITOR = Path(sys.executable).parent / "auditor"
 START = datetime(2026, 10, 1, tzinfo=UTC)
@@ -51,9 +59,10 @@ def pod(node: int) -> str:
     return f"d{node % DEPLOYMENTS}-{node}"
 
 
-def write_history(out: TextIO, t0: int, gpus: int, minutes: int, every: int) -> int:
-    """OpenMetrics for the fleet, family by family (each series' samples in order); returns samples."""
-    steps = range(0, minutes, every)
+def write_history(out: TextIO, t0: int, gpus: int, minutes: range, every: int) -> int:
+    """OpenMetrics for the fleet's minutes `minutes` (from t0), family by family (each series' samples
+    in order); returns the samples written. Values depend on the minute only, so days join up."""
+    steps = range(minutes.start + (-minutes.start) % every, minutes.stop, every)
     written = 0
 
     def gpu_labels(g: int) -> str:
@@ -82,9 +91,7 @@ def write_history(out: TextIO, t0: int, gpus: int, minutes: int, every: int) -> 
     ):
         out.write(f"# TYPE {family} counter\n")
         for s in servers:
-            head = (
-                f'{sample}{{model_name="m",namespace="llm",pod="d{(s * GPUS_PER_NODE) % DEPLOYMENTS}-{s}"}}'
-            )
+            head = f'{sample}{{model_name="m",namespace="llm",pod="{pod(s)}"}}'
             out.writelines(f"{head} {per_minute * m} {t0 + m * 60 + 30}\n" for m in steps)
             written += len(steps)
     out.write("# TYPE vllm:num_requests_running unknown\n")
@@ -96,8 +103,33 @@ def write_history(out: TextIO, t0: int, gpus: int, minutes: int, every: int) -> 
     return written
 
 
-def write_config(path: Path, prom_url: str, db: Path, gpus: int, every: int) -> None:
-    text = f'timezone = "UTC"\n[store]\nurl = "sqlite:///{db}"\n[fleet]\nurl = "{prom_url}"\n'
+def backfill_days(work: Path, tsdb: Path, t0: int, gpus: int, days: int, every: int) -> int:
+    """Each day's OpenMetrics backfilled by its own promtool, the next day written meanwhile."""
+    tsdb.mkdir(parents=True, exist_ok=True)
+    samples = 0
+    running: tuple[subprocess.Popen[bytes], Path] | None = None
+    for day in range(days):
+        text = work / f"history-{day:02d}.om"
+        with text.open("w") as out:
+            samples += write_history(out, t0, gpus, range(day * 1440, (day + 1) * 1440), every)
+        if running is not None:
+            _wait_promtool(*running)
+        command = [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--max-block-duration=744h"]
+        process = subprocess.Popen([*command, str(text), str(tsdb)], stdout=subprocess.DEVNULL)  # noqa: S603
+        running = (process, text)
+    if running is not None:
+        _wait_promtool(*running)
+    return samples
+
+
+def _wait_promtool(process: subprocess.Popen[bytes], text: Path) -> None:
+    if process.wait() != 0:
+        raise SystemExit(f"promtool failed on {text}")
+    text.unlink()
+
+
+def write_config(path: Path, prom_url: str, store_url: str, gpus: int, every: int) -> None:
+    text = f'timezone = "UTC"\n[store]\nurl = "{store_url}"\n[fleet]\nurl = "{prom_url}"\n'
     text += f"max_gap_s = {3 * every * 60}\ntimeout_s = 120\n"
     for d in range(DEPLOYMENTS):
         text += (
@@ -108,6 +140,49 @@ def write_config(path: Path, prom_url: str, db: Path, gpus: int, every: int) -> 
             'price = { source = "static", gpu_hourly_usd = 2.99 }\n'
         )
     path.write_text(text)
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_s(pid: int | None) -> float:
+    """A server's CPU seconds so far: its own and its reaped children's (PostgreSQL's backends)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(v) for v in fields[11:15]) / CLOCK_TICKS
+
+
+def own_cpu_s() -> float:
+    """This process's CPU seconds and its waited-for children's (promtool, the auditor commands)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+@dataclass
+class Phase:
+    """Wall and CPU seconds of a phase: this process with its children, and the two servers."""
+
+    servers: dict[str, int | None]
+    wall: float = 0.0
+    cpu: float = 0.0
+    server_cpu: dict[str, float] = field(default_factory=dict)
+
+    def __enter__(self) -> Phase:
+        self._began = (time.monotonic(), own_cpu_s(), {n: server_cpu_s(p) for n, p in self.servers.items()})
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        time.sleep(0.5)  # a closed connection's backend is reaped, its CPU counted by the postmaster
+        wall, cpu, servers = self._began
+        self.wall = time.monotonic() - wall
+        self.cpu = own_cpu_s() - cpu
+        self.server_cpu = {n: server_cpu_s(p) - servers[n] for n, p in self.servers.items()}
+
+    def __str__(self) -> str:
+        servers = ", ".join(f"{n} {s:.1f}" for n, s in self.server_cpu.items())
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        return f"{self.wall:.1f} s wall, CPU {self.cpu:.1f} s (+ {servers}), load {load}"
 
 
 def run_with_rss(args: list[str]) -> tuple[float, int, str]:
@@ -141,66 +216,68 @@ def main() -> None:
     parser.add_argument("--gpus", type=int, default=1024)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--every", type=int, default=5, help="minutes between samples")
+    parser.add_argument("--store", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument(
         "--naive-gpus", type=int, default=None, help="GPUs the naive loop reads (default all)"
     )
-    parser.add_argument("--keep", type=Path, default=None)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the TSDB here (and reuse it)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
     work.mkdir(parents=True, exist_ok=True)
     t0 = int(START.timestamp())
     minutes = args.days * 1440
     print(
-        f"fleet: {args.gpus} GPUs, {DEPLOYMENTS} deployments, {args.days} days, "
-        f"a sample every {args.every} min"
+        f"fleet: {args.gpus} GPUs, {DEPLOYMENTS} deployments, {args.days} days, a sample every "
+        f"{args.every} min, store {args.store}; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}"
     )
-
-    began = time.monotonic()
-    history = work / "history.om"
-    with history.open("w") as out:
-        samples = write_history(out, t0, args.gpus, minutes, args.every)
-    size = history.stat().st_size
-    print(
-        f"  OpenMetrics written: {samples:,} samples, {size / 2**20:,.0f} MiB, "
-        f"{time.monotonic() - began:.1f} s"
-    )
-    began = time.monotonic()
     tsdb = work / "tsdb"
-    shutil.rmtree(tsdb, ignore_errors=True)
-    backfill(history, tsdb)
-    print(f"  promtool backfill: {time.monotonic() - began:.1f} s")
-    history.unlink()
-
-    with serve(tsdb, ready_timeout_s=600) as prom:
+    done = work / f"tsdb-{args.gpus}-{args.days}-{args.every}.done"
+    if not done.exists():
+        shutil.rmtree(tsdb, ignore_errors=True)
+        with Phase({}) as phase:
+            samples = backfill_days(work, tsdb, t0, args.gpus, args.days, args.every)
+        done.touch()
+        print(f"  backfill, a day at a time: {samples:,} samples; {phase}")
+    with contextlib.ExitStack() as stack:
+        prom = stack.enter_context(serve(tsdb, ready_timeout_s=600))
+        if args.store == "postgresql":
+            store_url = stack.enter_context(running_postgres())
+        else:
+            (work / "auditor.db").unlink(missing_ok=True)
+            store_url = f"sqlite:///{work / 'auditor.db'}"
+        servers = {"prometheus": prom.process.pid, "postgresql": server_pid(store_url)}
         config = work / "fleet.toml"
-        db = work / "auditor.db"
-        db.unlink(missing_ok=True)
-        write_config(config, prom.url, db, args.gpus, args.every)
+        write_config(config, prom.url, store_url, args.gpus, args.every)
         end = datetime.fromtimestamp(t0 + minutes * 60, UTC)
-        wall, rss, out = run_with_rss(
-            [str(AUDITOR), "fleet", "rollup", "--config", str(config), "--from", START.strftime("%Y-%m-%d"),
-             "--to", end.strftime("%Y-%m-%dT%H:%M"), "--json"]
-        )  # fmt: skip
+        with Phase(servers) as phase:
+            window = ["--from", START.strftime("%Y-%m-%d"), "--to", end.strftime("%Y-%m-%dT%H:%M")]
+            _wall, rss, out = run_with_rss(
+                [str(AUDITOR), "fleet", "rollup", "--config", str(config), *window, "--json"]
+            )
         figures = json.loads(out)
+        gpu_minutes = figures["gpu_minutes"]
+        per_minute = (phase.cpu + sum(phase.server_cpu.values())) / max(gpu_minutes, 1) * 1e6
         print(
-            f"  fleet rollup: {wall:.1f} s, {figures['requests']} PromQL requests "
-            f"in {figures['chunks']} chunks, {figures['gpu_minutes']:,} GPU-minutes, "
-            f"peak RSS {rss / 2**20:.0f} MiB"
+            f"  fleet rollup: {figures['requests']} PromQL requests in {figures['chunks']} chunks, "
+            f"{gpu_minutes:,} GPU-minutes, peak RSS {rss / 2**20:.0f} MiB; {phase}; "
+            f"{per_minute:.1f} us CPU per GPU-minute (all processes)"
         )
         chunk = FleetConfig.model_fields["chunk_minutes"].default  # the one a roll-up uses
         naive_gpus = args.naive_gpus or args.gpus
-        requests, seconds = naive_chunk(prom.url, naive_gpus, t0, chunk)
-        scale = args.gpus / naive_gpus
+        with Phase(servers) as phase:
+            requests, _seconds = naive_chunk(prom.url, naive_gpus, t0, chunk)
+        scale = args.gpus / naive_gpus * figures["chunks"]
         print(
-            f"  naive per-GPU loop, one {chunk}-minute chunk: {requests} requests in {seconds:.1f} s for "
-            f"{naive_gpus} GPUs; for the span: {round(requests * scale * figures['chunks']):,} requests, "
-            f"~{seconds * scale * figures['chunks'] / 60:.0f} min of queries (vs 12 a chunk aggregated)"
+            f"  naive per-GPU loop, one {chunk}-minute chunk of {naive_gpus} GPUs: {requests:,} requests; "
+            f"{phase}; for the span: {round(requests * scale):,} requests, "
+            f"~{phase.wall * scale / 60:.0f} min "
+            f"(vs {figures['requests']} aggregated)"
         )
         month = START.strftime("%Y-%m")
-        wall, rss, _out = run_with_rss(
-            [str(AUDITOR), "report", "--month", month, "--config", str(config), "--out", str(work / "report")]
-        )
-        print(f"  report --month {month}: {wall:.1f} s, peak RSS {rss / 2**20:.0f} MiB")
+        with Phase(servers) as phase:
+            report = ["report", "--month", month, "--config", str(config), "--out", str(work / "report")]
+            _wall, rss, _out = run_with_rss([str(AUDITOR), *report])
+        print(f"  report --month {month}: peak RSS {rss / 2**20:.0f} MiB; {phase}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.pgkit import running_postgres, unavailable
 
 
 def _free_port() -> int:
@@ -20,52 +18,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    return Path(found[-1]).parent if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A throwaway PostgreSQL on loopback (Debian's package; as root, run as the `postgres` user)."""
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL server binaries are not installed (Debian package postgresql)")
-    as_postgres: list[str] = []
-    # Outside pytest's own temporary tree, which only root may enter.
-    parent = Path(tempfile.mkdtemp(prefix="auditor-pg-"))
-    data = parent / "data"
-    if os.geteuid() == 0:
-        if shutil.which("runuser") is None:
-            pytest.skip("running as root without runuser: initdb refuses root")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(parent, "postgres")
-    port = _free_port()
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "auditor", "--auth=trust"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {data}"
-    subprocess.run(
-        [
-            *as_postgres,
-            str(bin_dir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(data / "log"),
-            "-w",
-            "-o",
-            options,
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        yield f"postgresql+psycopg://auditor@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                       check=False, capture_output=True)  # fmt: skip
-        shutil.rmtree(parent, ignore_errors=True)
+    why = unavailable()
+    if why is not None:
+        pytest.skip(why)
+    with running_postgres() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
