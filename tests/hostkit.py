@@ -200,6 +200,10 @@ class DaemonProcess:
     def returncode(self) -> int | None:
         return self.popen.returncode
 
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
     def poll(self) -> int | None:
         return self.popen.poll()
 

@@ -369,7 +369,7 @@ def test_the_daemon_serves_the_servicemonitor_on_the_daemonsets_config_and_secre
         body = ""
         deadline = time.monotonic() + 60
         while "auditor_gpu_info{" not in body and time.monotonic() < deadline:
-            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert process.poll() is None, process.stderr_text()
             try:
                 request = urllib.request.Request(url, headers={"Authorization": f"Basic {credentials}"})
                 with urllib.request.urlopen(request, timeout=5) as reply:  # noqa: S310
