@@ -71,6 +71,7 @@ def linear_ticks(low: float, high: float, most: int = 6) -> tuple[float, float, 
         low, high = 0.0, 1.0
     if high <= low:
         high = low + 1
+    high = max(high, low + 1e-9 * max(1.0, abs(low)))  # steps a float can still tell apart
     step = nice_step(high - low, most)
     first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
     ticks = [k * step for k in range(first, last + 1)]
