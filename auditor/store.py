@@ -974,7 +974,7 @@ class Store:
         start_minute_ts: int,
         end_minute_ts: int,
         gpu_rows: Sequence[GpuMinute] | RecordRows[GpuMinute],
-        deployment_rows: Sequence[DeploymentMinute],
+        deployment_rows: Sequence[DeploymentMinute] | RecordRows[DeploymentMinute],
     ) -> None:
         """Replace every roll-up row in [start, end) at once, so that re-running a roll-up changes nothing."""
         self._written()

@@ -38,13 +38,13 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from importlib.resources import as_file, files
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from auditor.config import Config, DeploymentConfig
 from auditor.gpu_prices import GpuPrice
 from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
-from auditor.store import Store
+from auditor.store import RecordRows, Store
 from auditor.units import format_usd
 
 if TYPE_CHECKING:
@@ -441,12 +441,14 @@ def _draining(loads: Iterable[MinuteLoad], queue: _Queue, capacity_per_min: floa
         yield MinuteLoad(last, 0, 0, 0)
 
 
-def simulate(
+def _simulated_rows(
     loads: Iterable[MinuteLoad], deployment: SimulatedDeployment
-) -> Iterator[tuple[list[GpuMinute], DeploymentMinute]]:
-    """Each minute's GPU rows and deployment row, following the batching model above; past the last
-    load, quiet minutes until the queue is empty (every request that arrived is served)."""
+) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """Each minute, following the batching model above: the deployment's row (`DeploymentMinute`'s
+    fields, in order) and what each of its GPUs reads (`GpuMinute`'s fields after `deployment`; every
+    simulated GPU reads the same). Plain tuples: a month is hundreds of thousands of rows."""
     capacity_per_min = deployment.capacity_tokens_per_s * MINUTE_S
+    gpu_observed_s = 60.0 * deployment.gpus
     queue = _Queue()
     for load in _draining(loads, queue, capacity_per_min):
         queue.prompt += load.prompt_tokens
@@ -473,46 +475,58 @@ def simulate(
         gpu_util = max(busy, deployment.busy_poll_util)
         power_w = deployment.idle_power_w + (deployment.max_power_w - deployment.idle_power_w) * sm_active
         kv = min(0.99, running * (served_p + served_g) / max(served_requests, 1) / deployment.kv_cache_tokens)
-        gpu_rows = [
-            GpuMinute(
-                minute_ts=load.minute_ts,
-                host=deployment.host,
-                gpu_uuid=f"GPU-sim-{deployment.name}-{index}",
-                gpu_index=index,
-                deployment=deployment.name,
-                observed_s=60.0,
-                util_observed_s=60.0,
-                idle_s=60.0 * (1 - busy),
-                loaded_s=60.0,
-                gpu_util=gpu_util,
-                gpu_util_max=1.0 if busy > 0 else gpu_util,
-                sm_active=sm_active,
-                energy_j=power_w * MINUTE_S,
-                power_mean_w=power_w,
-                mem_used_max_bytes=deployment.mem_used_bytes,
-                mem_total_bytes=deployment.mem_total_bytes,
-            )
-            for index in range(deployment.gpus)
-        ]
-        row = DeploymentMinute(
-            minute_ts=load.minute_ts,
-            deployment=deployment.name,
-            instances=1,
-            server_observed_s=60.0,
-            prompt_tokens=served_p,
-            generation_tokens=served_g,
-            request_busy_s=60.0 * busy,
-            requests_running_mean=running,
-            requests_waiting_mean=float(queue.requests),
-            kv_cache_mean=kv,
-            kv_cache_max=min(1.0, kv * 1.5),
-            gpu_observed_s=60.0 * deployment.gpus,
-            gpu_util=gpu_util,
-            sm_active=sm_active,
-            request_busy=busy,
-            throughput_util=throughput,
+        gpu = (
+            60.0,  # observed_s
+            60.0,  # util_observed_s
+            60.0 * (1 - busy),  # idle_s
+            60.0,  # loaded_s
+            gpu_util,
+            1.0 if busy > 0 else gpu_util,  # gpu_util_max
+            sm_active,
+            power_w * MINUTE_S,  # energy_j
+            power_w,  # power_mean_w
+            deployment.mem_used_bytes,
+            deployment.mem_total_bytes,
         )
-        yield gpu_rows, row
+        row = (
+            load.minute_ts,
+            deployment.name,
+            1,  # instances
+            60.0,  # server_observed_s
+            served_p,
+            served_g,
+            60.0 * busy,  # request_busy_s
+            running,
+            float(queue.requests),  # requests_waiting_mean
+            kv,
+            min(1.0, kv * 1.5),  # kv_cache_max
+            gpu_observed_s,
+            gpu_util,
+            sm_active,
+            busy,  # request_busy
+            throughput,  # throughput_util
+            None,  # prefill_s
+            None,  # decode_s
+        )
+        yield row, gpu
+
+
+def _gpu_keys(deployment: SimulatedDeployment) -> list[tuple[str, str, int, str]]:
+    """The first fields of each simulated GPU's rows: host, GPU UUID, index, deployment."""
+    return [
+        (deployment.host, f"GPU-sim-{deployment.name}-{index}", index, deployment.name)
+        for index in range(deployment.gpus)
+    ]
+
+
+def simulate(
+    loads: Iterable[MinuteLoad], deployment: SimulatedDeployment
+) -> Iterator[tuple[list[GpuMinute], DeploymentMinute]]:
+    """Each minute's GPU rows and deployment row, following the batching model above; past the last
+    load, quiet minutes until the queue is empty (every request that arrived is served)."""
+    keys = _gpu_keys(deployment)
+    for row, gpu in _simulated_rows(loads, deployment):
+        yield [GpuMinute(row[0], *key, *gpu) for key in keys], DeploymentMinute(*row)
 
 
 def replay_into_store(
@@ -523,24 +537,29 @@ def replay_into_store(
     """Simulate each (traffic, deployment) and write their roll-ups together, a chunk (a day) per
     transaction; returns (GPU rows, deployment rows) written.
 
-    Each chunk *replaces* every roll-up row of its minutes (`Store.replace_minutes`): replaying twice
-    gives the same store, and deployments replayed into one store must be replayed in one call."""
-    streams = [iter(simulate(loads, deployment)) for loads, deployment in runs]
-    heads: list[tuple[list[GpuMinute], DeploymentMinute] | None] = [next(s, None) for s in streams]
+    Each chunk *replaces* every roll-up row of its minutes (`Store.replace_minutes`): replaying
+    twice gives the same store, and deployments replayed into one store must be replayed in one call."""
+    streams = [iter(_simulated_rows(loads, deployment)) for loads, deployment in runs]
+    keys = [_gpu_keys(deployment) for _, deployment in runs]
+    heads = [next(s, None) for s in streams]
     counts = [0, 0]
     while any(h is not None for h in heads):
-        chunk_start = min(h[1].minute_ts for h in heads if h is not None)
+        chunk_start = min(h[0][0] for h in heads if h is not None)
         chunk_end = chunk_start - chunk_start % chunk_s + chunk_s
-        gpu_rows: list[GpuMinute] = []
-        rows: list[DeploymentMinute] = []
+        gpu_rows: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
         for index, stream in enumerate(streams):
             head = heads[index]
-            while head is not None and head[1].minute_ts < chunk_end:
-                gpu_rows.extend(head[0])
-                rows.append(head[1])
+            while head is not None and head[0][0] < chunk_end:
+                row, gpu = head
+                minute_ts = row[0]
+                gpu_rows.extend([(minute_ts, *key, *gpu) for key in keys[index]])
+                rows.append(row)
                 head = next(stream, None)
             heads[index] = head
-        store.replace_minutes(chunk_start, chunk_end, gpu_rows, rows)
+        store.replace_minutes(
+            chunk_start, chunk_end, RecordRows(GpuMinute, gpu_rows), RecordRows(DeploymentMinute, rows)
+        )
         counts[0] += len(gpu_rows)
         counts[1] += len(rows)
     return counts[0], counts[1]
