@@ -3,9 +3,15 @@
 One path reads every cloud's bill: AWS Data Exports, Google Cloud's FOCUS view, Azure Cost Management
 exports and OCI all write FOCUS. A large account's month is millions of rows, of which a few percent
 are GPU compute, so a file is read in batches of projected columns (pyarrow's streaming CSV and Parquet
-readers: memory does not grow with the file), each batch filtered to GPU lines in Arrow (instance
-families and accelerator SKUs, from the price catalog and config), and only those rows are parsed, as
-exact `Decimal`s, and summed per billing period × charge period × resource × SKU.
+readers, text columns dictionary-encoded: memory does not grow with the file), each batch filtered to
+GPU lines in Arrow (the instance families and accelerator SKUs of the price catalog and config, matched
+on each column's dictionary), and its GPU rows converted and summed per line (billing period × charge
+period × account × resource × usage type × SKU × categories, `GROUP_KEYS`) in Arrow too: costs and
+quantities as decimal128(38, 18), exact, never float; times and tags parsed once per distinct value.
+Python sees each summed line once (as `CostLine`, its amounts as `Decimal`), never each bill row. A batch
+Arrow cannot convert exactly (a malformed value, a number out of decimal128's range, a currency without
+its rate) is read row by row instead (`add_row`, the path BigQuery's rows take): same sums, and the bad
+row named.
 
 A file missing a required column, or a GPU row with a malformed number or date, raises `FocusError`
 naming the file and the row; nothing of it is returned, so nothing is half-imported. Negative lines
@@ -16,10 +22,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -38,6 +45,10 @@ from auditor.model import CostBasis, CostLine
 
 BATCH_ROWS = 65_536
 """Rows per batch: a batch of ~20 string columns is a few tens of MiB at most."""
+
+NUMBER_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost", "ConsumedQuantity", "PricingQuantity")
+"""Read as plain text (every row differs); the other text columns are read dictionary-encoded (a
+month's bill repeats a few thousand descriptions, accounts, SKUs and hours over millions of rows)."""
 
 REQUIRED_COLUMNS = (
     "BilledCost",
@@ -122,6 +133,9 @@ class GpuMatcher:
     pattern: str
     gpus_by_type: Mapping[str, int]
     _type_re: re.Pattern[str] = field(repr=False, compare=False)
+    per_column: bool = True
+    """No alternative can match a space, so matching each describing column alone finds what matching
+    them joined by spaces finds (a configured keyword `Tesla T4` could span two columns: not then)."""
 
     @classmethod
     def build(
@@ -152,7 +166,9 @@ class GpuMatcher:
         keywords = [*DEFAULT_GPU_KEYWORDS, *extra_keywords]
         keyword_pattern = r"\b(?:" + "|".join(re.escape(k) for k in keywords) + r")\b"
         pattern = f"(?i){type_pattern}|{keyword_pattern}"
-        return cls(pattern, gpus, re.compile(f"(?i){type_pattern}"))
+        words = (*families, *exact, *keywords)
+        per_column = not any(ch.isspace() for word in words for ch in word)
+        return cls(pattern, gpus, re.compile(f"(?i){type_pattern}"), per_column)
 
     def instance_type(self, text: str) -> str | None:
         """The instance type named in a line's text (`g5.4xlarge`), if any."""
@@ -173,6 +189,15 @@ class _Sums:
     tags_json: str | None
     estimated: bool
 
+    def add(self, other: _Sums) -> None:
+        self.billed += other.billed
+        self.effective += other.effective
+        self.listed += other.listed
+        self.hours = _plus(self.hours, other.hours)
+        self.gpu_hours = _plus(self.gpu_hours, other.gpu_hours)
+        self.tags_json = self.tags_json or other.tags_json
+        self.estimated = self.estimated or other.estimated
+
 
 @dataclass
 class FocusImport:
@@ -186,11 +211,17 @@ class FocusImport:
     now_ts: float
     rows_read: int = 0
     gpu_rows: int = 0
+    rows_by_row: int = 0
+    """GPU rows of files that Arrow could not sum exactly (a malformed or out-of-range value, a currency
+    without its rate): read one by one, as BigQuery's rows are."""
     periods: set[int] = field(default_factory=set)
     """Every billing period the files hold, GPU lines or not: each replaces its old lines whole."""
     origins: list[str] = field(default_factory=list)
     _sums: dict[tuple[Any, ...], _Sums] = field(default_factory=dict)
     _types: dict[str, str | None] = field(default_factory=dict)
+    _groups: list[pa.Table] = field(default_factory=list)
+    """Per batch, its GPU rows summed in Arrow per line (`GROUP_KEYS`); `lines` sums them once more."""
+    _days: dict[int, date] = field(default_factory=dict)
 
     def add_period(self, value: object, where: str) -> None:
         self.periods.add(_epoch(value, "BillingPeriodStart", where))
@@ -252,73 +283,113 @@ class FocusImport:
             _text(row.get("RegionId")),
             currency,
         )
-        tags = _tags(row.get("Tags"), where)
+        summed = _Sums(billed, effective, listed, hours, gpu_hours, _tags(row.get("Tags"), where), estimated)
         known = self._sums.get(key)
         if known is None:
-            self._sums[key] = _Sums(billed, effective, listed, hours, gpu_hours, tags, estimated)
-            return
-        known.billed += billed
-        known.effective += effective
-        known.listed += listed
-        known.hours = _plus(known.hours, hours)
-        known.gpu_hours = _plus(known.gpu_hours, gpu_hours)
-        known.tags_json = known.tags_json or tags
-        known.estimated = known.estimated or estimated
+            self._sums[key] = summed
+        else:
+            known.add(summed)
 
     def lines(self) -> dict[int, list[CostLine]]:
         """The summed lines, per billing period (every period read, an empty list where no GPU line)."""
         out: dict[int, list[CostLine]] = {period: [] for period in self.periods}
-        for key, sums in self._sums.items():
-            (
-                period,
-                start,
-                end,
-                account,
-                sub,
-                resource,
-                usage,
-                sku,
-                category,
-                pricing,
-                cd,
-                provider,
-                region,
-                cur,
-            ) = key
-            rate = Decimal(1) if cur == "USD" else self.currency_rates[cur]
-            out.setdefault(period, []).append(
-                CostLine(
-                    day=_local_day(start, self.tz),
-                    source=self.source,
-                    account=account,
-                    resource=resource,
-                    usage_type=usage,
-                    amount_usd=sums.effective * rate,
-                    usage_hours=sums.hours,
-                    gpu_hours=sums.gpu_hours,
-                    basis=CostBasis.AMORTIZED,
-                    estimated=sums.estimated,
-                    charge_period_start_ts=start,
-                    charge_period_end_ts=end,
-                    billing_period_start_ts=period,
-                    billed_cost=sums.billed,
-                    effective_cost=sums.effective,
-                    list_cost=sums.listed,
-                    billing_currency=cur,
-                    usd_rate=rate,
-                    charge_category=category or None,
-                    pricing_category=pricing,
-                    commitment_discount_id=cd,
-                    provider=provider,
-                    sub_account=sub,
-                    region=region,
-                    sku_id=sku,
-                    tags_json=sums.tags_json,
-                )
-            )
-        for lines in out.values():
-            lines.sort(key=lambda x: (x.charge_period_start_ts or 0, x.resource, x.usage_type))
+        slow = dict(self._sums)  # rows the row-by-row path summed (BigQuery rows, batches Arrow refused)
+        if self._groups:
+            groups = _regroup(pa.concat_tables(self._groups))
+            self._groups = [groups]
+            self._line_groups(groups, slow, out)
+        for key, sums in slow.items():
+            out.setdefault(key[0], []).append(self._line(key, sums))
+        if slow:  # else Arrow has sorted them already
+            for lines in out.values():
+                lines.sort(key=lambda x: (x.charge_period_start_ts or 0, x.resource, x.usage_type))
         return out
+
+    def _line(self, key: tuple[Any, ...], sums: _Sums, line_key: str = "") -> CostLine:
+        (
+            period,
+            start,
+            end,
+            account,
+            sub,
+            resource,
+            usage,
+            sku,
+            category,
+            pricing,
+            cd,
+            provider,
+            region,
+            cur,
+        ) = key
+        rate = _ONE if cur == "USD" else self.currency_rates[cur]
+        return CostLine(
+            day=self._day(start),
+            source=self.source,
+            account=account,
+            resource=resource,
+            usage_type=usage,
+            amount_usd=sums.effective if cur == "USD" else sums.effective * rate,
+            usage_hours=sums.hours,
+            gpu_hours=sums.gpu_hours,
+            basis=_AMORTIZED,
+            estimated=sums.estimated,
+            charge_period_start_ts=start,
+            charge_period_end_ts=end,
+            billing_period_start_ts=period,
+            billed_cost=sums.billed,
+            effective_cost=sums.effective,
+            list_cost=sums.listed,
+            billing_currency=cur,
+            usd_rate=rate,
+            charge_category=category or None,
+            pricing_category=pricing,
+            commitment_discount_id=cd,
+            provider=provider,
+            sub_account=sub,
+            region=region,
+            sku_id=sku,
+            tags_json=sums.tags_json,
+            line_key=line_key,
+        )
+
+    def _day(self, start: int) -> date:
+        day = self._days.get(start)
+        if day is None:
+            day = self._days[start] = _local_day(start, self.tz)
+        return day
+
+    def _line_groups(
+        self, groups: pa.Table, slow: dict[tuple[Any, ...], _Sums], out: dict[int, list[CostLine]]
+    ) -> None:
+        """One line per group Arrow summed: Python sees each group once, never each bill row. Groups
+        are converted a slice at a time, and repeated values (accounts, SKUs, hours, amounts) become one
+        shared Python object each, so the lines cost little more memory than their distinct amounts."""
+        order = [(k, "ascending") for k in ("period", "start", "resource", "usage")]
+        groups = groups.sort_by(order)
+        for offset in range(0, groups.num_rows, LINES_AT_ONCE):
+            part = groups.slice(offset, LINES_AT_ONCE)
+            starts = _shared(part.column("start"))
+            days = [self._day(start) for start in starts]
+            line_keys = _line_keys(part, pa.array([day.isoformat() for day in days], pa.string()))
+            keys = zip(
+                *(starts if k == "start" else _shared(part.column(k)) for k in GROUP_KEYS), strict=True
+            )
+            sums = zip(
+                *(_decimals(part.column(c)) for c in _SUMS),
+                _shared(part.column("tags")),
+                _shared(part.column("estimated")),
+                strict=True,
+            )
+            for key, line_key, (billed, effective, listed, hours, gpu_hours, tags, estimated) in zip(
+                keys, line_keys, sums, strict=True
+            ):
+                summed = _Sums(billed, effective, listed, hours, gpu_hours, tags, bool(estimated))
+                known = slow.get(key) if slow else None
+                if known is not None:  # the same line also had rows the row-by-row path summed
+                    known.add(summed)
+                    continue
+                out.setdefault(key[0], []).append(self._line(key, summed, line_key))
 
     # -- files --------------------------------------------------------------------------------------
 
@@ -344,7 +415,7 @@ class FocusImport:
             read_options=pacsv.ReadOptions(block_size=8 << 20),
             convert_options=pacsv.ConvertOptions(
                 include_columns=columns,
-                column_types=dict.fromkeys(columns, pa.string()),
+                column_types={c: pa.string() if c in NUMBER_COLUMNS else _DICTIONARY for c in columns},
                 null_values=["NULL", ""],
                 strings_can_be_null=True,
             ),
@@ -355,34 +426,322 @@ class FocusImport:
             row += batch.num_rows
 
     def _parquet_batches(self, path: Path, shown: str) -> Iterator[tuple[pa.RecordBatch, int]]:
-        parquet = pq.ParquetFile(str(path))
-        columns = _project(parquet.schema_arrow.names, shown)
+        schema = pq.read_schema(str(path))
+        columns = _project(schema.names, shown)
+        texts = [
+            c
+            for c in columns
+            if c not in NUMBER_COLUMNS
+            and (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type))
+        ]
+        parquet = pq.ParquetFile(str(path), read_dictionary=texts)
         row = 0
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
             yield batch, row
             row += batch.num_rows
 
     def _take_batch(self, batch: pa.RecordBatch, first_row: int, shown: str, header_rows: int) -> None:
         self.rows_read += batch.num_rows
-        for value in pc.unique(batch.column("BillingPeriodStart")).to_pylist():
+        for value in _distinct(batch.column("BillingPeriodStart")):
             if value is not None:
                 self.add_period(value, f"{shown} (BillingPeriodStart {value!r})")
+        mask = self._gpu_mask(batch)
+        if mask is None:
+            return
+        picked = batch.filter(mask)
+        if picked.num_rows == 0:
+            return
+        try:
+            groups = _group_batch(self, picked)
+        except (_RowByRow, pa.ArrowInvalid, pa.ArrowNotImplementedError, FocusError):
+            # Not exactly convertible in Arrow (a malformed value, a foreign currency without its rate, a
+            # number beyond decimal128's range...): the row-by-row path takes the batch, exact, and names
+            # the bad row if there is one.
+            self.rows_by_row += picked.num_rows
+            indices = pc.indices_nonzero(mask).to_pylist()
+            for index, row in zip(indices, picked.to_pylist(), strict=True):
+                self.add_row(row, f"{shown} row {first_row + index + 1 + header_rows}")
+            return
+        self.gpu_rows += picked.num_rows
+        self._groups.append(groups)
+
+    def _gpu_mask(self, batch: pa.RecordBatch) -> pa.Array | None:
+        """Which rows are GPU compute: the matcher's regex over the describing columns, run on each
+        column's dictionary (a few thousand distinct texts) rather than on every row."""
         names = batch.schema.names
-        parts = [pc.fill_null(_as_text(batch.column(c)), "") for c in DESCRIBING_COLUMNS if c in names]
-        if not parts:
-            return
-        described = pc.binary_join_element_wise(*parts, " ")
-        mask = pc.match_substring_regex(described, self.matcher.pattern)
-        picked = pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
-        if not picked:
-            return
-        rows = batch.take(pa.array(picked)).to_pylist()
-        for index, row in zip(picked, rows, strict=True):
-            self.add_row(row, f"{shown} row {first_row + index + 1 + header_rows}")
+        present = [batch.column(c) for c in DESCRIBING_COLUMNS if c in names]
+        if not present:
+            return None
+        pattern = self.matcher.pattern
+        if not self.matcher.per_column:  # a configured keyword with a space may span two columns
+            parts = [pc.fill_null(_as_text(column), "") for column in present]
+            return pc.fill_null(
+                pc.match_substring_regex(pc.binary_join_element_wise(*parts, " "), pattern), False
+            )
+        mask: pa.Array | None = None
+        for column in present:
+            if pa.types.is_dictionary(column.type):
+                found = pc.match_substring_regex(_as_text(column.dictionary), pattern).take(column.indices)
+            else:
+                found = pc.match_substring_regex(_as_text(column), pattern)
+            found = pc.fill_null(found, False)
+            mask = found if mask is None else pc.or_(mask, found)
+        return mask
 
 
 def _as_text(column: pa.Array) -> pa.Array:
     return column if column.type == pa.string() else pc.cast(column, pa.string())
+
+
+# -- the Arrow path: a batch's GPU rows summed per line without a Python object per row -------------
+
+GROUP_KEYS = (
+    "period",
+    "start",
+    "end",
+    "account",
+    "sub",
+    "resource",
+    "usage",
+    "sku",
+    "category",
+    "pricing",
+    "cd",
+    "provider",
+    "region",
+    "currency",
+)
+"""What identifies a summed line (the same fields, in the same order, as `FocusImport.add_row`'s key)."""
+_MONEY = pa.decimal128(38, 18)
+"""Costs and quantities, exact: 20 integer digits and 18 decimals, as the store's NUMERIC(38, 18)."""
+_FACTOR = pa.decimal128(3, 0)
+"""GPUs per instance, as int8 (a count over 127 goes row by row)."""
+_HOURS = pa.decimal128(34, 18)
+"""Hours to multiply by GPUs: decimal128(34, 18) × decimal128(3, 0) is still decimal128(38, 18)."""
+MAX_VALUE = Decimal(10) ** 12
+"""Largest cost or quantity the Arrow path sums (anything bigger goes row by row, exact): with
+`MAX_ROWS`, no sum can reach decimal128(38, 18)'s 10^20, so none can overflow."""
+MAX_ROWS = 10**7
+_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
+_TEXT_NULLS = pa.array(["NULL", ""])
+_SUMS = ("billed", "effective", "listed", "hours", "gpu_hours")
+LINES_AT_ONCE = 65_536
+"""Summed lines turned into Python objects a slice at a time (the transient lists stay small)."""
+_AMORTIZED = CostBasis.AMORTIZED
+_ONE = Decimal(1)
+
+
+class _RowByRow(Exception):  # noqa: N818  (a signal, not an error: the batch is taken row by row)
+    """A batch the Arrow path cannot convert exactly."""
+
+
+def _distinct(column: pa.Array) -> list[Any]:
+    """The distinct values of a column (of a dictionary column, those its rows use)."""
+    if pa.types.is_dictionary(column.type):
+        return cast("list[Any]", column.dictionary.take(pc.unique(column.indices)).to_pylist())
+    return cast("list[Any]", pc.unique(column).to_pylist())
+
+
+def _clean_text(column: pa.Array | None, rows: int) -> pa.Array:
+    """A column as text, with FOCUS's `NULL` and empty strings as nulls (what `_text` reads as None)."""
+    if column is None:
+        return pa.nulls(rows, pa.string())
+    if pa.types.is_dictionary(column.type):
+        return _clean_text(column.dictionary, len(column.dictionary)).take(column.indices)
+    text = _as_text(column)
+    return pc.if_else(pc.is_in(text, value_set=_TEXT_NULLS), pa.scalar(None, pa.string()), text)
+
+
+def _by_value(column: pa.Array, convert: Callable[[Any], Any], kind: pa.DataType) -> pa.Array:
+    """`convert` applied once per distinct value (nulls stay null): bills repeat their texts."""
+    encoded = column if pa.types.is_dictionary(column.type) else pc.dictionary_encode(column)
+    converted = pa.array([convert(v) for v in encoded.dictionary.to_pylist()], type=kind)
+    return converted.take(encoded.indices)
+
+
+def _amounts(column: pa.Array | None, rows: int) -> pa.Array:
+    """Exact decimals from text (or from Parquet numbers); raises where Arrow cannot convert exactly."""
+    if column is None:
+        return pa.nulls(rows, _MONEY)
+    kind = column.type
+    if pa.types.is_dictionary(kind):
+        return _amounts(column.dictionary, len(column.dictionary)).take(column.indices)
+    if pa.types.is_decimal(kind) or pa.types.is_integer(kind):
+        amounts = pc.cast(column, _MONEY)
+    elif pa.types.is_floating(kind):  # the shortest text that reads back as the float, as `_money`
+        amounts = pc.cast(pc.cast(column, pa.string()), _MONEY)
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        amounts = pc.cast(_clean_text(column, rows), _MONEY)
+    else:
+        raise _RowByRow
+    extremes = pc.min_max(amounts)
+    low, high = extremes["min"].as_py(), extremes["max"].as_py()
+    if (low is not None and low <= -MAX_VALUE) or (high is not None and high >= MAX_VALUE):
+        raise _RowByRow
+    return amounts
+
+
+def _epochs(column: pa.Array | None, name: str, rows: int) -> pa.Array:
+    """UTC epoch seconds, each distinct time parsed once by `_epoch` (FOCUS times repeat by the hour)."""
+    if column is None:
+        return pa.nulls(rows, pa.int64())
+    kind = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        column = _clean_text(column, rows)
+    return _by_value(column, lambda v: _epoch(v, name, name), pa.int64())
+
+
+def _group_batch(read: FocusImport, picked: pa.RecordBatch) -> pa.Table:
+    """A batch's GPU rows summed per line, all in Arrow (decimal128, never float): what `add_row` does
+    row by row. Raises (`_RowByRow`, an Arrow error, `FocusError`) where it cannot do it exactly."""
+    rows = picked.num_rows
+    names = set(picked.schema.names)
+    if read.gpu_rows + rows > MAX_ROWS:
+        raise _RowByRow
+
+    def column(name: str) -> pa.Array | None:
+        return picked.column(name) if name in names else None
+
+    def text(name: str) -> pa.Array:
+        return _clean_text(column(name), rows)
+
+    currency = pc.fill_null(text("BillingCurrency"), "USD")
+    if any(c != "USD" and c not in read.currency_rates for c in _distinct(currency)):
+        raise _RowByRow  # the row-by-row path names the row and the missing rate
+    period = _epochs(column("BillingPeriodStart"), "BillingPeriodStart", rows)
+    start = _epochs(column("ChargePeriodStart"), "ChargePeriodStart", rows)
+    end = _epochs(column("ChargePeriodEnd"), "ChargePeriodEnd", rows)
+    if period.null_count or start.null_count or end.null_count or pc.any(pc.less_equal(end, start)).as_py():
+        raise _RowByRow
+    period_end = _epochs(column("BillingPeriodEnd"), "BillingPeriodEnd", rows)
+    estimated = pc.fill_null(pc.greater(period_end, read.now_ts), False)
+
+    parts = [pc.fill_null(text(c), "") for c in DESCRIBING_COLUMNS]
+    described = pc.binary_join_element_wise(*parts, " ")
+
+    def instance_type(description: str) -> str | None:
+        if description not in read._types:
+            read._types[description] = read.matcher.instance_type(description)
+        return read._types[description]
+
+    instance = _by_value(described, instance_type, pa.string())
+    short_description = _by_value(text("ChargeDescription"), lambda d: d[:255], pa.string())
+    usage = pc.coalesce(text("x_UsageType"), instance, text("SkuMeter"), short_description, pa.scalar(""))
+    category = pc.fill_null(text("ChargeCategory"), "")
+
+    def hours_in(quantity: str, unit: str) -> tuple[pa.Array, pa.Array]:
+        is_hours = _by_value(text(unit), lambda u: u.strip().lower() in _HOURS_UNITS, pa.bool_())
+        amounts = _amounts(column(quantity), rows)
+        return pc.and_(pc.fill_null(is_hours, False), amounts.is_valid()), amounts
+
+    consumed, consumed_hours = hours_in("ConsumedQuantity", "ConsumedUnit")
+    priced, priced_hours = hours_in("PricingQuantity", "PricingUnit")
+    hours = pc.if_else(consumed, consumed_hours, pc.if_else(priced, priced_hours, pa.scalar(None, _MONEY)))
+    gpus = _by_value(instance, read.matcher.gpus, pa.int32())
+    # GPUs per instance where the type is known; 1 for an accelerator SKU (billed per GPU-hour); none
+    # for an instance type whose GPU count nobody knows; and only usage bills GPU-hours.
+    factor = pc.if_else(gpus.is_valid(), gpus, pc.if_else(instance.is_null(), 1, pa.scalar(None, pa.int32())))
+    factor = pc.if_else(pc.equal(category, "Usage"), factor, pa.scalar(None, pa.int32()))
+    gpu_hours = pc.cast(
+        pc.multiply(pc.cast(hours, _HOURS), pc.cast(pc.cast(factor, pa.int8()), _FACTOR)), _MONEY
+    )
+
+    tags_column = column("Tags")
+    if tags_column is None:
+        tags = pa.nulls(rows, pa.string())
+    elif pa.types.is_dictionary(tags_column.type) or pa.types.is_string(tags_column.type):
+        tags = _by_value(text("Tags"), lambda v: _tags(v, "Tags"), pa.string())
+    else:  # Parquet map<string, string> or a list of pairs: few GPU rows, converted one by one
+        tags = pa.array([_tags(v, "Tags") for v in tags_column.to_pylist()], pa.string())
+    zero = pa.scalar(Decimal(0), _MONEY)
+    table = pa.table(
+        {
+            "period": period,
+            "start": start,
+            "end": end,
+            "account": pc.fill_null(text("BillingAccountId"), ""),
+            "sub": text("SubAccountId"),
+            "resource": pc.fill_null(text("ResourceId"), ""),
+            "usage": usage,
+            "sku": text("SkuId"),
+            "category": category,
+            "pricing": text("PricingCategory"),
+            "cd": text("CommitmentDiscountId"),
+            "provider": pc.coalesce(text("ServiceProviderName"), text("ProviderName")),
+            "region": text("RegionId"),
+            "currency": currency,
+            "billed": pc.fill_null(_amounts(column("BilledCost"), rows), zero),
+            "effective": pc.fill_null(_amounts(column("EffectiveCost"), rows), zero),
+            "listed": pc.fill_null(_amounts(column("ListCost"), rows), zero),
+            "hours": hours,
+            "gpu_hours": gpu_hours,
+            "tags": tags,
+            "estimated": estimated,
+        }
+    )
+    return _regroup(table)
+
+
+def _regroup(table: pa.Table) -> pa.Table:
+    """Sum rows (or already summed groups) per line: sums skip nulls and stay null where all are (as
+    `_plus`), the first tags in row order win, a line is estimated if any of its rows is."""
+    some = pc.ScalarAggregateOptions(skip_nulls=True, min_count=1)
+    summed = table.group_by(list(GROUP_KEYS), use_threads=False).aggregate(
+        [
+            *((c, "sum", some) for c in _SUMS),
+            ("tags", "first"),
+            ("estimated", "any"),
+        ]
+    )
+    names = {**{f"{c}_sum": c for c in _SUMS}, "tags_first": "tags", "estimated_any": "estimated"}
+    return summed.rename_columns([names.get(n, n) for n in summed.schema.names])
+
+
+def _line_keys(groups: pa.Table, days: pa.Array) -> list[str]:
+    """`auditor.model.cost_line_key` of each group's line (no deployment yet, basis amortized), the
+    identity joined in Arrow: Python only hashes one string a line."""
+
+    def part(name: str) -> pa.Array:
+        return pc.fill_null(_as_text(groups.column(name).combine_chunks()), "")
+
+    joined = pc.binary_join_element_wise(
+        part("account"),
+        part("sub"),
+        days,
+        part("start"),
+        part("end"),
+        part("resource"),
+        part("usage"),
+        part("sku"),
+        part("category"),
+        part("pricing"),
+        part("cd"),
+        "",
+        _AMORTIZED.value,
+        "\x1f",
+    )
+    return [hashlib.blake2b(j.encode(), digest_size=16).hexdigest() for j in joined.to_pylist()]
+
+
+def _shared(column: pa.ChunkedArray | pa.Array, convert: Callable[[Any], Any] | None = None) -> list[Any]:
+    """A column's values as Python objects (`convert`ed), one object per distinct value, where
+    `to_pylist` would make one per row."""
+    whole = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    encoded = pc.dictionary_encode(whole)
+    values = encoded.dictionary.to_pylist()
+    if convert is not None:
+        values = [convert(v) for v in values]
+    return [None if i is None else values[i] for i in encoded.indices.to_pylist()]
+
+
+def _decimals(column: pa.ChunkedArray | pa.Array) -> list[Decimal | None]:
+    """Arrow decimals as Python `Decimal`s without decimal128's padding zeros (`1.5`, not
+    `1.500000000000000000`; `100`, not `1E+2`; Arrow writes tiny ones as `8.000E-7`: normalized)."""
+    text = pc.replace_substring_regex(
+        pc.cast(column, pa.string()), pattern=r"(\.[0-9]*?)0+$", replacement=r"\1"
+    )
+    text = pc.replace_substring_regex(text, pattern=r"\.$", replacement="")
+    return _shared(text, lambda v: Decimal(v).normalize() if "E" in v else Decimal(v))
 
 
 def _project(names: Sequence[str], shown: str) -> list[str]:

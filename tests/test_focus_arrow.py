@@ -1,0 +1,238 @@
+"""The FOCUS import's Arrow path (GPU rows filtered, converted and summed per line in Arrow, in
+decimal128) gives exactly the lines the row-by-row path gives (`FocusImport.add_row`, the path BigQuery
+rows take): same keys, same amounts to the last digit, same hours, tags and flags; CSV and Parquet
+alike, Parquet with typed columns too. What Arrow cannot convert exactly goes row by row, and still
+names the file and row of a bad value."""
+
+from __future__ import annotations
+
+import csv
+import re
+import tempfile
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from auditor.gpu_prices import load_gpu_prices
+from auditor.model import CostLine, cost_line_key
+from collectors.focus import DESCRIBING_COLUMNS, MAX_VALUE, FocusError, FocusImport, GpuMatcher
+
+CATALOG = load_gpu_prices()
+NOW = datetime(2024, 9, 20, tzinfo=UTC).timestamp()
+COLUMNS = (
+    "BilledCost", "EffectiveCost", "ListCost", "BillingCurrency", "BillingAccountId", "BillingPeriodStart",
+    "BillingPeriodEnd", "ChargePeriodStart", "ChargePeriodEnd", "ChargeCategory", "ChargeDescription",
+    "ConsumedQuantity", "ConsumedUnit", "PricingQuantity", "PricingUnit", "ResourceId", "SkuId",
+    "SubAccountId", "PricingCategory", "ProviderName", "RegionId", "Tags", "x_UsageType",
+)  # fmt: skip
+DESCRIPTIONS = (
+    "$1.006 per On Demand Linux g5.4xlarge Instance Hour",
+    "$5.672 per On Demand Linux g5.12xlarge Instance Hour",
+    "Savings Plan: p4d.24xlarge in us-east-1",
+    "Nvidia H100 80GB GPU running in Americas",
+    "$0.10 per GB-month of gp3 storage",
+    "t3.large Linux instance hour",
+    "NULL",
+    "",
+)
+PERIODS = ("2024-08-01 00:00:00", "2024-09-01 00:00:00", "2024-09-01T00:00:00Z")
+PERIOD_ENDS = ("2024-09-01 00:00:00", "2024-10-01 00:00:00", "NULL")
+
+
+def amount(limit: str = "1000000") -> st.SearchStrategy[str]:
+    number = st.decimals(
+        min_value=-Decimal(limit), max_value=Decimal(limit), allow_nan=False, allow_infinity=False, places=12
+    )
+    texts = number.map(str) | number.map(lambda d: f"{d:f}") | number.map(lambda d: f"{d:.3E}")
+    return texts | st.sampled_from(["NULL", "", "0", "2.000000000000000", "-0.5"])
+
+
+row_strategy = st.fixed_dictionaries(
+    {
+        "BilledCost": amount(),
+        "EffectiveCost": amount(),
+        "ListCost": amount(),
+        "BillingCurrency": st.sampled_from(["USD", "USD", "EUR", "NULL"]),
+        "BillingAccountId": st.sampled_from(["111", "222", "NULL"]),
+        "period": st.integers(0, len(PERIODS) - 1),
+        "hour": st.integers(0, 3),
+        "ChargeCategory": st.sampled_from(["Usage", "Usage", "Credit", "Tax", "NULL"]),
+        "ChargeDescription": st.sampled_from(DESCRIPTIONS),
+        "ConsumedQuantity": amount("100"),
+        "ConsumedUnit": st.sampled_from(["Hours", " hrs ", "GB", "NULL"]),
+        "PricingQuantity": amount("100"),
+        "PricingUnit": st.sampled_from(["Hours", "Requests", "NULL"]),
+        "ResourceId": st.sampled_from(["i-1", "i-2", "arn:node/Gpu-Node", "NULL"]),
+        "SkuId": st.sampled_from(["SKU1", "SKU2", "NULL"]),
+        "SubAccountId": st.sampled_from(["9", "NULL"]),
+        "PricingCategory": st.sampled_from(["Standard", "Committed", "NULL"]),
+        "ProviderName": st.sampled_from(["AWS", "NULL"]),
+        "RegionId": st.sampled_from(["us-east-1", "NULL"]),
+        "Tags": st.sampled_from(
+            ['{"deployment":"a"}', '{"team":"x","deployment":"b"}', "{}", "null", "NULL", '{"k":null}']
+        ),
+        "x_UsageType": st.sampled_from(["BoxUsage:g5.4xlarge", "NULL", "NULL"]),
+    }
+)
+
+
+def _rows(drawn: Sequence[dict[str, object]]) -> list[dict[str, str]]:
+    rows = []
+    for d in drawn:
+        period = int(str(d["period"]))
+        hour = int(str(d["hour"]))
+        start = f"2024-0{8 + min(period, 1)}-01 {hour:02d}:00:00"
+        row = {c: str(d[c]) for c in COLUMNS if c in d}
+        row |= {
+            "BillingPeriodStart": PERIODS[period],
+            "BillingPeriodEnd": PERIOD_ENDS[period],
+            "ChargePeriodStart": start,
+            "ChargePeriodEnd": start.replace(f" {hour:02d}:", f" {hour + 1:02d}:"),
+        }
+        rows.append(row)
+    return rows
+
+
+def _matcher(keywords: Sequence[str] = ()) -> GpuMatcher:
+    return GpuMatcher.build(CATALOG, (), keywords)
+
+
+def _new(matcher: GpuMatcher) -> FocusImport:
+    return FocusImport("s", ZoneInfo("America/New_York"), {"EUR": Decimal("1.0837")}, matcher, NOW)
+
+
+def _row_by_row(rows: Sequence[dict[str, str]], matcher: GpuMatcher) -> FocusImport:
+    """The truth: each GPU row (found by the matcher's pattern in Python) through `add_row`."""
+    read = _new(matcher)
+    pattern = re.compile(matcher.pattern)
+    for number, row in enumerate(rows):
+        read.add_period(row["BillingPeriodStart"], "file")
+        described = " ".join("" if row.get(c) in (None, "NULL") else row[c] for c in DESCRIBING_COLUMNS)
+        if pattern.search(described):
+            read.add_row(row, f"file row {number}")
+    read.rows_read = len(rows)
+    return read
+
+
+def _write_csv(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def _write_parquet(path: Path, rows: Sequence[dict[str, str]]) -> Path:
+    pq.write_table(pa.table({c: [r[c] for r in rows] for c in COLUMNS}), path)
+    return path
+
+
+def _same(got: dict[int, list[CostLine]], truth: dict[int, list[CostLine]]) -> None:
+    assert got.keys() == truth.keys()
+    for period, lines in truth.items():
+        by_key = {x.line_key: x for x in got[period]}
+        assert len(by_key) == len(got[period]) == len(lines)
+        for line in lines:
+            mine = by_key[line.line_key]
+            assert mine == line  # every field; Decimals compare by value, to the last digit
+            assert mine.line_key == cost_line_key(mine)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(drawn=st.lists(row_strategy, min_size=1, max_size=60), parquet=st.booleans(), keyword=st.booleans())
+def test_the_arrow_path_sums_exactly_what_the_row_by_row_path_sums(
+    drawn: list[dict[str, object]], parquet: bool, keyword: bool
+) -> None:
+    rows = _rows(drawn)
+    # A keyword with a space may span two describing columns: then the columns are matched joined.
+    matcher = _matcher(["Gpu-Node", "Linux instance"] if keyword else ["Gpu-Node"])
+    assert matcher.per_column is not keyword
+    with tempfile.TemporaryDirectory() as scratch:
+        path = (_write_parquet if parquet else _write_csv)(
+            Path(scratch) / f"b.{'parquet' if parquet else 'csv'}", rows
+        )
+        read = _new(matcher)
+        read.read_file(path)
+    truth = _row_by_row(rows, matcher)
+    _same(read.lines(), truth.lines())
+    assert (read.rows_read, read.gpu_rows, read.periods) == (len(rows), truth.gpu_rows, truth.periods)
+    assert read.rows_by_row == 0  # all of it summed in Arrow
+
+
+def test_values_arrow_cannot_take_exactly_go_row_by_row_with_the_same_result(tmp_path: Path) -> None:
+    gpu = dict.fromkeys(COLUMNS, "NULL") | {
+        "BillingPeriodStart": PERIODS[1],
+        "ChargePeriodStart": "2024-09-01 00:00:00",
+        "ChargePeriodEnd": "2024-09-01 01:00:00",
+        "ChargeDescription": DESCRIPTIONS[0],
+        "ChargeCategory": "Usage",
+    }
+    rows = [
+        gpu | {"BilledCost": "1.5", "EffectiveCost": "2.25", "ListCost": "3"},
+        gpu | {"BilledCost": str(MAX_VALUE * 10), "EffectiveCost": "1", "ListCost": "1"},  # beyond the guard
+        gpu | {"BilledCost": "0.0000000000000000001", "EffectiveCost": " 1 ", "ListCost": "1"},  # 19 places
+    ]
+    matcher = _matcher()
+    read = _new(matcher)
+    read.read_file(_write_csv(tmp_path / "b.csv", rows))
+    assert read.rows_by_row == 3
+    _same(read.lines(), _row_by_row(rows, matcher).lines())
+    bad = _new(matcher)
+    with pytest.raises(FocusError, match=r"b\.csv row 3: ListCost is not a number: 'x1'"):
+        bad.read_file(_write_csv(tmp_path / "b.csv", [rows[0], gpu | {"ListCost": "x1"}]))
+
+
+def test_typed_parquet_columns_read_as_their_text_would(tmp_path: Path) -> None:
+    """Parquet writers type their columns: float or decimal costs, timestamps, a map of tags."""
+    hours = [datetime(2024, 9, 1, h, tzinfo=UTC) for h in (0, 0, 1)]
+    n = len(hours)
+    typed = pa.table(
+        {
+            "BilledCost": pa.array([Decimal("1.25"), Decimal("2.5"), Decimal(-1)], pa.decimal128(20, 6)),
+            "EffectiveCost": pa.array([0.1, 0.2, 7.0]),
+            "ListCost": pa.array(["3", "1E-7", "0"]),
+            "BillingCurrency": ["USD"] * n,
+            "BillingAccountId": pa.array([1234] * n, pa.int64()),
+            "BillingPeriodStart": pa.array([datetime(2024, 9, 1, tzinfo=UTC)] * n, pa.timestamp("ms", "UTC")),
+            "BillingPeriodEnd": pa.array(
+                [datetime(2024, 10, 1, tzinfo=UTC).replace(tzinfo=None)] * n, pa.timestamp("us")
+            ),
+            "ChargePeriodStart": pa.array(hours, pa.timestamp("s", "UTC")),
+            "ChargePeriodEnd": pa.array(
+                [h.replace(hour=h.hour + 1) for h in hours], pa.timestamp("s", "UTC")
+            ),
+            "ChargeCategory": ["Usage"] * n,
+            "ChargeDescription": [DESCRIPTIONS[1]] * n,
+            "ConsumedQuantity": pa.array([1.0, 0.5, 0.25]),
+            "ConsumedUnit": ["Hours"] * n,
+            "ResourceId": ["i-1"] * n,
+            "Tags": pa.array(
+                [[("deployment", "a")], [("team", "x")], None], pa.map_(pa.string(), pa.string())
+            ),
+        }
+    )
+    pq.write_table(typed, tmp_path / "typed.parquet")
+    matcher = _matcher()
+    read = _new(matcher)
+    read.read_file(tmp_path / "typed.parquet")
+    assert read.rows_by_row == 0
+    truth = _new(matcher)
+    for row in typed.to_pylist():
+        truth.add_period(row["BillingPeriodStart"], "t")
+        truth.add_row(row, "t")
+    lines = read.lines()
+    _same(lines, truth.lines())
+    first, second = sorted(lines[int(hours[0].timestamp())], key=lambda x: x.charge_period_start_ts or 0)
+    assert first.billed_cost == Decimal("3.75") and first.effective_cost == Decimal("0.3")
+    assert first.gpu_hours == Decimal(6)  # 1.5 instance-hours of a 4-GPU g5.12xlarge
+    assert str(first.billed_cost) == "3.75"  # no decimal128 padding
+    assert first.tags_json == '{"deployment":"a"}' and first.account == "1234" and first.estimated
+    assert second.billed_cost == Decimal(-1) and second.list_cost == Decimal(0)
