@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,10 +99,23 @@ class BlockRollup:
     gpus: int
 
 
-def _nullable(values: npt.NDArray[Any], known: npt.NDArray[np.bool_]) -> list[Any]:
-    out = values.astype(object)
-    out[~known] = None
-    return list(out.tolist())
+TUPLE_BATCH = 16_384
+"""Rows turned into Python tuples at a time: a chunk's rows as objects would be ~400 bytes each."""
+
+
+def _tuples(
+    columns: list[tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]], count: int
+) -> Iterator[tuple[Any, ...]]:
+    """The rows as tuples of plain Python scalars (None where a value is not known)."""
+    for first in range(0, count, TUPLE_BATCH):
+        batch = []
+        for values, known in columns:
+            part = values[first : first + TUPLE_BATCH]
+            if known is not None:
+                part = part.astype(object)
+                part[~known[first : first + TUPLE_BATCH]] = None
+            batch.append(part.tolist())
+        yield from zip(*batch, strict=True)
 
 
 def rollup_block(
@@ -160,26 +173,26 @@ def rollup_block(
     codes = pick(np.take_along_axis(block.deployment, b, axis=1))
     names = np.array([*block.deployments, None], dtype=object)
     minute_ts = block.start_minute_ts + (rows_k + k0) * MINUTE_S
-    count = len(rows_i)
-    columns = [
-        minute_ts.tolist(),
-        np.array(block.hosts, dtype=object)[rows_i].tolist(),
-        np.array(block.uuids, dtype=object)[rows_i].tolist(),
-        np.array(block.indexes, dtype=np.int64)[rows_i].tolist(),
-        names[codes].tolist(),
-        observed_s.tolist(),
-        activity_s.tolist(),
-        idle_s.tolist(),
-        [0.0] * count,  # loaded_s: DCGM has no process list
-        _nullable(gpu_util, util_known),
-        _nullable(pick(util), util_known),
-        _nullable(sm_active, sm_known),
-        _nullable(pick(increase), pick(has_increase)),
-        _nullable(pick(power * seconds / seconds), pick(observed & ~np.isnan(power))),
-        _nullable(np.where(mem_known, mem, 0).astype(np.int64)[rows_i, rows_k], pick(mem_known)),
-        [None] * count,  # mem_total_bytes: not read
+    # Columns as arrays, with what is known of the nullable ones; tuples are made a batch at a time.
+    columns: list[tuple[npt.NDArray[Any], npt.NDArray[np.bool_] | None]] = [
+        (minute_ts, None),
+        (np.array(block.hosts, dtype=object)[rows_i], None),
+        (np.array(block.uuids, dtype=object)[rows_i], None),
+        (np.array(block.indexes, dtype=np.int64)[rows_i], None),
+        (names[codes], None),
+        (observed_s, None),
+        (activity_s, None),
+        (idle_s, None),
+        (np.zeros(len(rows_i)), None),  # loaded_s: DCGM has no process list
+        (gpu_util, util_known),
+        (pick(util), util_known),
+        (sm_active, sm_known),
+        (pick(increase), pick(has_increase)),
+        (pick(power * seconds / seconds), pick(observed & ~np.isnan(power))),
+        (np.where(mem_known, mem, 0).astype(np.int64)[rows_i, rows_k], pick(mem_known)),
+        (np.zeros(len(rows_i)), np.zeros(len(rows_i), dtype=bool)),  # mem_total_bytes: not read
     ]
-    rows = RecordRows(GpuMinute, list(zip(*columns, strict=True)))
+    rows = RecordRows(GpuMinute, _tuples(columns, len(rows_i)), len(rows_i))
 
     # Each deployment-minute's GPUs, summed in the rows' order (GPU, then minute) as `gpu_shares` sums
     # them, so the figures are the same to the last bit.

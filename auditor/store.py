@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from datetime import date
 from decimal import Decimal
 from enum import Enum
+from itertools import islice
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -766,20 +767,31 @@ class RecordRows(Generic[T]):
     writes a chunk's 100k+ GPU minutes), without a dataclass object per row."""
 
     cls: type[T]
-    tuples: Sequence[tuple[Any, ...]]
+    tuples: Iterable[tuple[Any, ...]]
+    """Read once (a generator may make them a batch at a time)."""
+    count: int
 
     def __len__(self) -> int:
-        return len(self.tuples)
+        return self.count
 
 
 COPY_MIN_ROWS = 1000
 """From this many rows, PostgreSQL is sent a COPY instead of an executemany (several times faster)."""
 
 
+INSERT_BATCH = 10_000
+
+_COPY_TYPES = {BigInteger: "int8", Integer: "int4", Double: "float8", String: "text"}
+
+
 def _copy_rows(conn: Connection, table: Table, names: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
-    """COPY rows (plain scalars, None for NULL) into a PostgreSQL table, in the caller's transaction."""
+    """COPY rows (plain scalars, None for NULL) into a PostgreSQL table in its binary format (the
+    server parses no text, the client formats in C), in the caller's transaction."""
+    types = [_COPY_TYPES[type(table.c[name].type)] for name in names]
     driver: Any = conn.connection.driver_connection  # psycopg's Connection
-    with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        copy.set_types(types)
         for row in rows:
             copy.write_row(row)
 
@@ -801,16 +813,15 @@ def _insert_records(conn: Connection, table: Table, records: Sequence[object] | 
             return
         compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(names))
         order = getattr(compiled, "positiontup", None)
-        if not compiled.positional or order is None:
-            conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in records.tuples])
-        else:
-            where = [names.index(name) for name in order]
-            batch = (
-                records.tuples
-                if where == list(range(len(names)))
-                else [tuple(t[i] for i in where) for t in records.tuples]
-            )
-            conn.exec_driver_sql(str(compiled), list(batch))
+        tuples = iter(records.tuples)
+        while batch := list(islice(tuples, INSERT_BATCH)):
+            if not compiled.positional or order is None:
+                conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in batch])
+            elif tuple(order) == names:
+                conn.exec_driver_sql(str(compiled), batch)
+            else:
+                where = [names.index(name) for name in order]
+                conn.exec_driver_sql(str(compiled), [tuple(t[i] for i in where) for t in batch])
         return
     shape = _shape(type(records[0]))
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(shape.names))

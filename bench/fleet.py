@@ -128,8 +128,11 @@ def _wait_promtool(process: subprocess.Popen[bytes], text: Path) -> None:
     text.unlink()
 
 
-def write_config(path: Path, prom_url: str, store_url: str, gpus: int, every: int) -> None:
+def write_config(
+    path: Path, prom_url: str, store_url: str, gpus: int, every: int, chunk_minutes: int
+) -> None:
     text = f'timezone = "UTC"\n[store]\nurl = "{store_url}"\n[fleet]\nurl = "{prom_url}"\n'
+    text += f"chunk_minutes = {chunk_minutes}\n"
     text += f"max_gap_s = {3 * every * 60}\ntimeout_s = 120\n"
     for d in range(DEPLOYMENTS):
         text += (
@@ -220,6 +223,12 @@ def main() -> None:
     parser.add_argument(
         "--naive-gpus", type=int, default=None, help="GPUs the naive loop reads (default all)"
     )
+    parser.add_argument(
+        "--chunk-minutes",
+        type=int,
+        default=FleetConfig.model_fields["chunk_minutes"].default,
+        help="fleet.chunk_minutes",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep the TSDB here (and reuse it)")
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-fleet-"))
@@ -247,7 +256,7 @@ def main() -> None:
             store_url = f"sqlite:///{work / 'auditor.db'}"
         servers = {"prometheus": prom.process.pid, "postgresql": server_pid(store_url)}
         config = work / "fleet.toml"
-        write_config(config, prom.url, store_url, args.gpus, args.every)
+        write_config(config, prom.url, store_url, args.gpus, args.every, args.chunk_minutes)
         end = datetime.fromtimestamp(t0 + minutes * 60, UTC)
         with Phase(servers) as phase:
             window = ["--from", START.strftime("%Y-%m-%d"), "--to", end.strftime("%Y-%m-%dT%H:%M")]
@@ -262,7 +271,7 @@ def main() -> None:
             f"{gpu_minutes:,} GPU-minutes, peak RSS {rss / 2**20:.0f} MiB; {phase}; "
             f"{per_minute:.1f} us CPU per GPU-minute (all processes)"
         )
-        chunk = FleetConfig.model_fields["chunk_minutes"].default  # the one a roll-up uses
+        chunk = args.chunk_minutes
         naive_gpus = args.naive_gpus or args.gpus
         with Phase(servers) as phase:
             requests, _seconds = naive_chunk(prom.url, naive_gpus, t0, chunk)
