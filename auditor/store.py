@@ -10,7 +10,7 @@ import math
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import date
@@ -768,11 +768,15 @@ class RecordRows(Generic[T]):
 
     cls: type[T]
     tuples: Iterable[tuple[Any, ...]]
-    """Read once (a generator may make them a batch at a time)."""
-    count: int
+    """Read once (a generator may make them a batch at a time: then `count` is required)."""
+    count: int | None = None
 
     def __len__(self) -> int:
-        return self.count
+        if self.count is not None:
+            return self.count
+        if not isinstance(self.tuples, Sized):
+            raise TypeError("RecordRows made by a generator needs its count")
+        return len(self.tuples)
 
 
 COPY_MIN_ROWS = 1000
