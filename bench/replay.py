@@ -2,25 +2,24 @@
 
 Writes Azure-format traces (`TIMESTAMP,ContextTokens,GeneratedTokens`, about 300 requests a minute)
 of each size asked for, then runs, each as a whole process as a user would: the pandas baseline
-(`read_csv(engine="pyarrow")`, `to_datetime`, `groupby` per minute) and `auditor replay --trace`.
-Prints wall time, the ratio, and peak RSS of each. Targets (issue 11): replay at most 1.5× pandas,
-peak RSS flat in trace length.
+(`read_csv(engine="pyarrow")`, `to_datetime`, `groupby` per minute, the least a per-minute replay
+must do) and `auditor replay --trace`. Prints CPU seconds (the steadier figure on a shared machine)
+beside wall time, the ratios, and the peak RSS of each. The traces are written by a child process,
+so that this one stays small and the children's peak RSS is their own (Linux carries the parent's
+over at fork). Targets (issue 11): replay at most 1.5× pandas, peak RSS flat in trace length.
 
-    .venv/bin/python -m bench.replay [--requests 1000000 5000000]
+    .venv/bin/python -m bench.replay [--requests 1000000 5000000] [--runs 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from bench.proc import best, load, run
 
 AUDITOR = Path(sys.executable).parent / "auditor"
 PANDAS_BASELINE = """
@@ -31,57 +30,54 @@ minute = pd.to_datetime(frame["TIMESTAMP"]).dt.floor("min")
 sums = frame[["ContextTokens", "GeneratedTokens"]].groupby(minute).agg(["count", "sum"])
 print(len(sums), int(sums[("ContextTokens", "sum")].sum()))
 """
+WRITE_TRACE = """
+import sys
+import numpy as np
+import pandas as pd
+path, requests = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(1)
+start = pd.Timestamp("2023-11-16 18:15:46")
+gaps_s = rng.exponential(60 / 300, size=requests)
+stamps = start + pd.to_timedelta(np.cumsum(gaps_s), unit="s")
+pd.DataFrame(
+    {
+        "TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f"),
+        "ContextTokens": rng.integers(1, 4000, size=requests),
+        "GeneratedTokens": rng.integers(1, 600, size=requests),
+    }
+).to_csv(path, index=False)
+"""
 
 
 def write_trace(path: Path, requests: int) -> None:
-    rng = np.random.default_rng(1)
-    start = pd.Timestamp("2023-11-16 18:15:46")
-    gaps_s = rng.exponential(60 / 300, size=requests)
-    stamps = start + pd.to_timedelta(np.cumsum(gaps_s), unit="s")
-    frame = pd.DataFrame(
-        {
-            "TIMESTAMP": stamps.strftime("%Y-%m-%d %H:%M:%S.%f"),
-            "ContextTokens": rng.integers(1, 4000, size=requests),
-            "GeneratedTokens": rng.integers(1, 600, size=requests),
-        }
-    )
-    frame.to_csv(path, index=False)
-
-
-def timed(command: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one whole process."""
-    began = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: S603  (our own commands)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - began
-    if status != 0:
-        raise SystemExit(f"{' '.join(command[:2])} failed (wait status {status})")
-    return elapsed, usage.ru_maxrss / 1024
+    subprocess.run([sys.executable, "-c", WRITE_TRACE, str(path), str(requests)], check=True)  # noqa: S603
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, nargs="+", default=[1_000_000, 5_000_000])
+    parser.add_argument("--runs", type=int, default=2, help="runs of each command (the best is kept)")
     args = parser.parse_args()
+    print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="auditor-bench-") as scratch:
         for requests in args.requests:
             trace = Path(scratch) / f"trace-{requests}.csv"
             write_trace(trace, requests)
             size_mib = trace.stat().st_size / 2**20
-            pandas_s, pandas_mib = min(
-                timed([sys.executable, "-c", PANDAS_BASELINE, str(trace)]) for _ in range(2)
-            )
+            baseline = [sys.executable, "-c", PANDAS_BASELINE, str(trace)]
+            pandas = best([run(baseline) for _ in range(args.runs)])
             replay_command = [
                 str(AUDITOR), "replay", "--trace", str(trace), "--gpus", "8", "--gpu-type", "H100",
                 "--gpu-hourly-usd", "3", "--json",
             ]  # fmt: skip
-            replay_s, replay_mib = min(timed(replay_command) for _ in range(2))
-            ratio = replay_s / pandas_s
+            replay = best([run(replay_command) for _ in range(args.runs)])
+            cpu, wall = replay.cpu_s / pandas.cpu_s, replay.wall_s / pandas.wall_s
+            print(f"{requests:>10,} requests ({size_mib:,.0f} MiB): pandas {pandas}; auditor replay {replay}")
             print(
-                f"{requests:>10,} requests ({size_mib:,.0f} MiB): pandas {pandas_s:5.2f} s, "
-                f"{pandas_mib:,.0f} MiB peak; auditor replay {replay_s:5.2f} s, {replay_mib:,.0f} MiB peak; "
-                f"ratio {ratio:.2f}× (target ≤ 1.5×: {'met' if ratio <= 1.5 else 'MISSED'})"
+                f"{'':>10} ratio {cpu:.2f}× CPU (target ≤ 1.5×: {'met' if cpu <= 1.5 else 'MISSED'}), "
+                f"{wall:.2f}× wall"
             )
+    print(f"load average after: {load()}")
 
 
 if __name__ == "__main__":

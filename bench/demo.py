@@ -1,0 +1,64 @@
+"""`auditor demo` as a user runs it (whole process), against `auditor --help` in the same run.
+
+Runs `auditor --help`, then `auditor demo --month 2026-10` (a month of three simulated deployments:
+traffic, simulation, the store's writes and tiers, the FOCUS bill, the rules, the report in every
+format), then `auditor report` again on the demo's store with and without the HTML, so that the
+charts' share can be told apart. Prints CPU seconds (the steadier figure on a shared machine) beside
+wall time, the load average, and the ratio to `--help`. Targets (issue 11): the demo under 3 s, i.e.
+under 7× `auditor --help`.
+
+    .venv/bin/python -m bench.demo [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.proc import Run, best, load, run
+
+AUDITOR = str(Path(sys.executable).parent / "auditor")
+MONTH = "2026-10"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs of each command (the best is kept)")
+    args = parser.parse_args()
+    print(f"load average before: {load()}")
+    with tempfile.TemporaryDirectory(prefix="auditor-bench-demo-") as scratch:
+        demo_dir = Path(scratch) / "demo"
+        figures: dict[str, Run] = {}
+        commands = {
+            "auditor --help": [AUDITOR, "--help"],
+            "auditor demo": [AUDITOR, "demo", "--out", str(demo_dir), "--month", MONTH],
+            "report, every format": [
+                AUDITOR, "report", "--config", str(demo_dir / "auditor.toml"), "--month", MONTH,
+                "--out", str(Path(scratch) / "all"),
+            ],
+            "report without HTML": [
+                AUDITOR, "report", "--config", str(demo_dir / "auditor.toml"), "--month", MONTH,
+                "--out", str(Path(scratch) / "some"), "--format", "csv,md,json",
+            ],
+        }  # fmt: skip
+        for label, command in commands.items():
+            figures[label] = best([run(command) for _ in range(args.runs)])
+    help_run, demo = figures["auditor --help"], figures["auditor demo"]
+    charts_cpu = figures["report, every format"].cpu_s - figures["report without HTML"].cpu_s
+    for label, figure in figures.items():
+        print(f"{label:<22} {figure}  ({figure.cpu_s / help_run.cpu_s:5.1f}× --help CPU)")
+    print(f"the HTML's charts: {charts_cpu:.2f} s CPU (report with them − without)")
+    ratio = demo.cpu_s / help_run.cpu_s
+    print(
+        f"demo: {demo.cpu_s:.2f} s CPU (target < 3 s: {'met' if demo.cpu_s < 3 else 'MISSED'}), "
+        f"{demo.wall_s:.2f} s wall; {ratio:.1f}× --help CPU "
+        f"(target < 7×: {'met' if ratio < 7 else 'MISSED'}); "
+        f"without the charts {demo.cpu_s - charts_cpu:.2f} s CPU"
+    )
+    print(f"load average after: {load()}")
+
+
+if __name__ == "__main__":
+    main()
