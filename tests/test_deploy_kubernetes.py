@@ -277,6 +277,35 @@ def test_fleet_mode_reads_prometheus_and_keeps_its_state_in_postgresql(tmp_path:
     assert "secretKeyRef" in env["PGPASSWORD"]["valueFrom"]  # libpq's variable: never in the config
 
 
+WHERE_AND_WHO = {
+    "url",
+    "basic_auth_user",
+    "basic_auth_password_env",
+    "basic_auth_password_file",
+    "bearer_token_env",
+    "bearer_token_file",
+    "ca_file",
+}
+"""A fleet's Prometheus and its credentials: what a site (and the Kubernetes example) sets its own."""
+
+
+def test_the_fleet_configmap_and_the_fleet_example_agree(tmp_path: Path) -> None:
+    """Two examples of a fleet config exist: deploy/fleet.example.toml and the fleet Deployment's
+    ConfigMap. Apart from where things are (URLs, credentials, the deployments' label matchers:
+    under Kubernetes dcgm-exporter's pod labels arrive as exported_*), their roll-up behaves the same:
+    a change to one that the other does not follow fails here."""
+    _, mapped = _config_of(_named("Deployment", "gpu-auditor-fleet"), tmp_path)
+    example = load_config(ROOT / "deploy" / "fleet.example.toml", references=True)
+    assert mapped.fleet is not None and example.fleet is not None
+    assert mapped.fleet.model_dump(exclude=WHERE_AND_WHO) == example.fleet.model_dump(exclude=WHERE_AND_WHO)
+    assert mapped.store.model_dump(exclude={"url"}) == example.store.model_dump(exclude={"url"})
+    assert mapped.timezone == example.timezone
+    for config in (mapped, example):
+        assert make_url(config.store.url).get_backend_name() == "postgresql"
+        assert make_url(config.store.url).password is None  # PGPASSWORD, never the file
+        assert all(d.prometheus_matchers and not d.gpus for d in config.deployments)
+
+
 def _secret_references() -> Iterator[tuple[str, str]]:
     for workload in _workloads():
         for container in workload["spec"]["template"]["spec"]["containers"]:
