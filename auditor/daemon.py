@@ -514,8 +514,8 @@ class Daemon:
         allowed = 2 * daemon.sample_interval_s + scrape_deadline_s(self.config)
         if self.fleet is not None and self.config.fleet is not None:
             fleet = self.config.fleet
-            # One chunk's 12 queries, each with its retries (a catch-up reports every chunk it writes).
-            allowed = 2 * fleet.interval_s + 12 * (fleet.retries + 1) * fleet.timeout_s
+            # One chunk's 13 queries, each with its retries (a catch-up reports every chunk it writes).
+            allowed = 2 * fleet.interval_s + 13 * (fleet.retries + 1) * fleet.timeout_s
         return self.monotonic() - self._last_pass_ts < allowed
 
     def flush(self, deadline_s: float) -> bool:

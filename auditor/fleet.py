@@ -56,6 +56,7 @@ class GpuBlock:
     tensor_active_pct: Floats
     power_w: Floats
     mem_used_bytes: Floats
+    mem_total_bytes: Floats
     energy_j: Floats
 
     def samples(self) -> list[GpuSample]:
@@ -69,6 +70,7 @@ class GpuBlock:
                     return None if math.isnan(value) else value
 
                 mem = known(self.mem_used_bytes)
+                total = known(self.mem_total_bytes)
                 code = int(self.deployment[i, k])
                 out.append(
                     GpuSample(
@@ -82,6 +84,7 @@ class GpuBlock:
                         sm_active_pct=known(self.sm_active_pct),
                         tensor_active_pct=known(self.tensor_active_pct),
                         mem_used_bytes=None if mem is None else int(mem),
+                        mem_total_bytes=None if total is None else int(total),
                         power_w=known(self.power_w),
                         energy_j=known(self.energy_j),
                     )
@@ -165,6 +168,8 @@ def rollup_block(
     power = at(block.power_w)
     mem = at(block.mem_used_bytes)
     mem_known = observed & ~np.isnan(mem)
+    memory = at(block.mem_total_bytes)
+    memory_known = observed & ~np.isnan(memory)
     observed_s = pick(np.where(observed, seconds, 0.0))
     activity_s = pick(np.where(activity_known, seconds, 0.0))
     idle_s = pick(np.where(activity_known & (activity < idle_threshold), seconds, 0.0))
@@ -190,7 +195,7 @@ def rollup_block(
         (pick(increase), pick(has_increase)),
         (pick(power * seconds / seconds), pick(observed & ~np.isnan(power))),
         (np.where(mem_known, mem, 0).astype(np.int64)[rows_i, rows_k], pick(mem_known)),
-        (np.zeros(len(rows_i)), np.zeros(len(rows_i), dtype=bool)),  # mem_total_bytes: not read
+        (np.where(memory_known, memory, 0).astype(np.int64)[rows_i, rows_k], pick(memory_known)),
     ]
     rows = RecordRows(GpuMinute, _tuples(columns, len(rows_i)), len(rows_i))
 

@@ -4,8 +4,8 @@ Prometheus backfilled with a month of dcgm-exporter and vLLM history and a real 
 The fleet: N GPUs on 8-GPU nodes, in 16 deployments (Kubernetes pods `dN-M`), one vLLM server per
 node. Every `--every` minutes (default 5: a month at 1-minute resolution is 44M samples per DCGM
 field, ~45 min of promtool on this machine's 2 shared cores) each GPU has `DCGM_FI_DEV_GPU_UTIL`,
-`DCGM_FI_PROF_SM_ACTIVE` and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (the reader still sends its 7 DCGM
-queries; the other four come back empty), each server its two token counters and running requests.
+`DCGM_FI_PROF_SM_ACTIVE` and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (the reader still sends its 8 DCGM
+queries; the other five come back empty), each server its two token counters and running requests.
 History is backfilled a day at a time (promtool reads a whole file into memory), the next day's text
 written while promtool reads the last.
 

@@ -4,7 +4,7 @@ The one binding module for Prometheus (prometheus-api-client over a `requests` s
 basic auth or a bearer token, and a private CA). Every query is a `query_range` at a one-minute step
 with the aggregation done by the server (`avg_over_time`, `max_over_time`, `last_over_time` over
 each minute), so a window costs a fixed number of requests however many GPUs the fleet has:
-7 DCGM queries and 5 inference-server queries per chunk of at most `chunk_minutes` steps (under
+8 DCGM queries and 5 inference-server queries per chunk of at most `chunk_minutes` steps (under
 Prometheus' 11,000 points per series).
 
 What a minute's point means: the step evaluated at `m + 60` looks back `[59999ms]`, so minute `m`
@@ -67,6 +67,11 @@ GPU_QUERIES: dict[str, tuple[str, str]] = {
     "energy": ("last_over_time", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"),
 }
 """Units as dcgm-exporter reports them: utilization %, profiling ratios 0–1, W, MiB, mJ (a counter)."""
+
+MEMORY_TOTAL = "fb_total"
+"""The eighth GPU query: a GPU's memory, MiB. dcgm-exporter serves `DCGM_FI_DEV_FB_TOTAL` only when
+configured to; its default counters have FB_USED and FB_FREE (and, since 3.3, FB_RESERVED), which
+add up to it. Without it a fleet's GPUs had no memory size (the host path's `mem_total_bytes`)."""
 
 SERVER_FUNCTIONS: dict[Field, str] = {
     "prompt_tokens_total": "last_over_time",
@@ -331,10 +336,17 @@ class FleetReader:
         return self.promql.requests
 
     def gpu_queries(self) -> dict[str, str]:
-        return {
+        queries = {
             key: f"{function}({selector(self.gpu_matchers, metric)}[{RANGE}])"
             for key, (function, metric) in GPU_QUERIES.items()
         }
+        total, used, free, reserved = (
+            f"last_over_time({selector(self.gpu_matchers, f'DCGM_FI_DEV_FB_{name}')}[{RANGE}])"
+            for name in ("TOTAL", "USED", "FREE", "RESERVED")
+        )
+        # `or` keeps the first form a GPU has (vector matching ignores the metric's name).
+        queries[MEMORY_TOTAL] = f"{total} or ({used} + {free} + {reserved}) or ({used} + {free})"
+        return queries
 
     def server_queries(self) -> dict[Field, str]:
         """One query per field; the servers' names joined with `or`, which keeps the first name's series
@@ -409,20 +421,21 @@ def _labels(series: Mapping[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in series.get("metric", {}).items() if k != "__name__"}
 
 
-_UTIL, _SM, _GR, _TENSOR, _POWER, _FB, _ENERGY = range(len(GPU_QUERIES))
+_UTIL, _SM, _GR, _TENSOR, _POWER, _FB, _ENERGY, _FB_TOTAL = range(len(GPU_QUERIES) + 1)
 
 
 def _gpu_block(gpus: Mapping[str, _GpuSeries], start_minute_ts: int, width: int) -> GpuBlock:
     """The series' points on one grid of minutes, a row per GPU (sorted by key). Where two series of
     one GPU (a pod change) both have a minute, the first read with a deployment wins, else the first."""
     order = list(gpus.values())
-    raw = np.full((len(GPU_QUERIES), len(order), width), np.nan)
+    raw = np.full((len(GPU_QUERIES) + 1, len(order), width), np.nan)
     for row, entry in enumerate(order):
         for number, columns, values in entry.pieces:
             inside = (columns >= 0) & (columns < width)
             raw[number, row, columns[inside]] = values[inside]
     raw[~np.isfinite(raw)] = np.nan  # ±Inf is not a reading
-    present = ~np.isnan(raw).all(axis=0)
+    # A point is a reading: the memory size alone (an attribute of the GPU) makes none.
+    present = ~np.isnan(raw[:_FB_TOTAL]).all(axis=0)
     names = sorted({e.deployment for e in order if e.deployment is not None})
     code = {name: i for i, name in enumerate(names)}
     by_gpu: dict[str, list[int]] = defaultdict(list)
@@ -465,6 +478,7 @@ def _gpu_block(gpus: Mapping[str, _GpuSeries], start_minute_ts: int, width: int)
         tensor_active_pct=field_of(_TENSOR) * 100,
         power_w=field_of(_POWER),
         mem_used_bytes=np.rint(field_of(_FB) * MIB),
+        mem_total_bytes=np.rint(field_of(_FB_TOTAL) * MIB),
         energy_j=field_of(_ENERGY) / 1000,
     )
 

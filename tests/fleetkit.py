@@ -38,6 +38,10 @@ class Gpu:
     """A sample every this many minutes."""
     gaps: tuple[range, ...] = ()
     mig_instance: str | None = None
+    total_mib: float = 81_559.0
+    memory: str = "free"
+    """How dcgm-exporter tells the GPU's memory: FB_USED + FB_FREE (its default counters), + FB_RESERVED
+    (3.3 and later), or FB_TOTAL (when configured)."""
 
     def minutes(self) -> Iterator[int]:
         for m in range(self.first, self.last + 1, self.every):
@@ -126,6 +130,12 @@ class Fleet:
             add("DCGM_FI_PROF_GR_ENGINE_ACTIVE", g.sm)
             add("DCGM_FI_DEV_POWER_USAGE", g.power)
             add("DCGM_FI_DEV_FB_USED", lambda m: 40_000.0)
+            reserved = 512.0 if g.memory == "reserved" else 0.0
+            add("DCGM_FI_DEV_FB_FREE", _constant(g.total_mib - 40_000.0 - reserved))
+            if g.memory == "reserved":
+                add("DCGM_FI_DEV_FB_RESERVED", _constant(reserved))
+            if g.memory == "total":
+                add("DCGM_FI_DEV_FB_TOTAL", _constant(g.total_mib))
             add("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", g.energy_mj)
         for s in self.servers:
             names = {
@@ -191,6 +201,10 @@ class Fleet:
         return dict(truth)
 
 
+def _constant(value: float) -> Callable[[int], float]:
+    return lambda _m: value
+
+
 @dataclass
 class GpuTruth:
     observed_s: float = 0.0
@@ -231,9 +245,9 @@ def small_fleet(t0: int, minutes: int, *, every: int = 1) -> Fleet:
             Gpu("h1", 1, "GPU-11111111-aaaa-4000-8000-000000000001", "NVIDIA H100 80GB HBM3", "llama",
                 k8s("llama"), 0, gone, every),
             Gpu("h2", 0, "GPU-22222222-bbbb-4000-8000-000000000000", "NVIDIA A100-SXM4-80GB", "mistral",
-                k8s("mistral"), 0, last, every, gaps=(gap,)),
+                k8s("mistral"), 0, last, every, gaps=(gap,), total_mib=81_920.0, memory="reserved"),
             Gpu("h3", 0, "GPU-33333333-cccc-4000-8000-000000000000", "NVIDIA A100-SXM4-80GB", "small",
-                k8s("small"), 0, last, every, mig_instance="1"),
+                k8s("small"), 0, last, every, mig_instance="1", total_mib=81_920.0, memory="total"),
             Gpu("h3", 1, "GPU-33333333-cccc-4000-8000-000000000001", "NVIDIA A100-SXM4-80GB", None,
                 {}, 0, last, every),
         ],

@@ -76,6 +76,9 @@ def test_rollup_equals_the_generated_data(prom: PromServer, store_url: str) -> N
         )
         assert sum(r.idle_s for r in rows) == pytest.approx(expected.idle_s)
         assert sum(r.energy_j or 0 for r in rows) == pytest.approx(expected.energy_j)
+        # The GPU's memory, however dcgm-exporter tells it (used + free [+ reserved], or its total).
+        [gpu] = [g for g in fleet.gpus if g.key == key]
+        assert {r.mem_total_bytes for r in rows if r.observed_s} == {int(gpu.total_mib) << 20}, key
     # The MIG instance: no duty cycle (unknown, not 0), activity from the profiling fields.
     mig = by_gpu["GPU-33333333-cccc-4000-8000-000000000000/1"]
     assert all(r.gpu_util is None and r.sm_active is not None for r in mig if r.observed_s)
@@ -106,10 +109,10 @@ def test_rollup_equals_the_generated_data(prom: PromServer, store_url: str) -> N
     # The vLLM restart at minute 90 counts the tokens after the reset (from 0), not a negative jump.
     restart = next(r for r in deployments["llama"] if r.minute_ts == T0 + 90 * MINUTE)
     assert restart.prompt_tokens == 0 and restart.generation_tokens == 0
-    # Requests per chunk do not depend on the number of GPUs: 7 DCGM + 5 server queries. A chunk of
+    # Requests per chunk do not depend on the number of GPUs: 8 DCGM + 5 server queries. A chunk of
     # 50 minutes rolls up 42 (it reads the 4 minutes on each side that a 3-minute gap allows).
     assert result.chunks == 5
-    assert reader.requests == 12 * 5
+    assert reader.requests == 13 * 5
     # Re-rolling changes nothing (one row per GPU-minute, even on a second run).
     _roll(store, _reader(prom.url))
     assert len(store.gpu_minutes(*WINDOW)) == len(gpu_rows)
@@ -127,7 +130,7 @@ def test_queries_escape_matchers_and_join_server_names() -> None:
     kv = reader.server_queries()["kv_cache_usage"]
     # vLLM >= 0.10's gauge first: `or` keeps it where the old name has the same labels.
     assert kv.index("vllm:kv_cache_usage_perc") < kv.index("vllm:gpu_cache_usage_perc")
-    assert len(reader.gpu_queries()) == 7
+    assert len(reader.gpu_queries()) == 8
 
 
 class _Down(BaseHTTPRequestHandler):
@@ -259,6 +262,7 @@ def test_a_real_dcgm_exporter_scrape_reads_with_its_labels(tmp_path: Path) -> No
     assert second.deployment == "t4"
     assert second.util_pct == 0.0 and second.power_w == pytest.approx(8.969)
     assert second.mem_used_bytes == 0
+    assert second.mem_total_bytes == 15_109 << 20  # FB_USED + FB_FREE (this exporter has no FB_RESERVED)
     assert second.energy_j == pytest.approx((128_996_013 + 6000) / 1000)  # mJ -> J
     assert second.sm_active_pct is None  # the profiling fields of this scrape carry no GPU labels
 

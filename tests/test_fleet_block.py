@@ -53,6 +53,7 @@ def _block(seed: int, gpus: int = 12, width: int = 90) -> GpuBlock:
         tensor_active_pct=np.full((gpus, width), np.nan),
         power_w=field(60, 700, 0.1),
         mem_used_bytes=mem,
+        mem_total_bytes=np.where(present & (rng.random((gpus, width)) < 0.8), 81_559.0 * (1 << 20), np.nan),
         energy_j=energy,
     )
 
