@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from auditor.at_stake import at_stake_line
 from auditor.finding_json import finding_to_json
+from auditor.model import MINUTE_S
 
 if TYPE_CHECKING:
     from auditor.at_stake import AtStake
     from auditor.costing import ApiComparison, WhatIf
     from auditor.exporter import DeploymentFigures
     from auditor.gpu_prices import GpuPrice
-    from auditor.model import Finding, GpuSample, ServerSample
+    from auditor.model import Finding, GpuMinute, GpuSample, ServerSample
     from auditor.prices import ApiPrice
 
 TERMINAL_ONLY: Mapping[str, Any] = {"json": False}
@@ -90,18 +91,45 @@ def status_result(
     servers: Sequence[ServerSample],
     figures: Sequence[DeploymentFigures],
     sources: Sequence[Mapping[str, Any]],
+    fleet_gpus: Sequence[StatusGpu] = (),
 ) -> StatusResult:
     """From the samples of the window (the newest of each GPU and server count), the deployments'
-    figures and the sources' states."""
+    figures and the sources' states; in fleet mode the GPUs of its newest minutes (`fleet_gpus`)."""
     newest_servers = _newest(servers, key=lambda s: (s.deployment, s.instance))
     return StatusResult(
         window_minutes=minutes,
-        gpus=tuple(_status_gpu(s, now) for s in _newest(gpus, key=lambda s: s.gpu_uuid)),
+        gpus=(*(_status_gpu(s, now) for s in _newest(gpus, key=lambda s: s.gpu_uuid)), *fleet_gpus),
         deployments=tuple(_status_deployment(f, newest_servers) for f in figures),
         sources=tuple(sources),
         now_ts=now,
         timezone=tz,
     )
+
+
+def status_gpus_of_minutes(rows: Sequence[GpuMinute], now: float) -> list[StatusGpu]:
+    """Fleet mode keeps no samples: each GPU's newest rolled-up minute (oldest first in `rows`) stands
+    for its latest reading, aged from the minute's end. What a minute does not hold is unknown: the
+    energy counter, the model's name, the processes (DCGM lists none)."""
+    newest = _newest(rows, key=lambda r: r.gpu_uuid)
+    return [
+        StatusGpu(
+            host=r.host,
+            gpu_index=r.gpu_index,
+            gpu_uuid=r.gpu_uuid,
+            gpu_name=None,
+            deployment=r.deployment,
+            age_s=now - (r.minute_ts + MINUTE_S),
+            util_pct=None if r.gpu_util is None else r.gpu_util * 100,
+            sm_active_pct=None if r.sm_active is None else r.sm_active * 100,
+            mem_used_bytes=r.mem_used_max_bytes,
+            mem_total_bytes=r.mem_total_bytes,
+            power_w=r.power_mean_w,
+            energy_j=None,
+            process_count=None,
+        )
+        for r in newest
+        if r.observed_s > 0
+    ]
 
 
 def _status_gpu(s: GpuSample, now: float) -> StatusGpu:

@@ -148,6 +148,21 @@ def test_report_rules_and_digest_from_prometheus_only(
     assert digest.returncode == 0, digest.stderr
     assert "llama" in digest.stdout and "mistral" in digest.stdout
 
+    # status shows the fleet's GPUs from their newest rolled-up minutes (no samples in fleet mode).
+    status = _auditor("status", "--minutes", "120", "--json", config=config)
+    assert status.returncode == 0, status.stderr
+    shown = {g["gpu_uuid"]: g for g in json.loads(status.stdout)["gpus"]}
+    assert set(shown) == {g.key for g in fleet.gpus if g.last == MINUTES - 1}  # h1 GPU 1 left days ago
+    for gpu in fleet.gpus:
+        if gpu.key in shown:
+            got = shown[gpu.key]
+            assert got["host"] == gpu.host and got["deployment"] == gpu.deployment
+            assert (
+                got["mem_total_bytes"] == int(gpu.total_mib) << 20 and got["mem_used_bytes"] == 40_000 << 20
+            )
+            assert got["sm_active_pct"] is not None and got["age_s"] > 3600
+            assert (got["util_pct"] is None) == (gpu.mig_instance is not None)  # MIG: no duty cycle
+
     # doctor checks Prometheus, not this host's NVML (there is none in fleet mode).
     doctor = _auditor("doctor", "--json", config=config)
     checks = {c["source"]: c for c in json.loads(doctor.stdout)["checks"]}

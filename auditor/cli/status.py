@@ -18,8 +18,9 @@ from auditor.cli.common import (
     require_config,
 )
 from auditor.exporter import deployment_figures
+from auditor.model import MINUTE_S
 from auditor.output import emit, output_format
-from auditor.results import status_result
+from auditor.results import status_gpus_of_minutes, status_result
 from collectors.health import source_states
 from reports.terminal import status_text
 
@@ -37,6 +38,12 @@ def status(
         now = time.time()
         gpus = store.gpu_samples(now - minutes * 60, now + 1)
         servers = store.server_samples(now - minutes * 60, now + 1)
+        # Fleet mode stores no samples, only minutes rolled up from Prometheus: their newest.
+        fleet_gpus = (
+            status_gpus_of_minutes(store.gpu_minutes(now - minutes * 60 - MINUTE_S, now + 1), now)
+            if config.fleet is not None
+            else []
+        )
         figures = deployment_figures(
             store, config, datetime.fromtimestamp(now, UTC), api_catalog(config), gpu_catalog()
         )
@@ -44,6 +51,13 @@ def status(
     finally:
         store.close()
     result = status_result(
-        minutes=minutes, now=now, tz=config.tz, gpus=gpus, servers=servers, figures=figures, sources=sources
+        minutes=minutes,
+        now=now,
+        tz=config.tz,
+        gpus=gpus,
+        servers=servers,
+        figures=figures,
+        sources=sources,
+        fleet_gpus=fleet_gpus,
     )
     emit(result, output_format(as_json), status_text)
