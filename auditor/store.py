@@ -59,7 +59,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.schema import CreateIndex
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from auditor.config import parse_store_url
+from auditor.config import IdleLoadedRule, parse_store_url
 from auditor.costing import MEASURED_CAPACITY_MINUTES, UtilizationMeasures, run_totals
 from auditor.model import (
     MINUTE_S,
@@ -466,6 +466,11 @@ gpu_hours = Table(
     Column("energy_j", Double),
     Column("mem_used_max_bytes", BigInteger),
     Column("mem_total_bytes", BigInteger),
+    # schema 7: idle-loaded at the rule's default definition (`_idle_loaded_terms`), so the rule's
+    # week of history is there for a fleet whose minutes are kept ~2 days. NULL: not known.
+    Column("activity_known_s", Double),
+    Column("idle_loaded_s", Double),
+    Column("working_minutes", Integer),
     Index("ix_gpu_hours_uuid_hour", "gpu_uuid", "hour_ts"),
     Index("ix_gpu_hours_hour", "hour_ts"),
 )
@@ -627,6 +632,47 @@ def _migration_served_peaks(conn: Connection) -> None:
         day += DAY_S
 
 
+# -- schema 7: idle-loaded seconds on the GPU-hour tier ---------------------------------------------
+
+_IDLE_LOADED_COLUMNS = ("activity_known_s", "idle_loaded_s", "working_minutes")
+
+
+def _migration_idle_loaded_hours(conn: Connection) -> None:
+    """Schema 7: the GPU-hour tier's idle-loaded columns, filled from the minute rows still kept (a
+    day at a time); hours whose minutes are gone keep NULL (unknown to idle-loaded, as before)."""
+    present = set(conn.exec_driver_sql("SELECT * FROM gpu_hours LIMIT 0").keys())
+    for name in _IDLE_LOADED_COLUMNS:
+        if name not in present:
+            column_type = gpu_hours.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE gpu_hours ADD COLUMN {name} {column_type}")
+    g, gh = gpu_minutes, gpu_hours
+    first, last = conn.execute(select(func.min(g.c.minute_ts), func.max(g.c.minute_ts))).one()
+    if first is None or last is None:
+        return
+    statement = (
+        update(gh)
+        .where(
+            gh.c.hour_ts == bindparam("h"),
+            gh.c.gpu_uuid == bindparam("u"),
+            gh.c.deployment.is_not_distinct_from(bindparam("d")),
+        )
+        .values(activity_known_s=bindparam("k"), idle_loaded_s=bindparam("i"), working_minutes=bindparam("w"))
+    )
+    hour = g.c.minute_ts - g.c.minute_ts % HOUR_S
+    day = _floor(int(first), DAY_S)
+    while day <= int(last):
+        query = (
+            select(hour, g.c.gpu_uuid, g.c.deployment, *_idle_loaded_hour_sums())
+            .select_from(_with_server(g))
+            .where(g.c.minute_ts >= day, g.c.minute_ts < day + DAY_S)
+            .group_by(hour, g.c.gpu_uuid, g.c.deployment)
+        )
+        rows = [{"h": h, "u": u, "d": d, "k": k, "i": i, "w": w} for h, u, d, k, i, w in conn.execute(query)]
+        if rows:
+            conn.execute(statement, rows)
+        day += DAY_S
+
+
 MIGRATION_LOCK_KEY = zlib.crc32(b"gpu-auditor:migrate")
 """The PostgreSQL advisory lock held while migrating (named as `Store.try_lock` names its locks)."""
 
@@ -646,6 +692,7 @@ MIGRATIONS = (
     _migration_4,
     _migration_cost_lines_focus,
     _migration_served_peaks,
+    _migration_idle_loaded_hours,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1389,6 +1436,58 @@ class Store:
                 ]
         return found
 
+    def idle_loaded_history(
+        self,
+        spans: Sequence[tuple[float, float]],
+        below: float,
+        min_mem_used_bytes: int,
+        uuids: Sequence[str],
+    ) -> dict[str, list[IdleHours]]:
+        """Per GPU of `uuids` with a minute row or a GPU-hour row in the spans: its idle-loaded sums in
+        each span. The minute rows answer the part of a span from the oldest minute kept on, exactly as
+        `idle_loaded_spans`; the GPU-hour tier answers the whole hours of it before that (a fleet keeps
+        ~2 days of minutes, the rule looks a week back). A span's part before the minutes that starts
+        inside an hour loses that hour's first minutes; with a `below` or `min_mem_used_bytes` other
+        than the tier's (the rule's defaults), only the minutes answer."""
+        if not spans or not uuids:
+            return {}
+        kept_from = self.oldest_minute_ts()
+        minute_spans = [(a if kept_from is None else max(a, kept_from), b) for a, b in spans]
+        found: dict[str, list[IdleHours]] = {}
+        with self.engine.connect() as conn:
+            for row in conn.execute(_idle_span_query(minute_spans, below, min_mem_used_bytes, uuids)):
+                found[row[0]] = [
+                    IdleHours(float(row[i] or 0.0), float(row[i + 1] or 0.0), int(row[i + 3] or 0))
+                    for i in range(1, 1 + 5 * len(spans), 5)
+                ]
+            hour_spans = [
+                (_ceil(a, HOUR_S), _floor(b if kept_from is None else min(b, kept_from), HOUR_S))
+                for a, b in spans
+            ]
+            tier_answers = (below, min_mem_used_bytes) == (
+                TIER_IDLE_LOADED_BELOW,
+                TIER_IDLE_LOADED_MIN_MEM_BYTES,
+            )
+            if tier_answers and any(a < b for a, b in hour_spans):
+                for row in conn.execute(_idle_hour_query(hour_spans, uuids)):
+                    hours = [
+                        IdleHours(float(row[i] or 0.0), float(row[i + 1] or 0.0), int(row[i + 2] or 0))
+                        for i in range(1, 1 + 3 * len(spans), 3)
+                    ]
+                    before = found.get(row[0])
+                    found[row[0]] = (
+                        hours if before is None else [a + b for a, b in zip(before, hours, strict=True)]
+                    )
+        return found
+
+    def oldest_minute_ts(self) -> int | None:
+        """The oldest GPU-minute row kept (None when there is none): time before it is answered by the
+        tiers alone. GPU minutes are what retention (and a fleet backfill, past the minute window)
+        deletes; deployment minutes go with them or stay longer."""
+        with self.engine.connect() as conn:
+            first = conn.execute(select(func.min(gpu_minutes.c.minute_ts))).scalar()
+        return None if first is None else int(first)
+
     def last_gpu_places(self, start_ts: float, end_ts: float) -> dict[str, GpuWhere]:
         """Per GPU with a minute row in [start, end): its host, index and deployment in its last one."""
         g = gpu_minutes
@@ -1671,7 +1770,9 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
             func.sum(g.c.energy_j),
             func.max(g.c.mem_used_max_bytes),
             func.max(g.c.mem_total_bytes),
+            *_idle_loaded_hour_sums(),
         )
+        .select_from(_with_server(g))
         .where(g.c.minute_ts >= first_h, g.c.minute_ts < after_h)
         .group_by(hour, g.c.gpu_uuid, g.c.deployment)
     )
@@ -1985,6 +2086,26 @@ class IdleSpan:
 
 
 @dataclass(frozen=True, slots=True)
+class IdleHours:
+    """One GPU's idle-loaded history in one span (`Store.idle_loaded_history`): from the minute rows
+    where they are kept, from the GPU-hour tier's whole hours before them."""
+
+    known_s: float
+    """Seconds observed with a known activity."""
+    idle_s: float
+    """Of those, seconds idle-loaded."""
+    working_minutes: int
+    """Minutes with a known activity that were not idle-loaded."""
+
+    def __add__(self, other: IdleHours) -> IdleHours:
+        return IdleHours(
+            self.known_s + other.known_s,
+            self.idle_s + other.idle_s,
+            self.working_minutes + other.working_minutes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class GpuWhere:
     """Where a GPU was in its last minute of a window."""
 
@@ -1993,12 +2114,23 @@ class GpuWhere:
     deployment: str | None
 
 
-def _idle_span_query(
-    spans: Sequence[tuple[float, float]],
-    below: float,
-    min_mem_used_bytes: int,
-    uuids: Sequence[str] | None,
-) -> Select[Any]:
+TIER_IDLE_LOADED_BELOW: float = IdleLoadedRule.model_fields["below"].default
+TIER_IDLE_LOADED_MIN_MEM_BYTES: int = IdleLoadedRule.model_fields["min_mem_used_bytes"].default
+"""The idle-loaded definition the GPU-hour tier is summed at: the rule's defaults. A rule configured
+otherwise is answered from the minute rows alone."""
+
+
+def _with_server(g: Table) -> Any:
+    """GPU minutes joined to their deployment's server minute (at most one: its primary key)."""
+    dm = deployment_minutes
+    return g.outerjoin(dm, and_(dm.c.deployment == g.c.deployment, dm.c.minute_ts == g.c.minute_ts))
+
+
+def _idle_loaded_terms(
+    below: float, min_mem_used_bytes: int
+) -> tuple[ColumnElement[Any], ColumnElement[bool], ColumnElement[bool]]:
+    """(activity, known, idle-loaded) of a GPU minute joined by `_with_server`: idle-loaded's
+    definition, in one place for the minute rows and the GPU-hour tier."""
     g, dm = gpu_minutes, deployment_minutes
     activity = func.coalesce(g.c.sm_active, g.c.gpu_util)
     known = activity.is_not(None)
@@ -2011,6 +2143,29 @@ def _idle_span_query(
         (g.c.loaded_s > 0)
         | and_(g.c.mem_used_max_bytes.is_not(None), g.c.mem_used_max_bytes >= min_mem_used_bytes),
     )
+    return activity, known, idle
+
+
+def _idle_loaded_hour_sums() -> list[ColumnElement[Any]]:
+    """The GPU-hour tier's idle-loaded columns, over minutes joined by `_with_server`, at the tier's
+    definition: known seconds, idle-loaded seconds, working (known, not idle-loaded) minutes."""
+    g = gpu_minutes
+    _, known, idle = _idle_loaded_terms(TIER_IDLE_LOADED_BELOW, TIER_IDLE_LOADED_MIN_MEM_BYTES)
+    return [
+        func.sum(case((known, g.c.observed_s), else_=0.0)),
+        func.sum(case((idle, g.c.observed_s), else_=0.0)),
+        func.sum(case((and_(known, ~idle), 1), else_=0)),
+    ]
+
+
+def _idle_span_query(
+    spans: Sequence[tuple[float, float]],
+    below: float,
+    min_mem_used_bytes: int,
+    uuids: Sequence[str] | None,
+) -> Select[Any]:
+    g = gpu_minutes
+    activity, known, idle = _idle_loaded_terms(below, min_mem_used_bytes)
     columns: list[ColumnElement[Any]] = [g.c.gpu_uuid]
     for start_ts, end_ts in spans:
         inside = and_(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts)
@@ -2028,15 +2183,35 @@ def _idle_span_query(
         ]
     query = (
         select(*columns)
-        .select_from(
-            g.outerjoin(dm, and_(dm.c.deployment == g.c.deployment, dm.c.minute_ts == g.c.minute_ts))
-        )
+        .select_from(_with_server(g))
         .where(g.c.minute_ts >= min(a for a, _ in spans), g.c.minute_ts < max(b for _, b in spans))
         .group_by(g.c.gpu_uuid)
     )
     if uuids is not None:
         query = query.where(g.c.gpu_uuid.in_(uuids))
     return query
+
+
+def _idle_hour_query(spans: Sequence[tuple[int, int]], uuids: Sequence[str]) -> Select[Any]:
+    """Per GPU in `uuids`, per span [first hour, after): the GPU-hour tier's idle-loaded sums."""
+    gh = gpu_hours
+    columns: list[ColumnElement[Any]] = [gh.c.gpu_uuid]
+    for first_h, after_h in spans:
+        inside = and_(gh.c.hour_ts >= first_h, gh.c.hour_ts < after_h)
+        columns += [
+            func.sum(case((inside, gh.c.activity_known_s), else_=0.0)),
+            func.sum(case((inside, gh.c.idle_loaded_s), else_=0.0)),
+            func.sum(case((inside, gh.c.working_minutes), else_=0)),
+        ]
+    return (
+        select(*columns)
+        .where(
+            gh.c.hour_ts >= min(a for a, _ in spans),
+            gh.c.hour_ts < max(b for _, b in spans),
+            gh.c.gpu_uuid.in_(uuids),
+        )
+        .group_by(gh.c.gpu_uuid)
+    )
 
 
 def _outbox_values(message: OutboxMessage) -> dict[str, Any]:

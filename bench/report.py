@@ -106,14 +106,17 @@ def build(db: Path, gpus: int) -> int:
     connection.execute(
         "INSERT INTO gpu_hours (hour_ts, gpu_uuid, deployment, host, gpu_index, minutes, observed_s,"
         " util_observed_s, idle_s, loaded_s, gpu_util_weighted, gpu_util_s, gpu_util_max,"
-        " sm_active_weighted, sm_active_s, energy_j, mem_used_max_bytes, mem_total_bytes)"
+        " sm_active_weighted, sm_active_s, energy_j, mem_used_max_bytes, mem_total_bytes,"
+        " activity_known_s, idle_loaded_s, working_minutes)"
         " WITH RECURSIVE g(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM g WHERE i + 1 < ?),"
         " h AS (SELECT minute_ts - minute_ts % 3600 AS hour_ts, deployment, COUNT(*) AS n,"
-        " SUM(request_busy) AS busy, MAX(request_busy) AS top FROM deployment_minutes GROUP BY 1, 2)"
+        " SUM(request_busy) AS busy, MAX(request_busy) AS top,"
+        " SUM(CASE WHEN request_busy = 0 THEN 1 ELSE 0 END) AS idle FROM deployment_minutes GROUP BY 1, 2)"
         " SELECT h.hour_ts, printf('GPU-%05d', CAST(substr(h.deployment, 2) AS INTEGER) * ? + g.i),"
         " h.deployment, 'gpu-host-' || (CAST(substr(h.deployment, 2) AS INTEGER) * ? + g.i) / 8, g.i % 8,"
         " h.n, 60.0 * h.n, 60.0 * h.n, 60.0 * (h.n - h.busy), 60.0 * h.n, 60.0 * h.busy, 60.0 * h.n, h.top,"
-        " 36.0 * h.busy, 60.0 * h.n, 18000.0 * h.n, 75 * 1073741824, 80 * 1073741824"
+        " 36.0 * h.busy, 60.0 * h.n, 18000.0 * h.n, 75 * 1073741824, 80 * 1073741824,"
+        " 60.0 * h.n, 60.0 * h.idle, h.n - h.idle"
         " FROM h CROSS JOIN g",
         (per, per, per),
     )

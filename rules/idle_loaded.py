@@ -14,6 +14,10 @@ The dollars are those of the idle hours seen: the GPU's idle-loaded hours over t
 share of the hours observed, projected over the calendar month at that rate × what a GPU-hour costs;
 never the GPU's whole month. The GPUs of one deployment are one finding, their dollars added.
 
+The days before the window come from the minute rows where they are kept, and from the GPU-hour
+tier before that (a large fleet keeps ~2 days of minutes): its idle-loaded seconds are summed at the
+defaults below, so with another `below` or `min_mem_used_bytes` only the minutes kept count.
+
 Config (defaults shown)::
 
     [rules.idle_loaded]
@@ -32,7 +36,7 @@ from typing import ClassVar
 
 from auditor.config import IdleLoadedRule
 from auditor.model import Action, Finding, Severity, Window
-from auditor.store import GpuWhere, IdleSpan
+from auditor.store import GpuWhere, IdleHours, IdleSpan
 from auditor.units import format_share, format_usd
 from rules.common import live_gpu_hourly_usd, no_verdict
 from rules.contract import RuleContext
@@ -71,7 +75,9 @@ class IdleLoaded:
             if span.known_s >= min_known_s
             and _share(span) >= (STAY_SHARE if context.is_firing(self.name, uuid) else ENTER_SHARE)
         ]
-        history = context.store.idle_loaded_spans(
+        # From the minute rows where kept, and the GPU-hour tier before them: a fleet keeps ~2 days
+        # of minutes, and the rate and the week-before pattern look 7 days back.
+        history = context.store.idle_loaded_history(
             _history_spans(start_ts, end_ts), params.below, params.min_mem_used_bytes, idle
         )
         findings = []
@@ -90,7 +96,7 @@ class IdleLoaded:
         uuid: str,
         last: GpuWhere,
         span: IdleSpan,
-        history: list[IdleSpan] | None,
+        history: list[IdleHours] | None,
         start_ts: float,
         end_ts: float,
     ) -> Finding | None:
@@ -167,11 +173,11 @@ def _history_spans(start_ts: float, end_ts: float) -> list[tuple[float, float]]:
     return spans
 
 
-def _share(span: IdleSpan) -> float:
+def _share(span: IdleSpan | IdleHours) -> float:
     return span.idle_s / span.known_s if span.known_s > 0 else 0.0
 
 
-def _repeats(pattern: list[IdleSpan]) -> bool:
+def _repeats(pattern: list[IdleHours]) -> bool:
     """The GPU was idle-loaded over the same hours a day or a week before, and worked since then."""
     for before, since in zip(pattern[::2], pattern[1::2], strict=True):
         if before.known_s > 0 and _share(before) >= STAY_SHARE and since.working_minutes > 0:

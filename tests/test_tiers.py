@@ -359,7 +359,7 @@ def test_a_store_without_peaks_gets_them_from_the_minutes_kept(tmp_path: Path) -
     assert store.served_peak_tokens(SPAN_START, SPAN_START + 3600, "llama") == best
     with store.engine.begin() as conn:  # as a schema-5 store holds it: no peaks
         conn.execute(deployment_quarter_hours.update().values(served_peak_tokens=None))
-        conn.execute(schema_version.delete().where(schema_version.c.version == SCHEMA_VERSION))
+        conn.execute(schema_version.delete().where(schema_version.c.version >= 6))  # the peaks and after
     store.close()
     store = Store.open(url)
     assert store.schema_version() == SCHEMA_VERSION
