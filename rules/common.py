@@ -4,7 +4,7 @@ and the thresholds' two directions (strictly above / below, with hysteresis)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from auditor.analysis import AggregatedWindow, cost_window
@@ -13,6 +13,7 @@ from auditor.costing import DeploymentCost, monthly_saving
 from auditor.gpu_prices import GpuPrice, find_gpu_price
 from auditor.model import Finding, Severity, Window
 from auditor.rates import RateError, gpu_hourly_usd
+from auditor.store import BUCKET_S
 from auditor.units import format_share, format_usd
 from rules.contract import RuleContext
 
@@ -48,10 +49,28 @@ def no_verdict(
     )
 
 
+def window_start(context: RuleContext, days: float) -> datetime:
+    """`days` before now; where that is older than the minute rows kept (a large fleet keeps ~2 days)
+    and inside a quarter-hour, the start of that quarter-hour: the tier holds it whole, while the minutes
+    that would cut it are gone (summed from the tier's next quarter-hour, up to 15 minutes went
+    missing). Where the minutes are kept, exactly `days` before now."""
+    start = context.now - timedelta(days=days)
+    start_ts = start.timestamp()
+    if start_ts % BUCKET_S == 0:
+        return start
+    if "oldest_minute_ts" not in context.cache:
+        context.cache["oldest_minute_ts"] = context.store.oldest_minute_ts()
+    kept_from: int | None = context.cache["oldest_minute_ts"]
+    if kept_from is not None and start_ts >= kept_from:
+        return start
+    return datetime.fromtimestamp(start_ts // BUCKET_S * BUCKET_S, tz=start.tzinfo)
+
+
 def aggregated(context: RuleContext, days: float) -> AggregatedWindow:
-    """Every deployment costed over the `days` before now; shared by the rules of one evaluation."""
+    """Every deployment costed over the `days` before now (`window_start`); shared by the rules of one
+    evaluation."""
     end = context.now
-    start = end - timedelta(days=days)
+    start = window_start(context, days)
     key = ("window", start, end)
     if key not in context.cache:
         context.cache[key] = cost_window(
@@ -158,7 +177,7 @@ def window_figures(dc: DeploymentCost, month_h: Decimal) -> tuple[tuple[str, str
     days = (dc.end - dc.start).total_seconds() / 86400
     return (
         (f"utilization ({dc.utilization_metric.value})", format_share(dc.utilization)),
-        ("window", f"{days:g} days to {dc.end:%Y-%m-%d %H:%M}"),
+        ("window", f"{round(days, 2):g} days to {dc.end:%Y-%m-%d %H:%M}"),
         ("observed", f"{dc.hours.observed:.1f} of {dc.hours.billed:.1f} GPU-hours ({format_share(share)})"),
         ("cost (TCO) a month", format_usd(per_month(dc.tco_usd, dc, month_h))),
     )

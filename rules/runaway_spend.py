@@ -36,7 +36,14 @@ from auditor.config import DeploymentConfig, RunawaySpendRule
 from auditor.costing import SECONDS_PER_HOUR
 from auditor.model import Action, Finding, Severity, Window
 from auditor.units import format_usd
-from rules.common import costed, fires_above, gpu_rate_in_window, live_gpu_hourly_usd, no_verdict
+from rules.common import (
+    costed,
+    fires_above,
+    gpu_rate_in_window,
+    live_gpu_hourly_usd,
+    no_verdict,
+    window_start,
+)
 from rules.contract import RuleContext
 
 HOURS_PER_DAY = Decimal(24)
@@ -55,8 +62,9 @@ class RunawaySpend:
         live: dict[str | None, set[str]] = defaultdict(set)
         for owner, uuid in context.store.gpus_seen(live_start, now_ts):
             live[owner].add(uuid)
+        baseline_start_ts = window_start(context, params.baseline_days).timestamp()
         counts = context.store.gpu_minute_counts(
-            now_ts - params.baseline_days * 86400, live_start, [d.name for d in context.config.deployments]
+            baseline_start_ts, live_start, [d.name for d in context.config.deployments]
         )
         findings: list[Finding] = []
         for deployment in context.config.deployments:
@@ -143,7 +151,7 @@ class RunawaySpend:
                 command="auditor status",
                 deployment=name,
                 window=Window(
-                    start_ts=context.now.timestamp() - params.baseline_days * 86400,
+                    start_ts=window_start(context, params.baseline_days).timestamp(),
                     end_ts=context.now.timestamp(),
                     observed_h=observed_h,
                     expected_h=params.baseline_days * 24.0,
