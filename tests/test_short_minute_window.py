@@ -56,9 +56,9 @@ def _config(rule: str = "") -> Config:
     return parse_config(CONFIG.format(rule=rule))
 
 
-def _two_weeks(path: Path) -> Store:
+def _two_weeks(url: str) -> Store:
     """Two weeks of an A100 pair busy on weekdays and idle, model loaded, every weekend."""
-    store = Store.open(f"sqlite:///{path}")
+    store = Store.open(url)
     weekday = weekday_weekend(1, 0)
     Fleet().add(
         "rag",
@@ -85,9 +85,11 @@ def _keep_two_days(store: Store, now: datetime) -> None:
     store.prune(now.timestamp(), 48 * HOUR_S, 397 * DAY_S, minute_retention_s=TWO_DAYS_S)
 
 
-def test_a_weekend_idle_every_week_is_a_pattern_with_two_days_of_minutes(tmp_path: Path) -> None:
+def test_a_weekend_idle_every_week_is_a_pattern_with_two_days_of_minutes(
+    store_url: str, tmp_path: Path
+) -> None:
     config = _config()
-    every, short = _two_weeks(tmp_path / "every.db"), _two_weeks(tmp_path / "short.db")
+    every, short = _two_weeks(f"sqlite:///{tmp_path / 'every.db'}"), _two_weeks(store_url)
     saturdays = [datetime(2026, 11, 7, 12, tzinfo=UTC), datetime(2026, 11, 14, 12, tzinfo=UTC)]
     seen = []
     for now in [*saturdays, datetime(2026, 11, 15, 6, 30, tzinfo=UTC)]:
@@ -109,11 +111,15 @@ def test_a_weekend_idle_every_week_is_a_pattern_with_two_days_of_minutes(tmp_pat
     other = _config("[rules.idle_loaded]\nbelow = 0.04")
     assert len(_idle_loaded(other, short, saturdays[1])) == 1
     assert _idle_loaded(other, every, saturdays[1]) == []
+    every.close()
+    short.close()
 
 
-def test_a_rule_window_older_than_the_minutes_starts_on_its_quarter_hour(tmp_path: Path) -> None:
+def test_a_rule_window_older_than_the_minutes_starts_on_its_quarter_hour(
+    store_url: str, tmp_path: Path
+) -> None:
     config = _config()
-    every, short = _two_weeks(tmp_path / "every.db"), _two_weeks(tmp_path / "short.db")
+    every, short = _two_weeks(f"sqlite:///{tmp_path / 'every.db'}"), _two_weeks(store_url)
     now = datetime(2026, 11, 15, 12, 7, tzinfo=UTC)
     _keep_two_days(short, now)
     # Minutes kept: exactly 7 days back, to the minute.
@@ -128,6 +134,8 @@ def test_a_rule_window_older_than_the_minutes_starts_on_its_quarter_hour(tmp_pat
     ]
     assert tier.hours == same.hours and tier.tokens == same.tokens and tier.cost_usd == same.cost_usd
     assert tier.utilization == same.utilization
+    every.close()
+    short.close()
 
 
 # -- the tier's arithmetic --------------------------------------------------------------------------
@@ -232,10 +240,10 @@ def test_idle_loaded_history_from_the_hour_tier_equals_its_minutes(
     store.close()
 
 
-def test_the_migration_fills_the_hour_tier_from_the_minutes_kept(tmp_path: Path) -> None:
+def test_the_migration_fills_the_hour_tier_from_the_minutes_kept(store_url: str) -> None:
     """A store from before schema 7: its GPU-hours get idle-loaded sums where the minutes are kept,
     NULL (unknown) where they are gone."""
-    store = _two_weeks(tmp_path / "old.db")
+    store = _two_weeks(store_url)
     store.prune(END, 48 * HOUR_S, 397 * DAY_S, minute_retention_s=3 * DAY_S)
     with store.engine.begin() as conn:
         expected = conn.execute(gpu_hours.select().order_by(gpu_hours.c.hour_ts, gpu_hours.c.gpu_uuid)).all()
@@ -244,7 +252,7 @@ def test_the_migration_fills_the_hour_tier_from_the_minutes_kept(tmp_path: Path)
         )
         conn.exec_driver_sql("DELETE FROM schema_version WHERE version = 7")
     store.close()
-    store = Store.open(f"sqlite:///{tmp_path / 'old.db'}")
+    store = Store.open(store_url)
     with store.engine.connect() as conn:
         after = conn.execute(gpu_hours.select().order_by(gpu_hours.c.hour_ts, gpu_hours.c.gpu_uuid)).all()
         first_minute = conn.execute(gpu_minutes.select().order_by(gpu_minutes.c.minute_ts).limit(1)).one()
