@@ -1629,6 +1629,7 @@ def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | Non
             func.sum(func.coalesce(g.c.sm_active, 0.0) * sm_s).label("sm_w"),
             func.sum(sm_s).label("sm_s"),
             func.sum(g.c.energy_j).label("energy_j"),
+            func.count(case((g.c.observed_s > 0, 1))).label("gpus"),
         )
         .where(g.c.minute_ts >= start_ts, g.c.minute_ts < end_ts, _of_deployments(g.c.deployment, names))
         .group_by(g.c.deployment, g.c.minute_ts)
@@ -1649,6 +1650,8 @@ def _gpu_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | Non
             func.sum(m.sm_w),
             func.sum(m.sm_s),
             func.sum(m.energy_j),
+            func.sum(m.gpus),
+            func.sum(case((m.gpus > 0, 1), else_=0)),
         )
         .select_from(
             per_minute.outerjoin(dm, and_(dm.c.deployment == m.deployment, dm.c.minute_ts == m.minute_ts))
@@ -1683,13 +1686,21 @@ def _server_bucket_query(start_ts: float, end_ts: float, names: Sequence[str] | 
 
 
 def _minute_buckets(
-    conn: Connection, start_ts: float, end_ts: float, names: Sequence[str] | None
+    conn: Connection,
+    start_ts: float,
+    end_ts: float,
+    names: Sequence[str] | None,
+    gpu_counts: dict[tuple[str, int], tuple[int, int]] | None = None,
 ) -> dict[str, dict[int, Bucket]]:
-    """Per deployment (every one when `names` is None), per quarter-hour: the sums of its minutes."""
+    """Per deployment (every one when `names` is None), per quarter-hour: the sums of its minutes;
+    with `gpu_counts`, also (GPU-minutes observed, minutes with a GPU observed) per (deployment,
+    quarter-hour) there, from the same scan."""
     result: dict[str, dict[int, Bucket]] = {name: {} for name in names or ()}
     if names is not None and not names:
         return result
     for row in conn.execute(_gpu_bucket_query(start_ts, end_ts, names)):
+        if gpu_counts is not None:
+            gpu_counts[(row[0], int(row[1]))] = (int(row[9] or 0), int(row[10] or 0))
         b = result.setdefault(row[0], {}).setdefault(int(row[1]), Bucket())
         b.gpu_observed_s = float(row[2] or 0.0)
         b.gpu_idle_s = float(row[3] or 0.0)
@@ -1725,10 +1736,8 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
     dq = deployment_quarter_hours
     first_q, after_q = _floor(start_ts, BUCKET_S), _ceil(end_ts, BUCKET_S)
     conn.execute(delete(dq).where(dq.c.bucket_ts >= first_q, dq.c.bucket_ts < after_q))
-    counts = {
-        (name, bucket_ts): (gpus, minutes)
-        for name, bucket_ts, gpus, minutes in conn.execute(_gpu_count_query(first_q, after_q, None, BUCKET_S))
-    }
+    counts: dict[tuple[str, int], tuple[int, int]] = {}
+    buckets = _minute_buckets(conn, first_q, after_q, None, counts)
     rows = [
         {
             "bucket_ts": bucket_ts,
@@ -1737,7 +1746,7 @@ def _refresh_tiers(conn: Connection, start_ts: float, end_ts: float) -> None:
             "gpu_minutes": counts.get((name, bucket_ts), (0, 0))[0],
             "minutes_with_gpus": counts.get((name, bucket_ts), (0, 0))[1],
         }
-        for name, by_bucket in _minute_buckets(conn, first_q, after_q, None).items()
+        for name, by_bucket in buckets.items()
         for bucket_ts, b in by_bucket.items()
     ]
     if rows:
@@ -1879,24 +1888,6 @@ def _observed_minute(
     if not found:
         return None
     return max(found) if last else min(found)
-
-
-def _gpu_count_query(
-    start_ts: float, end_ts: float, names: Sequence[str] | None, bucket_s: int
-) -> Select[Any]:
-    """(deployment, bucket, GPU-minutes observed, minutes with a GPU observed) per bucket."""
-    g = gpu_minutes
-    bucket = (g.c.minute_ts - g.c.minute_ts % bucket_s).label("bucket")
-    return (
-        select(g.c.deployment, bucket, func.count(), func.count(func.distinct(g.c.minute_ts)))
-        .where(
-            g.c.minute_ts >= start_ts,
-            g.c.minute_ts < end_ts,
-            g.c.observed_s > 0,
-            _of_deployments(g.c.deployment, names),
-        )
-        .group_by(g.c.deployment, bucket)
-    )
 
 
 def _gpu_minute_counts(
