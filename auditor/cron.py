@@ -8,9 +8,10 @@ field are turned into day names first, so an expression means here what it means
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from apscheduler.triggers.cron import CronTrigger
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 FIELDS = ("minute", "hour", "day", "month", "day_of_week")
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's 0..6 (7 is Sunday again)
@@ -34,6 +35,8 @@ def cron_kwargs(expr: str, timezone: str) -> dict[str, Any]:
             "e.g. '0 9 * * mon'"
         )
     values[4] = _weekday_names(values[4])
+    from apscheduler.triggers.cron import CronTrigger  # here: 0.1 s of every command's start-up
+
     try:
         CronTrigger.from_crontab(" ".join(values), timezone=timezone)
     except ValueError as exc:
@@ -42,6 +45,8 @@ def cron_kwargs(expr: str, timezone: str) -> dict[str, Any]:
 
 
 def cron_trigger(expr: str, timezone: str) -> CronTrigger:
+    from apscheduler.triggers.cron import CronTrigger
+
     return CronTrigger(**cron_kwargs(expr, timezone))
 
 
