@@ -10,6 +10,8 @@ import contextlib
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 from urllib.parse import urlsplit
@@ -153,3 +155,30 @@ def api_catalog(config: Config | None) -> ApiPriceCatalog:
         if warning:
             warn(warning)
     return ApiPriceCatalog(config.prices.api if config else None)
+
+
+@contextmanager
+def progress_bar(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr (stdout stays clean for --json); each call advances it one step."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )  # only commands that show one
+
+    err = Console(stderr=True)
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("starting", total=total)
+
+        def step(description: str) -> None:
+            bar.update(task, advance=1, description=description)
+
+        yield step

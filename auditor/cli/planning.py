@@ -24,8 +24,8 @@ from auditor.cli.common import (
     gpu_catalog,
     open_store,
     program,
+    progress_bar,
 )
-from auditor.cli.report import FORMATS, LAST_SECOND, evaluate_rules, print_summary, progress_bar, write_report
 from auditor.config import ConfigError, parse_config
 from auditor.costing import DeploymentCost
 from auditor.gpu_prices import GpuPrice
@@ -50,7 +50,6 @@ from collectors.replay import (
 )
 from reports.files import write_atomic
 from reports.json_form import deployment_object
-from reports.monthly import MonthError, build_month_report, month_window, previous_month
 
 # -- auditor replay -------------------------------------------------------------------------------
 
@@ -205,6 +204,10 @@ def demo(
     ] = None,
 ) -> None:
     """See the whole product work without a GPU: a month of simulated traffic, the rules, the report."""
+    # Imported here, not with the module: `replay` shares it and needs none of the report's modules.
+    from auditor.cli.report import FORMATS, LAST_SECOND, evaluate_rules, print_summary, write_report
+    from reports.monthly import MonthError, build_month_report, month_window, previous_month
+
     now = datetime.now(tz=UTC)
     directory = out or Path(tempfile.mkdtemp(prefix="auditor-demo-"))
     try:

@@ -7,15 +7,12 @@ traffic (`collectors.replay`) first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 import rules
 from auditor.cli.common import (
@@ -27,6 +24,7 @@ from auditor.cli.common import (
     fatal,
     gpu_catalog,
     open_store,
+    progress_bar,
     require_config,
 )
 from auditor.config import Config
@@ -60,26 +58,6 @@ def evaluate_rules(
     """The rules' findings at `now`, through the rules package's one entry point."""
     context = RuleContext(config=config, store=store, now=now, api_catalog=apis, gpu_catalog=gpus)
     return rules.evaluate(context)
-
-
-@contextmanager
-def progress_bar(total: int) -> Iterator[Callable[[str], None]]:
-    """A progress bar on stderr (stdout stays clean for --json); each call advances it one step."""
-    err = Console(stderr=True)
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("starting", total=total)
-
-        def step(description: str) -> None:
-            bar.update(task, advance=1, description=description)
-
-        yield step
 
 
 def parse_formats(text: str) -> list[str]:
