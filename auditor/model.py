@@ -8,7 +8,8 @@ supported), never zero.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
@@ -244,6 +245,21 @@ class CostLine:
         if value is None or value == self.amount_usd:
             return self
         return replace(self, amount_usd=value)
+
+
+COST_LINE_FIELDS = tuple(f.name for f in fields(CostLine))
+"""`CostLine`'s fields in declaration order: what `cost_line_from_fields` takes."""
+_COST_LINE_SETTERS = tuple(getattr(CostLine, name).__set__ for name in COST_LINE_FIELDS)
+
+
+def cost_line_from_fields(values: Sequence[object]) -> CostLine:
+    """A `CostLine` from the value of every field, in `COST_LINE_FIELDS` order, `line_key` included:
+    what `CostLine(...)` stores, set slot by slot instead of through the frozen dataclass's `__init__`
+    (27 `object.__setattr__` calls), half the time. For bulk imports, which build hundreds of thousands."""
+    line: CostLine = object.__new__(CostLine)
+    for setter, value in zip(_COST_LINE_SETTERS, values, strict=True):
+        setter(line, value)
+    return line
 
 
 def cost_line_key(line: CostLine) -> str:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -41,7 +42,7 @@ import pyarrow.parquet as pq
 
 from auditor.errors import BadInputError
 from auditor.gpu_prices import GpuPrice
-from auditor.model import CostBasis, CostLine
+from auditor.model import COST_LINE_FIELDS, CostBasis, CostLine, cost_line_from_fields
 
 BATCH_ROWS = 65_536
 """Rows per batch: a batch of ~20 string columns is a few tens of MiB at most."""
@@ -222,6 +223,24 @@ class FocusImport:
     _groups: list[pa.Table] = field(default_factory=list)
     """Per batch, its GPU rows summed in Arrow per line (`GROUP_KEYS`); `lines` sums them once more."""
     _days: dict[int, date] = field(default_factory=dict)
+    _texts: list[str] = field(default_factory=list)
+    """The distinct texts of the summed lines (accounts, resources, SKUs, tags...): the Arrow groups
+    hold their codes (int32, an index here), small to keep and quick to hash, and each text becomes one
+    shared Python string."""
+    _text_codes: dict[str, int] = field(default_factory=dict)
+
+    def codes(self, texts: pa.Array) -> pa.Array:
+        """Texts as codes into `_texts` (nulls stay null), each distinct text looked up once a batch."""
+        encoded = pc.dictionary_encode(texts)
+        known = self._text_codes
+        codes = []
+        for text in encoded.dictionary.to_pylist():
+            code = known.get(text)
+            if code is None:
+                code = known[text] = len(self._texts)
+                self._texts.append(text)
+            codes.append(code)
+        return pa.array(codes, pa.int32()).take(encoded.indices)
 
     def add_period(self, value: object, where: str) -> None:
         self.periods.add(_epoch(value, "BillingPeriodStart", where))
@@ -305,7 +324,8 @@ class FocusImport:
                 lines.sort(key=lambda x: (x.charge_period_start_ts or 0, x.resource, x.usage_type))
         return out
 
-    def _line(self, key: tuple[Any, ...], sums: _Sums, line_key: str = "") -> CostLine:
+    def _line(self, key: tuple[Any, ...], sums: _Sums) -> CostLine:
+        """A line the row-by-row path summed (the Arrow path builds its own in `_line_groups`)."""
         (
             period,
             start,
@@ -350,8 +370,11 @@ class FocusImport:
             region=region,
             sku_id=sku,
             tags_json=sums.tags_json,
-            line_key=line_key,
         )
+
+    def _decoded(self, codes: pa.ChunkedArray) -> list[str | None]:
+        texts = self._texts
+        return [None if c is None else texts[c] for c in codes.to_pylist()]
 
     def _day(self, start: int) -> date:
         day = self._days.get(start)
@@ -365,31 +388,93 @@ class FocusImport:
         """One line per group Arrow summed: Python sees each group once, never each bill row. Groups
         are converted a slice at a time, and repeated values (accounts, SKUs, hours, amounts) become one
         shared Python object each, so the lines cost little more memory than their distinct amounts."""
-        order = [(k, "ascending") for k in ("period", "start", "resource", "usage")]
+        # The order the row-by-row path sorts by: charge period, resource, usage type (as text).
+        by_text = sorted(range(len(self._texts)), key=self._texts.__getitem__)
+        rank = pc.sort_indices(pa.array(by_text, pa.int32()))  # the inverse permutation: code -> rank
+        groups = groups.append_column("resource_rank", rank.take(groups.column("resource")))
+        groups = groups.append_column("usage_rank", rank.take(groups.column("usage")))
+        # Ties as the row-by-row path leaves them: the line first seen first (Arrow's group order is
+        # not the order groups are first seen in).
+        order = [(k, "ascending") for k in ("period", "start", "resource_rank", "usage_rank", "seen")]
         groups = groups.sort_by(order)
+        texts = pa.array(self._texts, pa.string())
+        source, rates = self.source, self.currency_rates
         for offset in range(0, groups.num_rows, LINES_AT_ONCE):
             part = groups.slice(offset, LINES_AT_ONCE)
             starts = _shared(part.column("start"))
-            days = [self._day(start) for start in starts]
-            line_keys = _line_keys(part, pa.array([day.isoformat() for day in days], pa.string()))
-            keys = zip(
-                *(starts if k == "start" else _shared(part.column(k)) for k in GROUP_KEYS), strict=True
-            )
-            sums = zip(
-                *(_decimals(part.column(c)) for c in _SUMS),
-                _shared(part.column("tags")),
-                _shared(part.column("estimated")),
-                strict=True,
-            )
-            for key, line_key, (billed, effective, listed, hours, gpu_hours, tags, estimated) in zip(
-                keys, line_keys, sums, strict=True
+            day_of = {start: self._day(start) for start in set(starts)}
+            iso = {start: day.isoformat() for start, day in day_of.items()}
+            line_keys = _line_keys(part, texts, pa.array([iso[start] for start in starts], pa.string()))
+            columns = [
+                starts
+                if k == "start"
+                else _shared(part.column(k))
+                if k in ("period", "end")
+                else self._decoded(part.column(k))
+                for k in GROUP_KEYS
+            ]
+            amounts = [_decimals(part.column(c)) for c in _SUMS]
+            tags = self._decoded(part.column("tags"))
+            flags = _shared(part.column("estimated"))
+            for key, line_key, billed, effective, listed, hours, gpu_hours, tags_json, estimated in zip(
+                zip(*columns, strict=True), line_keys, *amounts, tags, flags, strict=True
             ):
-                summed = _Sums(billed, effective, listed, hours, gpu_hours, tags, bool(estimated))
-                known = slow.get(key) if slow else None
-                if known is not None:  # the same line also had rows the row-by-row path summed
-                    known.add(summed)
+                if slow and key in slow:  # the same line also had rows the row-by-row path summed
+                    slow[key].add(
+                        _Sums(billed, effective, listed, hours, gpu_hours, tags_json, bool(estimated))
+                    )
                     continue
-                out.setdefault(key[0], []).append(self._line(key, summed, line_key))
+                (
+                    period,
+                    start,
+                    end,
+                    account,
+                    sub,
+                    resource,
+                    usage,
+                    sku,
+                    category,
+                    pricing,
+                    cd,
+                    provider,
+                    region,
+                    cur,
+                ) = key
+                rate = _ONE if cur == "USD" else rates[cur]
+                out[period].append(
+                    cost_line_from_fields(
+                        (
+                            day_of[start],
+                            source,
+                            account,
+                            resource,
+                            usage,
+                            effective if cur == "USD" else effective * rate,  # amount_usd
+                            None,  # deployment: attribution's part
+                            hours,
+                            gpu_hours,
+                            _AMORTIZED,
+                            bool(estimated),
+                            start,
+                            end,
+                            period,
+                            billed,
+                            effective,
+                            listed,
+                            cur,
+                            rate,
+                            category or None,
+                            pricing,
+                            cd,
+                            provider,
+                            sub,
+                            region,
+                            sku,
+                            tags_json,
+                            line_key,
+                        )
+                    )
+                )
 
     # -- files --------------------------------------------------------------------------------------
 
@@ -410,9 +495,12 @@ class FocusImport:
     def _csv_batches(self, path: Path, shown: str) -> Iterator[tuple[pa.RecordBatch, int]]:
         header = _csv_header(path)
         columns = _project(header, shown)
+        # 1 MiB blocks, in this thread: Arrow's streaming reader holds more blocks ahead the bigger they
+        # are (8 MiB blocks: 330 MiB at 5M rows; 1 MiB: 30 MiB). Its small batches are joined into
+        # batches of `BATCH_ROWS` (their dictionaries unified) for the GPU filter and the sums.
         reader = pacsv.open_csv(
             pa.input_stream(str(path)),  # compression from the name (.gz)
-            read_options=pacsv.ReadOptions(block_size=8 << 20),
+            read_options=pacsv.ReadOptions(block_size=1 << 20, use_threads=False),
             convert_options=pacsv.ConvertOptions(
                 include_columns=columns,
                 column_types={c: pa.string() if c in NUMBER_COLUMNS else _DICTIONARY for c in columns},
@@ -421,9 +509,16 @@ class FocusImport:
             ),
         )
         row = 0
+        pending: list[pa.RecordBatch] = []
+        size = 0
         for batch in reader:
-            yield batch, row
-            row += batch.num_rows
+            pending.append(batch)
+            size += batch.num_rows
+            if size >= BATCH_ROWS:
+                yield _joined(pending), row
+                row, pending, size = row + size, [], 0
+        if pending:
+            yield _joined(pending), row
 
     def _parquet_batches(self, path: Path, shown: str) -> Iterator[tuple[pa.RecordBatch, int]]:
         schema = pq.read_schema(str(path))
@@ -434,7 +529,9 @@ class FocusImport:
             if c not in NUMBER_COLUMNS
             and (pa.types.is_string(schema.field(c).type) or pa.types.is_large_string(schema.field(c).type))
         ]
-        parquet = pq.ParquetFile(str(path), read_dictionary=texts)
+        # Column chunks read as they are decoded (no pre-buffered row group), in this thread: a row
+        # group's worth of compressed pages is not held at once, and RSS stays flat on 2 shared cores.
+        parquet = pq.ParquetFile(str(path), read_dictionary=texts, pre_buffer=False, buffer_size=1 << 20)
         row = 0
         for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
             yield batch, row
@@ -525,6 +622,18 @@ MAX_ROWS = 10**7
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 _TEXT_NULLS = pa.array(["NULL", ""])
 _SUMS = ("billed", "effective", "listed", "hours", "gpu_hours")
+_LINE_FIELDS = (
+    *("day", "source", "account", "resource", "usage_type", "amount_usd", "deployment", "usage_hours"),
+    *("gpu_hours", "basis", "estimated", "charge_period_start_ts", "charge_period_end_ts"),
+    *("billing_period_start_ts", "billed_cost", "effective_cost", "list_cost", "billing_currency"),
+    *("usd_rate", "charge_category", "pricing_category", "commitment_discount_id", "provider"),
+    *("sub_account", "region", "sku_id", "tags_json", "line_key"),
+)
+"""The order `_line_groups` gives a line's fields in: `CostLine`'s own, checked when this is imported."""
+if _LINE_FIELDS != COST_LINE_FIELDS:
+    raise ImportError(
+        f"collectors.focus builds CostLine from fields {_LINE_FIELDS}, it has {COST_LINE_FIELDS}"
+    )
 LINES_AT_ONCE = 65_536
 """Summed lines turned into Python objects a slice at a time (the transient lists stay small)."""
 _AMORTIZED = CostBasis.AMORTIZED
@@ -659,24 +768,25 @@ def _group_batch(read: FocusImport, picked: pa.RecordBatch) -> pa.Table:
             "period": period,
             "start": start,
             "end": end,
-            "account": pc.fill_null(text("BillingAccountId"), ""),
-            "sub": text("SubAccountId"),
-            "resource": pc.fill_null(text("ResourceId"), ""),
-            "usage": usage,
-            "sku": text("SkuId"),
-            "category": category,
-            "pricing": text("PricingCategory"),
-            "cd": text("CommitmentDiscountId"),
-            "provider": pc.coalesce(text("ServiceProviderName"), text("ProviderName")),
-            "region": text("RegionId"),
-            "currency": currency,
+            "account": read.codes(pc.fill_null(text("BillingAccountId"), "")),
+            "sub": read.codes(text("SubAccountId")),
+            "resource": read.codes(pc.fill_null(text("ResourceId"), "")),
+            "usage": read.codes(usage),
+            "sku": read.codes(text("SkuId")),
+            "category": read.codes(category),
+            "pricing": read.codes(text("PricingCategory")),
+            "cd": read.codes(text("CommitmentDiscountId")),
+            "provider": read.codes(pc.coalesce(text("ServiceProviderName"), text("ProviderName"))),
+            "region": read.codes(text("RegionId")),
+            "currency": read.codes(currency),
             "billed": pc.fill_null(_amounts(column("BilledCost"), rows), zero),
             "effective": pc.fill_null(_amounts(column("EffectiveCost"), rows), zero),
             "listed": pc.fill_null(_amounts(column("ListCost"), rows), zero),
             "hours": hours,
             "gpu_hours": gpu_hours,
-            "tags": tags,
+            "tags": read.codes(tags),
             "estimated": estimated,
+            "seen": pa.array(np.arange(read.gpu_rows, read.gpu_rows + rows, dtype=np.int64)),
         }
     )
     return _regroup(table)
@@ -691,18 +801,25 @@ def _regroup(table: pa.Table) -> pa.Table:
             *((c, "sum", some) for c in _SUMS),
             ("tags", "first"),
             ("estimated", "any"),
+            ("seen", "min"),
         ]
     )
-    names = {**{f"{c}_sum": c for c in _SUMS}, "tags_first": "tags", "estimated_any": "estimated"}
+    names = {
+        **{f"{c}_sum": c for c in _SUMS},
+        "tags_first": "tags",
+        "estimated_any": "estimated",
+        "seen_min": "seen",
+    }
     return summed.rename_columns([names.get(n, n) for n in summed.schema.names])
 
 
-def _line_keys(groups: pa.Table, days: pa.Array) -> list[str]:
+def _line_keys(groups: pa.Table, texts: pa.Array, days: pa.Array) -> list[str]:
     """`auditor.model.cost_line_key` of each group's line (no deployment yet, basis amortized), the
     identity joined in Arrow: Python only hashes one string a line."""
 
     def part(name: str) -> pa.Array:
-        return pc.fill_null(_as_text(groups.column(name).combine_chunks()), "")
+        column = groups.column(name).combine_chunks()
+        return pc.fill_null(texts.take(column) if name not in ("start", "end") else _as_text(column), "")
 
     joined = pc.binary_join_element_wise(
         part("account"),
@@ -738,9 +855,8 @@ def _decimals(column: pa.ChunkedArray | pa.Array) -> list[Decimal | None]:
     """Arrow decimals as Python `Decimal`s without decimal128's padding zeros (`1.5`, not
     `1.500000000000000000`; `100`, not `1E+2`; Arrow writes tiny ones as `8.000E-7`: normalized)."""
     text = pc.replace_substring_regex(
-        pc.cast(column, pa.string()), pattern=r"(\.[0-9]*?)0+$", replacement=r"\1"
+        pc.cast(column, pa.string()), pattern=r"^(-?[0-9]+)(?:\.0+|(\.[0-9]*[1-9])0+)$", replacement=r"\1\2"
     )
-    text = pc.replace_substring_regex(text, pattern=r"\.$", replacement="")
     return _shared(text, lambda v: Decimal(v).normalize() if "E" in v else Decimal(v))
 
 
@@ -753,6 +869,13 @@ def _project(names: Sequence[str], shown: str) -> list[str]:
         )
     wanted = set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
     return [c for c in names if c in wanted]
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    if len(batches) == 1:
+        return batches[0]
+    table = pa.Table.from_batches(batches).unify_dictionaries().combine_chunks()
+    return table.to_batches()[0]
 
 
 def _csv_header(path: Path) -> list[str]:
