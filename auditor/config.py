@@ -314,6 +314,8 @@ class GcpPrice(_Strict):
     project_id: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     billing_export_table: str | None = Field(None, pattern=r"^[\w-]+\.[\w-]+\.[\w-]+$")
+    """Kept for configs written before `[[billing.sources]]`: it must name the `table` of a
+    `gcp_billing_export` source, which is what reads it (`Config` says so when none does)."""
     instance_type: str | None = None
     gpus_per_instance: int | None = Field(None, gt=0, le=1024)
 
@@ -765,6 +767,19 @@ class Config(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"deployment names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+    @model_validator(mode="after")
+    def _export_tables_are_sources(self) -> Self:
+        tables = {s.table for s in self.billing.sources if isinstance(s, GcpBillingExportSource)}
+        for d in self.deployments:
+            table = getattr(d.price, "billing_export_table", None)
+            if table is not None and table not in tables:
+                raise ValueError(
+                    f"deployment {d.name}: price.billing_export_table {table} is read by a billing source "
+                    f'now; add [[billing.sources]] with kind = "gcp_billing_export", name = "gcp", '
+                    f'table = "{table}" (and drop billing_export_table)'
+                )
         return self
 
     @property

@@ -122,6 +122,12 @@ _HOURS_UNITS = frozenset({"hours", "hour", "hrs", "hr", "h"})
 FOCUS_TIME = "%Y-%m-%d %H:%M:%S"
 
 
+RESTATED_WITHIN_S = 14 * 86_400
+"""A bill's lines stay *estimated* until two weeks after their billing period ends: AWS restates a
+closed month for about that long (refunds, credits, late usage); other clouds settle sooner, so this
+errs on the side of saying "may still change"."""
+
+
 class FocusError(BadInputError):
     """A bill file that cannot be imported; the message names the file and, where it applies, the row."""
 
@@ -264,7 +270,9 @@ class FocusImport:
             raise FocusError(f"{where}: ChargePeriodEnd is not after ChargePeriodStart")
         period_end = row.get("BillingPeriodEnd")
         estimated = (
-            _epoch(period_end, "BillingPeriodEnd", where) > self.now_ts if _text(period_end) else False
+            _epoch(period_end, "BillingPeriodEnd", where) + RESTATED_WITHIN_S > self.now_ts
+            if _text(period_end)
+            else False
         )
         description = " ".join(_text(row.get(c)) or "" for c in DESCRIBING_COLUMNS)
         if description in self._types:
@@ -723,7 +731,7 @@ def _group_batch(read: FocusImport, picked: pa.RecordBatch) -> pa.Table:
     if period.null_count or start.null_count or end.null_count or pc.any(pc.less_equal(end, start)).as_py():
         raise _RowByRow
     period_end = _epochs(column("BillingPeriodEnd"), "BillingPeriodEnd", rows)
-    estimated = pc.fill_null(pc.greater(period_end, read.now_ts), False)
+    estimated = pc.fill_null(pc.greater(period_end, read.now_ts - RESTATED_WITHIN_S), False)
 
     parts = [pc.fill_null(text(c), "") for c in DESCRIBING_COLUMNS]
     described = pc.binary_join_element_wise(*parts, " ")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from botocore.stub import Stubber
@@ -224,3 +227,69 @@ def test_doctor_check_makes_one_request(aws: None) -> None:
     calls = recorded(client)
     detail = CostExplorer(client, families=["p5"], tag_key="deployment").check()
     assert len(calls) == 1 and "ce:GetCostAndUsage allowed" in detail and "$0.01" in detail
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """Cost Explorer as botocore sees it under load: `ThrottlingException` (HTTP 400, JSON protocol)
+    for the first `throttled` requests, then one day's answer."""
+
+    throttled = 2
+    seen: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).seen.append(self.headers.get("X-Amz-Target", ""))
+        body: dict[str, Any]
+        if len(self.seen) <= self.throttled:
+            status, body = 400, {"__type": "ThrottlingException", "message": "Rate exceeded"}
+        else:
+            status = 200
+            body = {
+                "ResultsByTime": [
+                    day(
+                        "2026-10-01",
+                        "2026-10-02",
+                        [group("llama", "p5.48xlarge", "10.5", "9", "1")],
+                        estimated=True,
+                    )
+                ],
+                "DimensionValueAttributes": [],
+            }
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_throttling_is_retried_by_botocore_and_only_the_answer_is_counted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """botocore's adaptive retries against a real HTTP server that throttles twice (moto never
+    throttles; a Stubber bypasses retries): the page arrives, one paid request, two retries logged."""
+    _Throttling.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"),
+            "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        }.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delenv("AWS_PROFILE", raising=False)
+        explorer = CostExplorer(ce_client(), families=["p5"], tag_key="deployment")
+        fetched = explorer.fetch(date(2026, 10, 1), date(2026, 10, 2))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert _Throttling.seen == ["AWSInsightsIndexService.GetCostAndUsage"] * 3
+    assert fetched.requests == 1 and fetched.retries == 2 and fetched.cost_usd == REQUEST_USD
+    (row,) = fetched.rows
+    assert row.amortized == Decimal("10.5") and row.estimated

@@ -157,3 +157,18 @@ def test_a_key_with_a_newline_is_one_quoted_line() -> None:
         parse_config('[store]\n"\\n" = 1\n', source="x.toml")
     assert raised.value.problems[0].startswith('x.toml: store."\\n": unknown key')
     assert all("\n" not in p for p in raised.value.problems)
+
+
+def test_a_gcp_export_table_on_a_deployment_must_be_a_billing_source() -> None:
+    """`price.billing_export_table` predates `[[billing.sources]]`: a source reads the export now."""
+    table = "proj.billing.gcp_billing_export_v1_0123AB"
+    gcp = MINIMAL.replace(
+        'source = "static"\ngpu_hourly_usd = 2.50', f'source = "gcp"\nbilling_export_table = "{table}"'
+    )
+    (problem,) = problems(gcp)
+    assert (
+        f'add [[billing.sources]] with kind = "gcp_billing_export", name = "gcp", table = "{table}"'
+        in problem
+    )
+    source = f'\n[[billing.sources]]\nkind = "gcp_billing_export"\nname = "gcp"\ntable = "{table}"\n'
+    assert parse_config(gcp + source).deployments[0].price.source == "gcp"

@@ -133,6 +133,21 @@ def test_csv_gz_and_parquet_read_the_same_lines(tmp_path: Path, store: Store) ->
     assert by_format[".csv"] == by_format[".gz"] == by_format[".parquet"]
 
 
+def test_a_closed_month_stays_estimated_for_the_two_weeks_aws_may_restate_it(tmp_path: Path) -> None:
+    """September 2024 closes on 1 October; AWS may restate it for about two weeks after."""
+    config = _config(tmp_path)
+    flags = {}
+    for now in (
+        datetime(2024, 9, 20, tzinfo=UTC),
+        datetime(2024, 10, 10, tzinfo=UTC),
+        datetime(2024, 10, 16, tzinfo=UTC),
+    ):
+        read = new_import("s", config, CATALOG, now_ts=now.timestamp())
+        read.read_file(FIXTURE)
+        flags[now.day] = {x.estimated for x in read.lines()[SEPT]}
+    assert flags == {20: {True}, 10: {True}, 16: {False}}
+
+
 def _write_bill(path: Path, rows: list[dict[str, str]], *, drop: str | None = None) -> Path:
     with FIXTURE.open(newline="") as f:
         header = next(csv.reader(f))
