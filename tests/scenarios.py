@@ -111,3 +111,18 @@ class Fleet:
         if minutes:
             store.replace_minutes(min(minutes), max(minutes) + MINUTE_S, self.gpu_rows, self.deployment_rows)
         self.gpu_rows, self.deployment_rows = [], []
+
+
+def weekend_idle_rag(start_ts: int, end_ts: int) -> Fleet:
+    """The design's real case: two A100s serving RAG at 18% on weekdays, holding the model idle every
+    weekend (deployment "rag", GPU-a and GPU-b on h1)."""
+    weekday = weekday_weekend(1, 0)
+    return Fleet().add(
+        "rag",
+        start_ts,
+        end_ts,
+        gpus=["GPU-a", "GPU-b"],
+        util=weekday_weekend(0.18, 0.005),
+        tokens_per_min=lambda m: (2000, 500) if weekday(m) else (0, 0),
+        busy=weekday_weekend(0.30, 0.0),
+    )

@@ -17,7 +17,7 @@ from auditor.gpu_prices import load_gpu_prices
 from auditor.prices import ApiPriceCatalog
 from auditor.store import Store
 from reports.slack import SlackSender
-from tests.scenarios import Fleet, ts, weekday_weekend
+from tests.scenarios import ts, weekend_idle_rag
 from tests.slack_server import SlackServer, start_slack_server
 
 CONFIG = """
@@ -54,16 +54,7 @@ def test_three_weeks_of_cycles_post_each_condition_once(tmp_path: Path, slack: S
     config = parse_config(CONFIG)
     store = Store.open(f"sqlite:///{tmp_path / 'auditor.db'}")  # the PostgreSQL store runs the rest
     end = START + 21 * 86400
-    weekday = weekday_weekend(1, 0)
-    Fleet().add(
-        "rag",
-        START,
-        end,
-        gpus=["GPU-a", "GPU-b"],
-        util=weekday_weekend(0.18, 0.005),
-        tokens_per_min=lambda m: (2000, 500) if weekday(m) else (0, 0),
-        busy=weekday_weekend(0.30, 0.0),
-    ).write(store)
+    weekend_idle_rag(START, end).write(store)
     sender = SlackSender(client=WebClient(token="xoxb-test", base_url=slack.base_url))  # noqa: S106
     apis = ApiPriceCatalog(config.prices.api)
     gpus = load_gpu_prices()

@@ -27,8 +27,8 @@ from auditor.store import (
     gpu_minutes,
 )
 from rules.common import aggregated
-from tests.scenarios import Fleet, ts, weekday_weekend
-from tests.test_tiers import HOT_HOURS, SPAN_END, SPAN_START, deployment_minute, gpu_minute
+from tests.scenarios import ts, weekend_idle_rag
+from tests.test_tiers import HOT_HOURS, SPAN_END, SPAN_START, deployment_minute_lists, gpu_minute_lists
 
 HOUR_S = 3600
 DAY_S = 86_400
@@ -59,16 +59,7 @@ def _config(rule: str = "") -> Config:
 def _two_weeks(url: str) -> Store:
     """Two weeks of an A100 pair busy on weekdays and idle, model loaded, every weekend."""
     store = Store.open(url)
-    weekday = weekday_weekend(1, 0)
-    Fleet().add(
-        "rag",
-        START,
-        END,
-        gpus=["GPU-a", "GPU-b"],
-        util=weekday_weekend(0.18, 0.005),
-        tokens_per_min=lambda m: (2000, 500) if weekday(m) else (0, 0),
-        busy=weekday_weekend(0.30, 0.0),
-    ).write(store)
+    weekend_idle_rag(START, END).write(store)
     return store
 
 
@@ -185,13 +176,7 @@ def _close(got: IdleHours | None, want: IdleHours | None) -> bool:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    gpu_rows=st.lists(gpu_minute(), max_size=80, unique_by=lambda m: (m.gpu_uuid, m.minute_ts)),
-    deployment_rows=st.lists(
-        deployment_minute(), max_size=60, unique_by=lambda m: (m.deployment, m.minute_ts)
-    ),
-    data=st.data(),
-)
+@given(gpu_rows=gpu_minute_lists, deployment_rows=deployment_minute_lists, data=st.data())
 def test_idle_loaded_history_from_the_hour_tier_equals_its_minutes(
     gpu_rows: list[GpuMinute], deployment_rows: list[DeploymentMinute], data: st.DataObject
 ) -> None:

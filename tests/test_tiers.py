@@ -132,14 +132,15 @@ def local_midnight(day: date, zone: ZoneInfo) -> float:
     return datetime(day.year, day.month, day.day, tzinfo=zone).timestamp()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    gpu_rows=st.lists(gpu_minute(), max_size=80, unique_by=lambda m: (m.gpu_uuid, m.minute_ts)),
-    deployment_rows=st.lists(
-        deployment_minute(), max_size=60, unique_by=lambda m: (m.deployment, m.minute_ts)
-    ),
-    data=st.data(),
+gpu_minute_lists = st.lists(gpu_minute(), max_size=80, unique_by=lambda m: (m.gpu_uuid, m.minute_ts))
+deployment_minute_lists = st.lists(
+    deployment_minute(), max_size=60, unique_by=lambda m: (m.deployment, m.minute_ts)
 )
+"""A store's worth of GPU and deployment minutes (one row per key), crowded into `HOT_HOURS`."""
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(gpu_rows=gpu_minute_lists, deployment_rows=deployment_minute_lists, data=st.data())
 def test_a_window_from_the_tiers_equals_its_minutes_before_and_after_pruning(
     gpu_rows: list[GpuMinute], deployment_rows: list[DeploymentMinute], data: st.DataObject
 ) -> None:
