@@ -3,9 +3,10 @@ Prometheus backfilled with a month of dcgm-exporter and vLLM history and a real 
 
 The fleet: N GPUs on 8-GPU nodes, in 16 deployments (Kubernetes pods `dN-M`), one vLLM server per
 node. Every `--every` minutes (default 5: a month at 1-minute resolution is 44M samples per DCGM
-field, ~45 min of promtool on this machine's 2 shared cores) each GPU has `DCGM_FI_DEV_GPU_UTIL`,
-`DCGM_FI_PROF_SM_ACTIVE` and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (the reader still sends its 8 DCGM
-queries; the other five come back empty), each server its two token counters and running requests.
+field, five times the 5-minute backfill's 6 minutes on this machine's 2 shared cores) each GPU has
+`DCGM_FI_DEV_GPU_UTIL`, `DCGM_FI_PROF_SM_ACTIVE` and `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` (the
+reader still sends its 8 DCGM queries; the other five come back empty), each server its two token
+counters and running requests.
 History is backfilled a day at a time (promtool reads a whole file into memory), the next day's text
 written while promtool reads the last.
 
@@ -13,9 +14,10 @@ Measured, each as a whole process where a user would run one, with CPU seconds b
 machine is shared: CPU is the figure to trust; the Prometheus and PostgreSQL servers' CPU is read
 from /proc, a server's own and its reaped children's):
 1. `auditor fleet rollup` of the whole span into the store: wall, CPU, PromQL requests, peak RSS;
-2. the same window's first chunk read by a naive per-GPU loop (7 queries per GPU with `UUID=`):
+2. the same window's first chunk read by a naive per-GPU loop (the 8 DCGM queries per GPU, `UUID=`):
    requests and time, extrapolated to the span's chunks (running it whole would take hours);
-3. `auditor report --month` over the rolled-up store: wall, CPU, peak RSS.
+3. `auditor report --month` over the rolled-up store: wall, CPU, peak RSS; its observed GPU-hours
+   and tokens checked against the generated history.
 
     .venv/bin/python -m bench.fleet [--gpus 1024] [--days 30] [--every 5] [--store postgresql|sqlite]
 
@@ -26,7 +28,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
+import math
 import os
 import resource
 import shutil
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import TextIO
 
 from auditor.config import FleetConfig
-from collectors.prometheus import GPU_QUERIES, RANGE, PromAuth, PromQL, connect
+from collectors.prometheus import FleetReader, PromAuth, PromQL, connect
 from tests.pgkit import running_postgres, server_pid
 from tests.promkit import PROMTOOL, serve
 
@@ -202,16 +206,41 @@ def run_with_rss(args: list[str]) -> tuple[float, int, str]:
 
 
 def naive_chunk(prom_url: str, gpus: int, t0: int, chunk_minutes: int) -> tuple[int, float]:
-    """A per-GPU loop over one chunk: 7 queries for each GPU's UUID."""
+    """A per-GPU loop over one chunk: the reader's DCGM queries, one GPU's `UUID` at a time."""
     promql = PromQL(connect(prom_url, PromAuth(), timeout_s=120), retries=0)
     began = time.monotonic()
     for g in range(gpus):
-        uuid = f"GPU-{g:08d}-0000-4000-8000-000000000000"
-        for function, metric in GPU_QUERIES.values():
-            promql.range(
-                f'{function}({metric}{{UUID="{uuid}"}}[{RANGE}])', t0 + 60, t0 + chunk_minutes * 60, 60
-            )
+        for query in FleetReader(promql, [], gpu_matchers={"UUID": uuid(g)}).gpu_queries().values():
+            promql.range(query, t0 + 60, t0 + chunk_minutes * 60, 60)
     return promql.requests, time.monotonic() - began
+
+
+def check_report(summary: Path, gpus: int, minutes: int, every: int) -> None:
+    """The report's observed GPU-hours and tokens per deployment equal those of the generated history
+    (all within the month): each GPU observed from its first point to its last, each server's counters
+    grown by their rate over the same minutes."""
+    span = (minutes - 1) // every * every  # minutes between a series' first and last point
+    nodes = gpus // GPUS_PER_NODE
+    wrong = []
+    checked = 0
+    with summary.open() as rows:
+        for row in csv.DictReader(rows):
+            d = int(row["deployment"][1:])
+            servers = sum(1 for node in range(nodes) if node % DEPLOYMENTS == d)
+            if servers == 0:
+                continue  # a fleet under 16 nodes leaves deployments without GPUs: no data
+            checked += 1
+            want = {
+                "observed_gpu_hours": servers * GPUS_PER_NODE * span / 60,
+                "prompt_tokens": servers * 1200 * span,
+                "generation_tokens": servers * 300 * span,
+            }
+            for key, value in want.items():
+                if not math.isclose(float(row[key]), value, rel_tol=1e-9, abs_tol=1e-6):
+                    wrong.append(f"{row['deployment']} {key}: {row[key]}, expected {value}")
+    if wrong:
+        raise SystemExit("the report disagrees with the generated history:\n  " + "\n  ".join(wrong))
+    print(f"  report figures equal the generated history (observed GPU-hours, tokens): {checked} deployments")
 
 
 def main() -> None:
@@ -287,6 +316,8 @@ def main() -> None:
             report = ["report", "--month", month, "--config", str(config), "--out", str(work / "report")]
             _wall, rss, _out = run_with_rss([str(AUDITOR), *report])
         print(f"  report --month {month}: peak RSS {rss / 2**20:.0f} MiB; {phase}")
+        if args.days <= 31:
+            check_report(work / "report" / f"gpu-report-{month}-summary.csv", args.gpus, minutes, args.every)
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
 
