@@ -240,7 +240,8 @@ class FleetConfig(_Strict):
     """Per-minute points of a series further apart than this leave unknown time between them."""
     chunk_minutes: int = Field(120, ge=1, le=10_999)
     """Minutes per query_range request (under Prometheus' 11,000 points per series). Memory grows with
-    GPUs × this: at 1,024 GPUs, 120 kept a roll-up at 235 MiB, 360 took 388 MiB (bench/fleet.py)."""
+    GPUs × this and the points per minute: at 1,024 GPUs scraped every 5 minutes, 360 peaked at 256 MiB
+    and 720 at 406 MiB (bench/fleet.py); a 1-minute scrape answers five times the points."""
     gpu_matchers: Matchers = Field(default_factory=dict)
     """Label matchers added to every DCGM query (`{job = "dcgm-exporter"}`); `~regex` for a regex."""
     server_matchers: Matchers = Field(default_factory=dict)
