@@ -196,6 +196,17 @@ class _Sums:
     tags_json: str | None
     estimated: bool
 
+    def values(self) -> tuple[Decimal, Decimal, Decimal, Decimal | None, Decimal | None, str | None, bool]:
+        return (
+            self.billed,
+            self.effective,
+            self.listed,
+            self.hours,
+            self.gpu_hours,
+            self.tags_json,
+            self.estimated,
+        )
+
     def add(self, other: _Sums) -> None:
         self.billed += other.billed
         self.effective += other.effective
@@ -325,15 +336,21 @@ class FocusImport:
             groups = _regroup(pa.concat_tables(self._groups))
             self._groups = [groups]
             self._line_groups(groups, slow, out)
-        for key, sums in slow.items():
-            out.setdefault(key[0], []).append(self._line(key, sums))
+        for key, summed in slow.items():
+            out.setdefault(key[0], []).append(self._line(key, summed.values()))
         if slow:  # else Arrow has sorted them already
             for lines in out.values():
                 lines.sort(key=lambda x: (x.charge_period_start_ts or 0, x.resource, x.usage_type))
         return out
 
-    def _line(self, key: tuple[Any, ...], sums: _Sums) -> CostLine:
-        """A line the row-by-row path summed (the Arrow path builds its own in `_line_groups`)."""
+    def _line(
+        self,
+        key: tuple[Any, ...],
+        sums: tuple[Decimal, Decimal, Decimal, Decimal | None, Decimal | None, str | None, bool],
+        line_key: str = "",
+    ) -> CostLine:
+        """The line of a group (`GROUP_KEYS` values) and its sums (billed, effective, listed, hours,
+        GPU-hours, tags, estimated); its key computed unless given."""
         (
             period,
             start,
@@ -350,35 +367,40 @@ class FocusImport:
             region,
             cur,
         ) = key
+        billed, effective, listed, hours, gpu_hours, tags_json, estimated = sums
         rate = _ONE if cur == "USD" else self.currency_rates[cur]
-        return CostLine(
-            day=self._day(start),
-            source=self.source,
-            account=account,
-            resource=resource,
-            usage_type=usage,
-            amount_usd=sums.effective if cur == "USD" else sums.effective * rate,
-            usage_hours=sums.hours,
-            gpu_hours=sums.gpu_hours,
-            basis=_AMORTIZED,
-            estimated=sums.estimated,
-            charge_period_start_ts=start,
-            charge_period_end_ts=end,
-            billing_period_start_ts=period,
-            billed_cost=sums.billed,
-            effective_cost=sums.effective,
-            list_cost=sums.listed,
-            billing_currency=cur,
-            usd_rate=rate,
-            charge_category=category or None,
-            pricing_category=pricing,
-            commitment_discount_id=cd,
-            provider=provider,
-            sub_account=sub,
-            region=region,
-            sku_id=sku,
-            tags_json=sums.tags_json,
+        values = (
+            self._day(start),
+            self.source,
+            account,
+            resource,
+            usage,
+            effective if cur == "USD" else effective * rate,  # amount_usd
+            None,  # deployment: attribution's part
+            hours,
+            gpu_hours,
+            _AMORTIZED,
+            estimated,
+            start,
+            end,
+            period,
+            billed,
+            effective,
+            listed,
+            cur,
+            rate,
+            category or None,
+            pricing,
+            cd,
+            provider,
+            sub,
+            region,
+            sku,
+            tags_json,
         )
+        if not line_key:
+            return CostLine(*values)  # COST_LINE_FIELDS order, checked on import
+        return cost_line_from_fields((*values, line_key))
 
     def _decoded(self, codes: pa.ChunkedArray) -> list[str | None]:
         texts = self._texts
@@ -406,7 +428,6 @@ class FocusImport:
         order = [(k, "ascending") for k in ("period", "start", "resource_rank", "usage_rank", "seen")]
         groups = groups.sort_by(order)
         texts = pa.array(self._texts, pa.string())
-        source, rates = self.source, self.currency_rates
         for offset in range(0, groups.num_rows, LINES_AT_ONCE):
             part = groups.slice(offset, LINES_AT_ONCE)
             starts = _shared(part.column("start"))
@@ -427,62 +448,11 @@ class FocusImport:
             for key, line_key, billed, effective, listed, hours, gpu_hours, tags_json, estimated in zip(
                 zip(*columns, strict=True), line_keys, *amounts, tags, flags, strict=True
             ):
+                sums = (billed, effective, listed, hours, gpu_hours, tags_json, bool(estimated))
                 if slow and key in slow:  # the same line also had rows the row-by-row path summed
-                    slow[key].add(
-                        _Sums(billed, effective, listed, hours, gpu_hours, tags_json, bool(estimated))
-                    )
+                    slow[key].add(_Sums(*sums))
                     continue
-                (
-                    period,
-                    start,
-                    end,
-                    account,
-                    sub,
-                    resource,
-                    usage,
-                    sku,
-                    category,
-                    pricing,
-                    cd,
-                    provider,
-                    region,
-                    cur,
-                ) = key
-                rate = _ONE if cur == "USD" else rates[cur]
-                out[period].append(
-                    cost_line_from_fields(
-                        (
-                            day_of[start],
-                            source,
-                            account,
-                            resource,
-                            usage,
-                            effective if cur == "USD" else effective * rate,  # amount_usd
-                            None,  # deployment: attribution's part
-                            hours,
-                            gpu_hours,
-                            _AMORTIZED,
-                            bool(estimated),
-                            start,
-                            end,
-                            period,
-                            billed,
-                            effective,
-                            listed,
-                            cur,
-                            rate,
-                            category or None,
-                            pricing,
-                            cd,
-                            provider,
-                            sub,
-                            region,
-                            sku,
-                            tags_json,
-                            line_key,
-                        )
-                    )
-                )
+                out[key[0]].append(self._line(key, sums, line_key))
 
     # -- files --------------------------------------------------------------------------------------
 
