@@ -278,6 +278,9 @@ def cost_line_key(line: CostLine) -> str:
         line.commitment_discount_id or "",
         line.deployment or "",
         line.basis.value if isinstance(line.basis, CostBasis) else str(line.basis),
+        line.provider or "",
+        line.region or "",
+        line.billing_currency or "",
     )
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 

@@ -6,6 +6,7 @@ Only `_configure_sqlite` knows a dialect; every query is portable Core. Money is
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
@@ -71,6 +72,7 @@ from auditor.model import (
     GpuMinute,
     GpuSample,
     ServerSample,
+    cost_line_key,
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -685,6 +687,53 @@ def _schema_version(conn: Connection) -> int:
 
 
 # Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
+# -- schema 8: cost-line keys that tell provider, region and currency apart ---------------------------
+
+_REKEY_PAGE_ROWS = 10_000
+
+
+def _key_before_schema_8(line: CostLine) -> str:
+    """`cost_line_key` as it was before schema 8, without provider, region and currency: two FOCUS lines
+    that differed only there shared a key, and the second one's import failed."""
+    parts = (
+        line.account,
+        line.sub_account or "",
+        line.day.isoformat(),
+        "" if line.charge_period_start_ts is None else str(line.charge_period_start_ts),
+        "" if line.charge_period_end_ts is None else str(line.charge_period_end_ts),
+        line.resource,
+        line.usage_type,
+        line.sku_id or "",
+        line.charge_category or "",
+        line.pricing_category or "",
+        line.commitment_discount_id or "",
+        line.deployment or "",
+        line.basis.value,
+    )
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def _migration_cost_line_places(conn: Connection) -> None:
+    """Schema 8: the lines keyed by `cost_line_key` get its new key, which also hashes provider, region
+    and currency, so a re-import after the upgrade finds its lines unchanged. Lines their source keys
+    itself (the billing APIs' keys, an old duplicate told apart by its id) keep theirs."""
+    rekey = update(cost_lines).where(cost_lines.c.id == bindparam("row_id")).values(line_key=bindparam("key"))
+    last_id = -1
+    while True:
+        page = select(cost_lines).where(cost_lines.c.id > last_id).order_by(cost_lines.c.id)
+        rows = conn.execute(page.limit(_REKEY_PAGE_ROWS)).all()
+        if not rows:
+            return
+        last_id = int(rows[-1].id)
+        changes = []
+        for row, line in zip(rows, _records(CostLine, rows), strict=True):
+            line = _with_enums(line)
+            if line.line_key == _key_before_schema_8(line):
+                changes.append({"row_id": row.id, "key": cost_line_key(line)})
+        if changes:
+            conn.execute(rekey, changes)
+
+
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -693,6 +742,7 @@ MIGRATIONS = (
     _migration_cost_lines_focus,
     _migration_served_peaks,
     _migration_idle_loaded_hours,
+    _migration_cost_line_places,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -813,6 +813,9 @@ def _line_keys(groups: pa.Table, texts: pa.Array, days: pa.Array) -> list[str]:
         part("cd"),
         "",
         _AMORTIZED.value,
+        part("provider"),
+        part("region"),
+        part("currency"),
         "\x1f",
     )
     return [hashlib.blake2b(j.encode(), digest_size=16).hexdigest() for j in joined.to_pylist()]

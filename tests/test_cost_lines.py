@@ -18,6 +18,8 @@ from auditor.store import (
     BillingSync,
     CostLineChange,
     Store,
+    _key_before_schema_8,
+    _migration_cost_line_places,
     _migration_cost_lines_focus,
     schema_version,
 )
@@ -215,3 +217,40 @@ table = "proj.billing.focus_v1"
     ]
     with pytest.raises(ConfigError, match="cost_metric"):
         parse_config('[billing]\ncost_metric = "amortized"\n')
+
+
+def test_lines_that_differ_only_in_provider_region_or_currency_are_lines_of_their_own(store_url: str) -> None:
+    store = Store.open(store_url)
+    lines = [
+        _hour(SEPT, 1, "1", "1"),
+        _hour(SEPT, 1, "1", "1", region="us-east-1"),
+        _hour(SEPT, 1, "1", "1", provider="Microsoft"),
+        _hour(SEPT, 1, "1", "1", billing_currency="EUR", usd_rate=Decimal("1.1")),
+    ]
+    assert len({line.line_key for line in lines}) == 4
+    assert store.replace_billing_periods("aws-focus", {SEPT: lines}) == CostLineChange(added=4)
+    assert store.replace_billing_periods("aws-focus", {SEPT: lines}) == CostLineChange(unchanged=4)
+
+
+def test_schema_8_rekeys_the_lines_keyed_by_the_old_key_and_keeps_a_source_s_own(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'seven.db'}"
+    store = Store.open(url)
+    month = [_hour(SEPT, h, "1.624", "1.2") for h in range(3)]
+    store.replace_billing_periods("aws-focus", {SEPT: month})
+    own = _hour(SEPT, 0, "1", "1", source="aws-ce", line_key="a-key-the-source-made-itself")
+    store.replace_cost_lines("aws-ce", None, date(2024, 9, 1), date(2024, 9, 2), [own])
+    with store.engine.begin() as conn:  # as a schema-7 store left them
+        for line in month:
+            conn.execute(
+                text("UPDATE cost_lines SET line_key = :old WHERE line_key = :new"),
+                {"old": _key_before_schema_8(line), "new": line.line_key},
+            )
+        eight = MIGRATIONS.index(_migration_cost_line_places) + 1
+        conn.execute(text("DELETE FROM schema_version WHERE version >= :v"), {"v": eight})
+    store.close()
+    store = Store.open(url)
+    assert store.schema_version() == SCHEMA_VERSION
+    # The re-import finds every line as it was: the keys were brought up to date, not left to look new.
+    assert store.replace_billing_periods("aws-focus", {SEPT: month}) == CostLineChange(unchanged=3)
+    (kept,) = [x for x in store.cost_lines(date(2024, 9, 1), date(2024, 9, 2)) if x.source == "aws-ce"]
+    assert kept.line_key == "a-key-the-source-made-itself"
