@@ -594,8 +594,9 @@ _FACTOR = pa.decimal128(3, 0)
 _HOURS = pa.decimal128(34, 18)
 """Hours to multiply by GPUs: decimal128(34, 18) × decimal128(3, 0) is still decimal128(38, 18)."""
 MAX_VALUE = Decimal(10) ** 12
-"""Largest cost or quantity the Arrow path sums (anything bigger goes row by row, exact): with
-`MAX_ROWS`, no sum can reach decimal128(38, 18)'s 10^20, so none can overflow."""
+"""Bound on a cost or quantity (exclusive): the Arrow path hands anything bigger to the row-by-row
+path, which refuses it naming the row. With `MAX_ROWS`, no Arrow sum can reach decimal128(38, 18)'s
+10^20, so none can overflow."""
 MAX_ROWS = 10**7
 _DICTIONARY = pa.dictionary(pa.int32(), pa.string())
 _TEXT_NULLS = pa.array(["NULL", ""])
@@ -889,6 +890,8 @@ def _money(value: object, column: str, where: str) -> Decimal:
             raise FocusError(f"{where}: {column} is not a number: {text[:40]!r}") from None
     if not amount.is_finite():
         raise FocusError(f"{where}: {column} is not a finite number: {value!r}")
+    if abs(amount) >= MAX_VALUE:  # stored, it would make every later report fail
+        raise FocusError(f"{where}: {column} is {amount:.3e}, not a bill line's figure (at most ±10^12)")
     return amount
 
 
