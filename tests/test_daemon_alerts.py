@@ -72,10 +72,10 @@ gpu_hourly_usd = 2.50
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and not slack.posted("/webhook"):
                     time.sleep(0.2)
-                time.sleep(1.0)  # time enough for a second, wrong post to arrive
+                # Time enough for a second, wrong post to arrive, and for the start-up jobs to end: a
+                # SIGTERM a second after start, during them, has hung the exit (a daemon bug, open).
+                time.sleep(5.0)
                 process.send_signal(signal.SIGTERM)
-                # The exit rolls up what was sampled after the start-up jobs (retention, the first
-                # roll-up): on a loaded CI machine that took over 15 s once. Stop time is test_daemon's.
                 _, stderr = process.communicate(timeout=60)
                 assert process.returncode == 0, stderr
         (post,) = slack.posted("/webhook")
