@@ -897,6 +897,30 @@ def _copy_rows(conn: Connection, table: Table, names: Sequence[str], rows: Itera
             copy.write_row(row)
 
 
+def _insert_tuples(
+    conn: Connection, table: Table, names: Sequence[str], tuples: Iterable[tuple[Any, ...]], count: int
+) -> None:
+    """Insert `count` rows given as tuples of plain scalars in `names`' order: `executemany` in
+    batches, or a COPY on PostgreSQL for a bulk write, in the caller's transaction."""
+    if not count:
+        return
+    if conn.dialect.name == "postgresql" and count >= COPY_MIN_ROWS:
+        _copy_rows(conn, table, names, tuples)
+        return
+    names = tuple(names)
+    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(names))
+    order = getattr(compiled, "positiontup", None)
+    rows = iter(tuples)
+    while batch := list(islice(rows, INSERT_BATCH)):
+        if not compiled.positional or order is None:
+            conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in batch])
+        elif tuple(order) == names:
+            conn.exec_driver_sql(str(compiled), batch)
+        else:
+            where = [names.index(name) for name in order]
+            conn.exec_driver_sql(str(compiled), [tuple(t[i] for i in where) for t in batch])
+
+
 def _insert_records(conn: Connection, table: Table, records: Sequence[object] | RecordRows[Any]) -> None:
     """Insert records whose fields are the table's columns, all plain scalars (samples, roll-ups):
     one statement, rows built straight from the fields as tuples (dicts for a driver that binds by
@@ -908,21 +932,7 @@ def _insert_records(conn: Connection, table: Table, records: Sequence[object] | 
     if not records:
         return
     if isinstance(records, RecordRows):
-        names = _shape(records.cls).names
-        if conn.dialect.name == "postgresql" and len(records) >= COPY_MIN_ROWS:
-            _copy_rows(conn, table, names, records.tuples)
-            return
-        compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(names))
-        order = getattr(compiled, "positiontup", None)
-        tuples = iter(records.tuples)
-        while batch := list(islice(tuples, INSERT_BATCH)):
-            if not compiled.positional or order is None:
-                conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in batch])
-            elif tuple(order) == names:
-                conn.exec_driver_sql(str(compiled), batch)
-            else:
-                where = [names.index(name) for name in order]
-                conn.exec_driver_sql(str(compiled), [tuple(t[i] for i in where) for t in batch])
+        _insert_tuples(conn, table, _shape(records.cls).names, records.tuples, len(records))
         return
     shape = _shape(type(records[0]))
     compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(shape.names))
@@ -1099,6 +1109,35 @@ class Store:
                 )
                 _insert_records(conn, table, rows)
             _refresh_tiers(conn, start_minute_ts, end_minute_ts)
+
+    def replace_tiers(
+        self,
+        start_minute_ts: int,
+        end_minute_ts: int,
+        gpu_rows: RecordRows[GpuMinute],
+        deployment_rows: RecordRows[DeploymentMinute],
+        quarter_hour_rows: Sequence[tuple[Any, ...]],
+        gpu_hour_rows: Sequence[tuple[Any, ...]],
+    ) -> None:
+        """Replace every roll-up row in [start, end) (the tiers of every quarter-hour and hour it
+        touches) with tier rows the caller summed itself, as tuples in their tables' column order,
+        and the minute rows it keeps, which may be none or some of the span's (a simulation:
+        `collectors.replay_tiers`). The tiers are not summed again from the minutes."""
+        self._written()
+        first_q, after_q = _floor(start_minute_ts, BUCKET_S), _ceil(end_minute_ts, BUCKET_S)
+        first_h, after_h = _floor(start_minute_ts, HOUR_S), _ceil(end_minute_ts, HOUR_S)
+        with self.engine.begin() as conn:
+            for table, column, start, end in (
+                (gpu_minutes, gpu_minutes.c.minute_ts, start_minute_ts, end_minute_ts),
+                (deployment_minutes, deployment_minutes.c.minute_ts, start_minute_ts, end_minute_ts),
+                (deployment_quarter_hours, deployment_quarter_hours.c.bucket_ts, first_q, after_q),
+                (gpu_hours, gpu_hours.c.hour_ts, first_h, after_h),
+            ):
+                conn.execute(delete(table).where(column >= start, column < end))
+            _insert_records(conn, gpu_minutes, gpu_rows)
+            _insert_records(conn, deployment_minutes, deployment_rows)
+            for table, rows in ((deployment_quarter_hours, quarter_hour_rows), (gpu_hours, gpu_hour_rows)):
+                _insert_tuples(conn, table, [c.name for c in table.columns], rows, len(rows))
 
     def drop_gpu_minutes(self, start_ts: float, end_ts: float) -> int:
         """Delete the GPU-minute rows of the whole hours in [start, end), whose tier rows are written
@@ -2057,7 +2096,9 @@ class _TierCache:
         self.spans = joined
 
     def between(self, name: str, start_ts: int, end_ts: int) -> Iterable[tuple[int, _TierRow]]:
-        for bucket_ts, row in self.rows.get(name, {}).items():
+        """The rows of [start, end), in time order (sums over them must not depend on what was read
+        first)."""
+        for bucket_ts, row in sorted(self.rows.get(name, {}).items()):
             if start_ts <= bucket_ts < end_ts:
                 yield bucket_ts, row
 
@@ -2091,7 +2132,9 @@ def _window_buckets(
             if edge_start < edge_end:
                 for name, by_bucket in _minute_buckets(conn, edge_start, edge_end, names).items():
                     result[name].update(by_bucket)
-    return result
+    # In time order, whatever was read first: the figures summed from them are then the same to the
+    # last bit however the window was read (the tier cache's spans, the minutes kept at its ends).
+    return {name: dict(sorted(by_bucket.items())) for name, by_bucket in result.items()}
 
 
 def _served(conn: Connection, start_ts: float, end_ts: float, name: str) -> list[tuple[int, int]]:

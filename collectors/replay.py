@@ -46,6 +46,7 @@ from auditor.gpu_prices import GpuPrice
 from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
 from auditor.store import RecordRows, Store
 from auditor.units import format_usd
+from collectors.replay_tiers import PeakCarry, TierRows, simulated_tiers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -543,39 +544,73 @@ def simulate(
         yield [GpuMinute(row[0], *key, *gpu) for key in keys], DeploymentMinute(*row)
 
 
+def window_ends(start_ts: int, end_ts: int) -> list[tuple[int, int]]:
+    """The minutes a replay keeps for a window it costs (`replay_into_store`'s `minutes_kept`): its
+    first and last day, where its ends cut a quarter-hour or an hour, where its first and last
+    minutes are found, and where the rules look at the last minutes (saturation's hour, runaway
+    spend's live minutes)."""
+    return [(start_ts, start_ts + DAY_S), (end_ts - DAY_S, end_ts)]
+
+
 def replay_into_store(
     store: Store,
     runs: Sequence[tuple[Iterable[MinuteLoad], SimulatedDeployment]],
     chunk_s: int = DAY_S,
+    minutes_kept: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[int, int]:
     """Simulate each (traffic, deployment) and write their roll-ups together, a chunk (a day) per
-    transaction; returns (GPU rows, deployment rows) written.
+    transaction; returns (GPU rows, deployment rows) simulated.
 
-    Each chunk *replaces* every roll-up row of its minutes (`Store.replace_minutes`): replaying
+    The tiers (GPU-hours, deployment quarter-hours) are summed here (`collectors.replay_tiers`) for
+    every minute simulated; minute rows are written only inside the [start, end) spans of
+    `minutes_kept` (every one when None). A caller keeps the ends of the windows it will read, where
+    they cut a quarter-hour or an hour (and the rules' last minutes): the store then holds what it
+    holds once retention has dropped the minutes between, and costs them the same. Writing every
+    minute and summing them back in SQL was most of a replay's time.
+
+    Each chunk *replaces* every roll-up row of its minutes (`Store.replace_tiers`): replaying
     twice gives the same store, and deployments replayed into one store must be replayed in one call."""
     streams = [iter(_simulated_rows(loads, deployment)) for loads, deployment in runs]
     keys = [_gpu_keys(deployment) for _, deployment in runs]
+    carries = [PeakCarry() for _ in runs]
     heads = [next(s, None) for s in streams]
     counts = [0, 0]
+
+    def kept(minute_ts: int) -> bool:
+        return minutes_kept is None or any(a <= minute_ts < b for a, b in minutes_kept)
+
     while any(h is not None for h in heads):
         chunk_start = min(h[0][0] for h in heads if h is not None)
         chunk_end = chunk_start - chunk_start % chunk_s + chunk_s
-        gpu_rows: list[tuple[Any, ...]] = []
-        rows: list[tuple[Any, ...]] = []
+        tiers = TierRows([], [])
+        minutes: list[tuple[int, tuple[Any, ...], tuple[Any, ...]]] = []
         for index, stream in enumerate(streams):
             head = heads[index]
+            rows: list[tuple[Any, ...]] = []
+            tails: list[tuple[Any, ...]] = []
             while head is not None and head[0][0] < chunk_end:
-                row, gpu = head
-                minute_ts = row[0]
-                gpu_rows.extend([(minute_ts, *key, *gpu) for key in keys[index]])
-                rows.append(row)
+                rows.append(head[0])
+                tails.append(head[1])
                 head = next(stream, None)
             heads[index] = head
-        store.replace_minutes(
-            chunk_start, chunk_end, RecordRows(GpuMinute, gpu_rows), RecordRows(DeploymentMinute, rows)
+            if rows:
+                part = simulated_tiers(rows, tails, keys[index], chunk_start, chunk_end, carries[index])
+                tiers.quarter_hours.extend(part.quarter_hours)
+                tiers.gpu_hours.extend(part.gpu_hours)
+                minutes.extend(
+                    (index, row, tail) for row, tail in zip(rows, tails, strict=True) if kept(row[0])
+                )
+                counts[0] += len(rows) * len(keys[index])
+                counts[1] += len(rows)
+        gpu_rows = [(row[0], *key, *tail) for index, row, tail in minutes for key in keys[index]]
+        store.replace_tiers(
+            chunk_start,
+            chunk_end,
+            RecordRows(GpuMinute, gpu_rows),
+            RecordRows(DeploymentMinute, [row for _, row, _ in minutes]),
+            tiers.quarter_hours,
+            tiers.gpu_hours,
         )
-        counts[0] += len(gpu_rows)
-        counts[1] += len(rows)
     return counts[0], counts[1]
 
 

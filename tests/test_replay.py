@@ -28,6 +28,7 @@ from collectors.replay import (
     read_trace_loads,
     replay_into_store,
     simulate,
+    window_ends,
 )
 
 TRACE = Path(__file__).parent / "fixtures" / "azure_llm_trace" / "conv_10min.csv"
@@ -203,10 +204,13 @@ def test_replaying_a_month_into_a_store_is_idempotent(tmp_path: Path) -> None:
             ),
         ]
 
-    counts = replay_into_store(store, runs())
+    counts = replay_into_store(store, runs(), minutes_kept=window_ends(start, end))
     assert counts == (3 * 1440 * 2 + 11, 3 * 1440 + 11)
-    assert replay_into_store(store, runs()) == counts
-    assert len(store.gpu_minutes(start, end, "a")) == 3 * 1440 * 2
+    assert replay_into_store(store, runs(), minutes_kept=window_ends(start, end)) == counts
+    # Minute rows for the span's first and last day, the tiers for all of it.
+    assert len(store.gpu_minutes(start, end, "a")) == 2 * 1440 * 2
+    assert not store.gpu_minutes(start + 86_400, start + 2 * 86_400, "a")
+    assert store.gpu_minute_counts(start, end, ["a"]) == {"a": (3 * 1440, 3 * 1440 * 2)}
     assert len(store.deployment_minutes(start, end, "b")) == 11
     b = store.deployment_minutes(start, end, "b")
     assert sum(m.prompt_tokens for m in b) == sum(r.prompt_tokens for r in bundled_trace())

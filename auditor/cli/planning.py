@@ -47,6 +47,7 @@ from collectors.replay import (
     read_trace_loads,
     replay_config,
     replay_into_store,
+    window_ends,
 )
 from reports.files import write_atomic
 from reports.json_form import deployment_object
@@ -142,13 +143,14 @@ def replay(
                 busy_poll_util=1.0 if busy_poll else 0.0,
             )
             step(f"replaying {len(loads):,} minutes")
+            first_ts, after_ts = loads[0].minute_ts, loads[-1].minute_ts + 60
             try:
-                replay_into_store(store, [(loads, simulated)])
+                replay_into_store(store, [(loads, simulated)], minutes_kept=window_ends(first_ts, after_ts))
             except ReplayError as exc:
                 fatal(str(exc))
             step("costing")
-            start_dt = datetime.fromtimestamp(loads[0].minute_ts, UTC)
-            end_dt = datetime.fromtimestamp(loads[-1].minute_ts + 60, UTC)
+            start_dt = datetime.fromtimestamp(first_ts, UTC)
+            end_dt = datetime.fromtimestamp(after_ts, UTC)
             cost = cost_window(store, config, start_dt, end_dt, apis, catalog).window.deployments[0]
         finally:
             store.close()
@@ -234,10 +236,9 @@ def demo(
     try:
         with progress_bar(5 + len(FORMATS)) as step:
             step("simulating a month of traffic")
-            runs = demo_runs(
-                config.deployments, int(window.start.timestamp()), int(window.end.timestamp()), config.tz
-            )
-            replay_into_store(store, runs)
+            start_ts, end_ts = int(window.start.timestamp()), int(window.end.timestamp())
+            runs = demo_runs(config.deployments, start_ts, end_ts, config.tz)
+            replay_into_store(store, runs, minutes_kept=window_ends(start_ts, end_ts))
             step("importing the month's cloud bill (FOCUS)")
             from collectors.focus_demo import write_demo_bill
             from collectors.focus_sources import import_files

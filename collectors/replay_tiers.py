@@ -1,0 +1,250 @@
+"""The roll-up tiers of simulated minutes, computed in memory.
+
+`auditor replay` and `auditor demo` simulate months of minutes. Writing each minute row and then
+summing them back in SQL (`auditor.store._refresh_tiers`) was most of their time, while the report
+reads the tiers (GPU-hours, deployment quarter-hours) for every whole hour or quarter-hour and minute
+rows only at a window's ragged ends. So the simulation sums its own tiers here, with numpy, and writes
+minute rows only where a reader still needs them (`collectors.replay.replay_into_store`).
+
+The rows are the ones `_refresh_tiers` writes from the same minutes, value for value: every sum is
+added in minute order starting from 0.0, as SQLite's SUM does (a GPU's minute is added once per GPU,
+as the SQL adds each GPU's row), so the floats are the same to the last bit. `tests/test_replay_tiers.py`
+checks this against the SQL on random simulations.
+
+Every simulated minute is observed (server and GPUs), with every measure known and no phase times:
+the sums here rely on that (`simulated_tiers` refuses anything else).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from auditor.costing import MEASURED_CAPACITY_MINUTES
+from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
+from auditor.store import BUCKET_S, HOUR_S, TIER_IDLE_LOADED_BELOW, TIER_IDLE_LOADED_MIN_MEM_BYTES
+
+_D = {name: i for i, name in enumerate(DeploymentMinute.__dataclass_fields__)}
+_G = {name: i for i, name in enumerate(list(GpuMinute.__dataclass_fields__)[5:])}
+"""Field positions in a deployment row and in a GPU's tail (`GpuMinute`'s fields after `deployment`)."""
+
+_PER_HOUR = HOUR_S // MINUTE_S
+_PER_QUARTER = BUCKET_S // MINUTE_S
+
+
+@dataclass
+class PeakCarry:
+    """A deployment's last minutes before the next chunk: a sustained-peak run may start in them."""
+
+    minutes: list[tuple[int, int]] = field(default_factory=list)
+    """(minute_ts, tokens served) of at most MEASURED_CAPACITY_MINUTES − 1 minutes, in time order."""
+
+
+@dataclass(frozen=True, slots=True)
+class TierRows:
+    """A chunk's tier rows as tuples in their tables' column order."""
+
+    quarter_hours: list[tuple[Any, ...]]
+    """`deployment_quarter_hours` rows."""
+    gpu_hours: list[tuple[Any, ...]]
+    """`gpu_hours` rows."""
+
+
+def _sums(grid: np.ndarray, width: int) -> np.ndarray:
+    """Per group of `width` consecutive slots, the values added in slot order from 0.0 (SQLite's SUM:
+    absent minutes are 0.0 slots, which change no sum)."""
+    rows = grid.reshape(-1, width)
+    total = np.zeros(rows.shape[0], dtype=grid.dtype)
+    for column in range(width):
+        total += rows[:, column]
+    return total
+
+
+def _added(values: np.ndarray, times: int) -> np.ndarray:
+    """`values` added `times` times from 0.0, one by one: the sum of a minute's identical GPU rows."""
+    total = np.zeros_like(values)
+    for _ in range(times):
+        total += values
+    return total
+
+
+def simulated_tiers(
+    rows: Sequence[tuple[Any, ...]],
+    tail: Sequence[tuple[Any, ...]],
+    gpu_keys: Sequence[tuple[str, str, int, str]],
+    chunk_start_ts: int,
+    chunk_end_ts: int,
+    carry: PeakCarry,
+) -> TierRows:
+    """The tier rows of one simulated deployment's minutes in [chunk_start, chunk_end): `rows` are its
+    deployment rows (`DeploymentMinute`'s fields) in time order, `tail[i]` what each of its GPUs
+    (`gpu_keys`: host, UUID, index, deployment) read in minute i. The chunk must hold whole hours
+    (its start may be inside the first). `carry` holds the minutes before the chunk a sustained-peak
+    run may start in, and is updated for the next chunk."""
+    if not rows:
+        return TierRows([], [])
+    name = rows[0][_D["deployment"]]
+    columns = list(zip(*rows, strict=True))
+    gpu_columns = list(zip(*tail, strict=True))
+    minute_ts = np.array(columns[_D["minute_ts"]], dtype=np.int64)
+    first_h = chunk_start_ts - chunk_start_ts % HOUR_S
+    if chunk_end_ts % HOUR_S or minute_ts[0] < chunk_start_ts or minute_ts[-1] >= chunk_end_ts:
+        raise ValueError("a chunk of simulated minutes must end on an hour and hold its minutes")
+    if any(v is None for column in gpu_columns for v in column) or any(
+        columns[_D[f]][i] is not None for f in ("prefill_s", "decode_s") for i in range(len(rows))
+    ):
+        raise ValueError("simulated minutes have every measure known and no phase times")
+    hours = (chunk_end_ts - first_h) // HOUR_S
+    slot = (minute_ts - first_h) // MINUTE_S
+    present = np.zeros(hours * _PER_HOUR, dtype=bool)
+    present[slot] = True
+
+    def grid(values: Sequence[Any], dtype: Any = np.float64) -> np.ndarray:
+        out = np.zeros(hours * _PER_HOUR, dtype=dtype)
+        out[slot] = np.asarray(values, dtype=dtype)
+        return out
+
+    gpus = len(gpu_keys)
+    # GPU readings, one GPU's (every simulated GPU reads the same).
+    observed = grid(gpu_columns[_G["observed_s"]])
+    util_observed = grid(gpu_columns[_G["util_observed_s"]])
+    loaded = grid(gpu_columns[_G["loaded_s"]])
+    sm_active = grid(gpu_columns[_G["sm_active"]])
+    mem_used = grid(gpu_columns[_G["mem_used_max_bytes"]], np.int64)
+    known_s = np.where(util_observed > 0, util_observed, 0.0)  # store._known: measure known and weighs
+    util_w = grid(gpu_columns[_G["gpu_util"]]) * known_s
+    sm_w = sm_active * known_s
+    energy = grid(gpu_columns[_G["energy_j"]])
+    # The deployment's server.
+    server_observed = grid(columns[_D["server_observed_s"]])
+    request_busy = grid(columns[_D["request_busy"]])
+    if (observed[slot] <= 0).any() or (server_observed[slot] <= 0).any():
+        raise ValueError("simulated minutes have their GPUs and server observed")
+    prompt = grid(columns[_D["prompt_tokens"]], np.int64)
+    generation = grid(columns[_D["generation_tokens"]], np.int64)
+    instances = grid(columns[_D["instances"]], np.int64)
+
+    # The quarter-hour tier: the GPUs summed per minute (each GPU's row added), then per quarter-hour.
+    gpu_observed = _added(observed, gpus)
+    gpu_sums = [
+        _sums(v, _PER_QUARTER)
+        for v in (
+            gpu_observed,
+            gpu_observed * (1 - request_busy),  # idle where the server is known: no request running
+            _added(util_w, gpus),
+            _added(known_s, gpus),
+            _added(sm_w, gpus),
+            _added(known_s, gpus),
+            _added(energy, gpus),
+        )
+    ]
+    server_sums = [
+        _sums(v, _PER_QUARTER) for v in (server_observed, request_busy * server_observed, server_observed)
+    ]
+    served_wall = _sums(server_observed / np.where(instances > 1, instances, 1), _PER_QUARTER)
+    prompt_sum, generation_sum = (v.reshape(-1, _PER_QUARTER).sum(axis=1) for v in (prompt, generation))
+    quarter_minutes = present.reshape(-1, _PER_QUARTER).sum(axis=1)
+    tokens = prompt + generation
+    peaks = _peaks(minute_ts, tokens[slot], chunk_start_ts, carry)
+    quarter_hours: list[tuple[Any, ...]] = []
+    for q in np.flatnonzero(quarter_minutes).tolist():
+        bucket_ts = first_h + q * BUCKET_S
+        quarter_hours.append(
+            (
+                bucket_ts,
+                name,
+                *(float(s[q]) for s in gpu_sums),
+                int(prompt_sum[q]),
+                int(generation_sum[q]),
+                *(float(s[q]) for s in server_sums),
+                int(prompt_sum[q] + generation_sum[q]),  # served tokens: every minute is served
+                float(served_wall[q]),
+                gpus * int(quarter_minutes[q]),  # GPU-minutes observed
+                int(quarter_minutes[q]),  # minutes with a GPU observed
+                None,  # prefill_s
+                None,  # decode_s
+                peaks.get(bucket_ts),
+            )
+        )
+
+    # The GPU-hour tier, one GPU's sums for each of them; idle-loaded at the rule's defaults
+    # (store._idle_loaded_terms): activity (sm_active, known) under the threshold, no request
+    # running, a model held.
+    idle_loaded = (
+        present
+        & (sm_active < TIER_IDLE_LOADED_BELOW)
+        & ~(request_busy > 0)
+        & ((loaded > 0) | (mem_used >= TIER_IDLE_LOADED_MIN_MEM_BYTES))
+    )
+
+    def most(values: np.ndarray, absent: Any) -> np.ndarray:
+        highest: np.ndarray = np.where(present, values, absent).reshape(-1, _PER_HOUR).max(axis=1)
+        return highest
+
+    hour_minutes = present.reshape(-1, _PER_HOUR).sum(axis=1)
+    observed_h, util_observed_h, idle_h, loaded_h = (
+        _sums(v, _PER_HOUR) for v in (observed, util_observed, grid(gpu_columns[_G["idle_s"]]), loaded)
+    )
+    util_w_h, known_h, sm_w_h, energy_h = (_sums(v, _PER_HOUR) for v in (util_w, known_s, sm_w, energy))
+    util_max_h = most(grid(gpu_columns[_G["gpu_util_max"]]), -np.inf)
+    mem_used_h = most(mem_used, -1)
+    mem_total_h = most(grid(gpu_columns[_G["mem_total_bytes"]], np.int64), -1)
+    idle_loaded_h = _sums(np.where(idle_loaded, observed, 0.0), _PER_HOUR)
+    working_h = (present & ~idle_loaded).reshape(-1, _PER_HOUR).sum(axis=1)
+    gpu_hours: list[tuple[Any, ...]] = []
+    for h in np.flatnonzero(hour_minutes).tolist():
+        values = (
+            int(hour_minutes[h]),
+            float(observed_h[h]),
+            float(util_observed_h[h]),
+            float(idle_h[h]),
+            float(loaded_h[h]),
+            float(util_w_h[h]),
+            float(known_h[h]),
+            float(util_max_h[h]),
+            float(sm_w_h[h]),
+            float(known_h[h]),
+            float(energy_h[h]),
+            int(mem_used_h[h]),
+            int(mem_total_h[h]),
+            float(observed_h[h]),  # activity known: every minute observed
+            float(idle_loaded_h[h]),
+            int(working_h[h]),
+        )
+        hour_ts = first_h + h * HOUR_S
+        gpu_hours.extend(
+            (hour_ts, uuid, deployment, host, index, *values) for host, uuid, index, deployment in gpu_keys
+        )
+    return TierRows(quarter_hours, gpu_hours)
+
+
+def _peaks(
+    minute_ts: np.ndarray, tokens: np.ndarray, chunk_start_ts: int, carry: PeakCarry
+) -> dict[int, int]:
+    """Per quarter-hour of the chunk: the most tokens served in MEASURED_CAPACITY_MINUTES consecutive
+    minutes ending in it (`store._refresh_peaks`; every simulated minute is served). Quarter-hours
+    where no such run ends are absent."""
+    run = MEASURED_CAPACITY_MINUTES
+    before = carry.minutes
+    ts = np.concatenate([np.array([m for m, _ in before], dtype=np.int64), minute_ts])
+    counts = np.concatenate([np.array([t for _, t in before], dtype=np.int64), tokens])
+    carry.minutes = list(zip(ts[-(run - 1) :].tolist(), counts[-(run - 1) :].tolist(), strict=True))
+    if len(ts) < run:
+        return {}
+    # Minutes of an unbroken run so far, at each minute.
+    breaks = np.flatnonzero(np.diff(ts) != MINUTE_S) + 1
+    start_of_run = np.zeros(len(ts), dtype=np.int64)
+    start_of_run[breaks] = breaks
+    np.maximum.accumulate(start_of_run, out=start_of_run)
+    length = np.arange(len(ts)) - start_of_run + 1
+    total = np.cumsum(np.concatenate([[0], counts]))
+    ends = np.flatnonzero((length >= run) & (ts >= chunk_start_ts))
+    sums = total[ends + 1] - total[ends + 1 - run]
+    peaks: dict[int, int] = {}
+    for bucket_ts, tokens_sum in zip((ts[ends] - ts[ends] % BUCKET_S).tolist(), sums.tolist(), strict=True):
+        if tokens_sum > peaks.get(bucket_ts, -1):
+            peaks[bucket_ts] = tokens_sum
+    return peaks
