@@ -576,14 +576,13 @@ def replay_into_store(
     heads = [next(s, None) for s in streams]
     counts = [0, 0]
 
-    def kept(minute_ts: int) -> bool:
-        return minutes_kept is None or any(a <= minute_ts < b for a, b in minutes_kept)
-
     while any(h is not None for h in heads):
         chunk_start = min(h[0][0] for h in heads if h is not None)
         chunk_end = chunk_start - chunk_start % chunk_s + chunk_s
         tiers = TierRows([], [])
         minutes: list[tuple[int, tuple[Any, ...], tuple[Any, ...]]] = []
+        spans = [(chunk_start, chunk_end)] if minutes_kept is None else minutes_kept
+        spans = [(a, b) for a, b in spans if a < chunk_end and b > chunk_start]
         for index, stream in enumerate(streams):
             head = heads[index]
             rows: list[tuple[Any, ...]] = []
@@ -597,9 +596,12 @@ def replay_into_store(
                 part = simulated_tiers(rows, tails, keys[index], chunk_start, chunk_end, carries[index])
                 tiers.quarter_hours.extend(part.quarter_hours)
                 tiers.gpu_hours.extend(part.gpu_hours)
-                minutes.extend(
-                    (index, row, tail) for row, tail in zip(rows, tails, strict=True) if kept(row[0])
-                )
+                if spans:
+                    minutes.extend(
+                        (index, row, tail)
+                        for row, tail in zip(rows, tails, strict=True)
+                        if any(a <= row[0] < b for a, b in spans)
+                    )
                 counts[0] += len(rows) * len(keys[index])
                 counts[1] += len(rows)
         gpu_rows = [(row[0], *key, *tail) for index, row, tail in minutes for key in keys[index]]

@@ -93,8 +93,8 @@ def simulated_tiers(
     first_h = chunk_start_ts - chunk_start_ts % HOUR_S
     if chunk_end_ts % HOUR_S or minute_ts[0] < chunk_start_ts or minute_ts[-1] >= chunk_end_ts:
         raise ValueError("a chunk of simulated minutes must end on an hour and hold its minutes")
-    if any(v is None for column in gpu_columns for v in column) or any(
-        columns[_D[f]][i] is not None for f in ("prefill_s", "decode_s") for i in range(len(rows))
+    if any(None in column for column in gpu_columns) or any(
+        columns[_D[f]].count(None) != len(rows) for f in ("prefill_s", "decode_s")
     ):
         raise ValueError("simulated minutes have every measure known and no phase times")
     hours = (chunk_end_ts - first_h) // HOUR_S
@@ -149,26 +149,27 @@ def simulated_tiers(
     quarter_minutes = present.reshape(-1, _PER_QUARTER).sum(axis=1)
     tokens = prompt + generation
     peaks = _peaks(minute_ts, tokens[slot], chunk_start_ts, carry)
-    quarter_hours: list[tuple[Any, ...]] = []
-    for q in np.flatnonzero(quarter_minutes).tolist():
-        bucket_ts = first_h + q * BUCKET_S
-        quarter_hours.append(
-            (
-                bucket_ts,
-                name,
-                *(float(s[q]) for s in gpu_sums),
-                int(prompt_sum[q]),
-                int(generation_sum[q]),
-                *(float(s[q]) for s in server_sums),
-                int(prompt_sum[q] + generation_sum[q]),  # served tokens: every minute is served
-                float(served_wall[q]),
-                gpus * int(quarter_minutes[q]),  # GPU-minutes observed
-                int(quarter_minutes[q]),  # minutes with a GPU observed
-                None,  # prefill_s
-                None,  # decode_s
-                peaks.get(bucket_ts),
-            )
+    quarters = np.flatnonzero(quarter_minutes)
+    buckets = (first_h + quarters * BUCKET_S).tolist()
+    nothing = [None] * len(buckets)
+    quarter_hours = list(
+        zip(
+            buckets,
+            [name] * len(buckets),
+            *(s[quarters].tolist() for s in gpu_sums),
+            prompt_sum[quarters].tolist(),
+            generation_sum[quarters].tolist(),
+            *(s[quarters].tolist() for s in server_sums),
+            (prompt_sum + generation_sum)[quarters].tolist(),  # served tokens: every minute is served
+            served_wall[quarters].tolist(),
+            (gpus * quarter_minutes)[quarters].tolist(),  # GPU-minutes observed
+            quarter_minutes[quarters].tolist(),  # minutes with a GPU observed
+            nothing,  # prefill_s
+            nothing,  # decode_s
+            [peaks.get(bucket_ts) for bucket_ts in buckets],
+            strict=True,
         )
+    )
 
     # The GPU-hour tier, one GPU's sums for each of them; idle-loaded at the rule's defaults
     # (store._idle_loaded_terms): activity (sm_active, known) under the threshold, no request
@@ -194,30 +195,37 @@ def simulated_tiers(
     mem_total_h = most(grid(gpu_columns[_G["mem_total_bytes"]], np.int64), -1)
     idle_loaded_h = _sums(np.where(idle_loaded, observed, 0.0), _PER_HOUR)
     working_h = (present & ~idle_loaded).reshape(-1, _PER_HOUR).sum(axis=1)
-    gpu_hours: list[tuple[Any, ...]] = []
-    for h in np.flatnonzero(hour_minutes).tolist():
-        values = (
-            int(hour_minutes[h]),
-            float(observed_h[h]),
-            float(util_observed_h[h]),
-            float(idle_h[h]),
-            float(loaded_h[h]),
-            float(util_w_h[h]),
-            float(known_h[h]),
-            float(util_max_h[h]),
-            float(sm_w_h[h]),
-            float(known_h[h]),
-            float(energy_h[h]),
-            int(mem_used_h[h]),
-            int(mem_total_h[h]),
-            float(observed_h[h]),  # activity known: every minute observed
-            float(idle_loaded_h[h]),
-            int(working_h[h]),
-        )
-        hour_ts = first_h + h * HOUR_S
-        gpu_hours.extend(
-            (hour_ts, uuid, deployment, host, index, *values) for host, uuid, index, deployment in gpu_keys
-        )
+    hours_seen = np.flatnonzero(hour_minutes)
+    per_hour = zip(
+        (first_h + hours_seen * HOUR_S).tolist(),
+        *(
+            v[hours_seen].tolist()
+            for v in (
+                hour_minutes,
+                observed_h,
+                util_observed_h,
+                idle_h,
+                loaded_h,
+                util_w_h,
+                known_h,
+                util_max_h,
+                sm_w_h,
+                known_h,
+                energy_h,
+                mem_used_h,
+                mem_total_h,
+                observed_h,  # activity known: every minute observed
+                idle_loaded_h,
+                working_h,
+            )
+        ),
+        strict=True,
+    )
+    gpu_hours = [
+        (hour_ts, uuid, deployment, host, index, *values)
+        for hour_ts, *values in per_hour
+        for host, uuid, index, deployment in gpu_keys
+    ]
     return TierRows(quarter_hours, gpu_hours)
 
 

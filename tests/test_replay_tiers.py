@@ -34,27 +34,34 @@ DAY_S = 86_400
 
 @st.composite
 def simulated_runs(draw: st.DrawFn) -> list[tuple[list[MinuteLoad], SimulatedDeployment]]:
+    """One or two deployments, from a few minutes to a day and a half, starting anywhere in the hours
+    before a chunk's (a UTC day's) edge, with a gap or none, idle or loaded up to 1.5× capacity."""
     runs = []
     for name in draw(st.lists(st.sampled_from(["a", "b"]), min_size=1, max_size=2, unique=True)):
-        first = START + 60 * draw(st.integers(0, 200))
-        minutes = draw(st.integers(1, 600))
-        gap_at = draw(st.integers(0, minutes))
-        gap = draw(st.sampled_from([0, 1, 14, 90]))
-        rate = draw(st.sampled_from([0, 3, 40, 400]))
-        loads = [
-            MinuteLoad(
-                first + 60 * (i + (gap if i >= gap_at else 0)),
-                draw(st.integers(0, rate)) if rate else 0,
-                draw(st.integers(0, 2_000 * rate)),
-                draw(st.integers(0, 400 * rate)),
+        rng = draw(st.randoms(use_true_random=False))
+        first = START + 60 * draw(st.integers(0, 300))
+        minutes = draw(st.integers(1, 2000))
+        gap_at, gap = draw(st.integers(0, minutes)), draw(st.sampled_from([0, 1, 14, 90]))
+        capacity = draw(st.sampled_from([200.0, 4000.0]))
+        load = draw(st.sampled_from([0.0, 0.05, 0.7, 1.5]))  # of capacity
+        per_minute = int(capacity * 60 * load)
+        loads = []
+        for i in range(minutes):
+            tokens = rng.randint(0, 2 * per_minute)
+            prompt = rng.randint(0, tokens)
+            loads.append(
+                MinuteLoad(
+                    first + 60 * (i + (gap if i >= gap_at else 0)),
+                    rng.randint(1, 50) if tokens else 0,
+                    prompt,
+                    tokens - prompt,
+                )
             )
-            for i in range(minutes)
-        ]
         deployment = SimulatedDeployment(
             name=name,
             gpu_type="H100",
             gpus=draw(st.integers(1, 5)),
-            capacity_tokens_per_s=draw(st.sampled_from([50.0, 1000.0, 8000.0])),
+            capacity_tokens_per_s=capacity,
             busy_poll_util=draw(st.sampled_from([0.0, 1.0])),
             mem_used_bytes=draw(st.sampled_from([0, 40 * 2**30])),
         )
