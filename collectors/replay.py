@@ -30,7 +30,6 @@ from __future__ import annotations
 import codecs
 import csv
 import math
-import random
 import statistics
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from auditor.gpu_prices import GpuPrice
 from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
 from auditor.store import RecordRows, Store
 from auditor.units import format_usd
-from collectors.replay_tiers import PeakCarry, TierRows, simulated_tiers
+from collectors.replay_tiers import MinuteColumns, PeakCarry, TierRows, simulated_tiers
 
 if TYPE_CHECKING:
     import numpy as np
@@ -351,18 +350,6 @@ class TrafficShape:
     seed: int = 7
 
 
-def _poisson(rng: random.Random, mean: float) -> int:
-    if mean <= 0:
-        return 0
-    if mean > 30:
-        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
-    limit, k, product = math.exp(-mean), 0, rng.random()
-    while product > limit:
-        k += 1
-        product *= rng.random()
-    return k
-
-
 def _shape(local: datetime, shape: TrafficShape) -> float:
     hour = local.hour + local.minute / 60
     distance = min(abs(hour - shape.peak_hour), 24 - abs(hour - shape.peak_hour))
@@ -375,10 +362,14 @@ def generate_loads(
     start_ts: int, end_ts: int, tz: ZoneInfo, shape: TrafficShape, sizes: Sequence[Request]
 ) -> Iterator[MinuteLoad]:
     """Minute loads over [start_ts, end_ts): the shape's rate, Poisson arrivals, request sizes drawn
-    from `sizes` (a real trace's), by their mean and spread."""
+    from `sizes` (a real trace's), by their mean and spread.
+
+    Drawn with numpy a day (UTC) at a time, from a generator seeded by the shape's seed and the day:
+    a day's traffic is the same whatever span it is generated in."""
+    import numpy as np
+
     if not sizes:
         raise ValueError("the generator needs request sizes (a trace) to draw from")
-    rng = random.Random(shape.seed)  # noqa: S311  (a simulation, not a secret)
     n = len(sizes)
     mean_p = sum(r.prompt_tokens for r in sizes) / n
     mean_g = sum(r.generation_tokens for r in sizes) / n
@@ -388,21 +379,62 @@ def generate_loads(
     weekday = datetime(2026, 1, 5, tzinfo=tz)  # a Monday
     day_mean = sum(_shape(weekday.replace(hour=h), shape) for h in range(24)) / 24
     base = shape.mean_requests_per_min / day_mean
-    burst_left = 0
     first = math.ceil(start_ts / MINUTE_S) * MINUTE_S
-    for minute in range(first, end_ts, MINUTE_S):
-        if minute % 3600 == 0 and rng.random() < shape.burst_chance_per_hour:
-            burst_left = shape.burst_minutes
-        factor = shape.burst_factor if burst_left > 0 else 1.0
-        burst_left = max(0, burst_left - 1)
-        local = datetime.fromtimestamp(minute, tz)
-        count = _poisson(rng, base * _shape(local, shape) * factor)
-        prompt = generated = 0
-        if count:
-            spread = math.sqrt(count)
-            prompt = max(count, round(count * mean_p + rng.gauss(0, spread * std_p)))
-            generated = max(count, round(count * mean_g + rng.gauss(0, spread * std_g)))
-        yield MinuteLoad(minute, count, prompt, generated)
+    for day_ts in range(first - first % DAY_S, end_ts, DAY_S):
+        minutes = np.arange(day_ts, day_ts + DAY_S, MINUTE_S, dtype=np.int64)  # the whole day, cut below
+        rng = np.random.default_rng([shape.seed, day_ts // DAY_S])
+        # Each hour may start a burst: `burst_factor` times the traffic for `burst_minutes`.
+        hours = np.arange(day_ts, day_ts + DAY_S, 3600, dtype=np.int64)
+        bursts = np.concatenate(
+            [[day_ts - DAY_S], hours[rng.random(len(hours)) < shape.burst_chance_per_hour]]
+        )
+        since_burst = minutes - bursts[np.searchsorted(bursts, minutes, side="right") - 1]
+        in_burst = since_burst < shape.burst_minutes * 60
+        local_ts = minutes + _utc_offsets_s(minutes, tz)
+        hour = (local_ts % DAY_S // 3600) + (local_ts % 3600 // 60) / 60
+        distance = np.minimum(np.abs(hour - shape.peak_hour), 24 - np.abs(hour - shape.peak_hour))
+        daily = shape.night_share + (1 - shape.night_share) * np.exp(-((distance / 4.5) ** 2))
+        weekend = (local_ts // DAY_S + 3) % 7 >= 5  # 1970-01-01 was a Thursday (weekday 3)
+        rate = base * daily * np.where(weekend, shape.weekend_share, 1.0)
+        count = rng.poisson(rate * np.where(in_burst, shape.burst_factor, 1.0))
+        spread = np.sqrt(count)
+        prompt = np.maximum(
+            count, np.rint(count * mean_p + rng.normal(0.0, 1.0, len(count)) * spread * std_p)
+        )
+        generated = np.maximum(
+            count, np.rint(count * mean_g + rng.normal(0.0, 1.0, len(count)) * spread * std_g)
+        )
+        asked = slice(
+            max(first - day_ts, 0) // MINUTE_S,
+            (min(end_ts, day_ts + DAY_S) - day_ts + MINUTE_S - 1) // MINUTE_S,
+        )
+        yield from map(
+            MinuteLoad,
+            minutes[asked].tolist(),
+            count[asked].tolist(),
+            prompt[asked].astype(np.int64).tolist(),
+            generated[asked].astype(np.int64).tolist(),
+        )
+
+
+def _utc_offsets_s(minutes: np.ndarray, tz: ZoneInfo) -> np.ndarray:
+    """Each minute's UTC offset in `tz`, in seconds: looked up once per quarter-hour (zones change
+    offset on a quarter-hour), and per minute in a quarter-hour whose first and last minutes differ."""
+    import numpy as np
+
+    def offset(ts: int) -> int:
+        known = datetime.fromtimestamp(ts, tz).utcoffset()
+        return int(known.total_seconds()) if known is not None else 0
+
+    first_q = int(minutes[0]) - int(minutes[0]) % 900
+    quarters = range(first_q, int(minutes[-1]) + 1, 900)
+    at_start = np.array([offset(q) for q in quarters], dtype=np.int64)
+    offsets: np.ndarray = at_start[(minutes - first_q) // 900]
+    for i, q in enumerate(quarters):
+        if offset(q + 840) != at_start[i]:
+            inside = (minutes >= q) & (minutes < q + 900)
+            offsets[inside] = [offset(int(m)) for m in minutes[inside]]
+    return offsets
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,23 +459,12 @@ class SimulatedDeployment:
     kv_cache_tokens: int = 400_000
 
 
-@dataclass
-class _Queue:
-    prompt: int = 0
-    generation: int = 0
-    requests: int = 0
-
-
-def _draining(loads: Iterable[MinuteLoad], queue: _Queue, capacity_per_min: float) -> Iterator[MinuteLoad]:
-    """The loads, then quiet minutes until what still waits has been served: nothing is lost.
-
-    ReplayError when that would take more than `MAX_BACKLOG_MINUTES`: the deployment cannot serve
-    the traffic, and simulating its backlog would run for as long as it would take."""
-    last: int | None = None
-    for load in loads:
-        last = load.minute_ts
-        yield load
-    backlog_min = (queue.prompt + queue.generation) / capacity_per_min
+def _check_backlog(waiting_tokens: int, capacity_per_min: float) -> None:
+    """When the traffic ends with `waiting_tokens` still queued: ReplayError if serving them would take
+    more than `MAX_BACKLOG_MINUTES` (the deployment cannot serve the traffic, and simulating its
+    backlog would run for as long as it would take). Quiet minutes follow until the queue is empty:
+    nothing is lost."""
+    backlog_min = waiting_tokens / capacity_per_min
     if backlog_min > MAX_BACKLOG_MINUTES:
         raise ReplayError(
             "the simulated deployment cannot serve this traffic: when it ends, "
@@ -451,79 +472,191 @@ def _draining(loads: Iterable[MinuteLoad], queue: _Queue, capacity_per_min: floa
             f"(the limit is {MAX_BACKLOG_MINUTES // 1440} days); "
             "give more GPUs or capacity, or less traffic"
         )
-    while last is not None and queue.prompt + queue.generation > 0:
-        last += MINUTE_S
-        yield MinuteLoad(last, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Simulation:
+    """A simulated deployment's minutes: the columns the tiers are summed from, and the server's
+    columns only its minute rows hold."""
+
+    deployment: SimulatedDeployment
+    minutes: MinuteColumns
+    running: np.ndarray
+    waiting: np.ndarray
+    kv: np.ndarray
+    throughput: np.ndarray
+    power_w: np.ndarray
+
+    def rows(self, first: int, after: int) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+        """Minutes [first, after) by position: each one's deployment row (`DeploymentMinute`'s fields)
+        and GPU tail (`GpuMinute`'s fields after `deployment`)."""
+        m, d = self.minutes, self.deployment
+        columns = [a[first:after].tolist() for a in (m.minute_ts, m.prompt_tokens, m.generation_tokens)]
+        busy, gpu_util, sm_active, idle_s, util_max, energy_j = (
+            a[first:after].tolist()
+            for a in (m.request_busy, m.gpu_util, m.sm_active, m.idle_s, m.gpu_util_max, m.energy_j)
+        )
+        running, waiting, kv, throughput, power_w = (
+            a[first:after].tolist()
+            for a in (self.running, self.waiting, self.kv, self.throughput, self.power_w)
+        )
+        gpu_observed_s = 60.0 * d.gpus
+        return [
+            (
+                (
+                    minute_ts,
+                    d.name,
+                    1,  # instances
+                    60.0,  # server_observed_s
+                    served_p,
+                    served_g,
+                    60.0 * b,  # request_busy_s
+                    r,  # requests_running_mean
+                    float(w),  # requests_waiting_mean
+                    k,  # kv_cache_mean
+                    min(1.0, k * 1.5),  # kv_cache_max
+                    gpu_observed_s,
+                    u,
+                    sm,
+                    b,  # request_busy
+                    t,  # throughput_util
+                    None,  # prefill_s
+                    None,  # decode_s
+                ),
+                (60.0, 60.0, idle, 60.0, u, umax, sm, e, pw, d.mem_used_bytes, d.mem_total_bytes),
+            )
+            for minute_ts, served_p, served_g, b, u, sm, idle, umax, e, r, w, k, t, pw in zip(
+                *columns,
+                busy,
+                gpu_util,
+                sm_active,
+                idle_s,
+                util_max,
+                energy_j,
+                running,
+                waiting,
+                kv,
+                throughput,
+                power_w,
+                strict=True,
+            )
+        ]
+
+
+def _served(
+    prompt: list[int], generation: list[int], requests: list[int], capacity_per_min: float
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """Per minute, following the batching model above: (prompt tokens, generated tokens, requests)
+    served, and the requests still waiting after it; past the traffic, quiet minutes until what
+    still waits is served (nothing is lost).
+
+    Only a minute whose arrivals pass the capacity starts a queue: from it the minutes are simulated
+    one by one until the queue is empty again. Every other minute serves what arrived in it."""
+    traffic = len(prompt)
+    served_p, served_g, served_requests = list(prompt), list(generation), list(requests)
+    waiting = [0] * traffic
+    floor, after = math.floor, 0
+    for start in range(traffic):
+        if start < after or prompt[start] + generation[start] <= capacity_per_min:
+            continue
+        queue_p = queue_g = queue_requests = 0
+        i = start
+        while True:
+            if i < traffic:
+                queue_p, queue_g = queue_p + prompt[i], queue_g + generation[i]
+                queue_requests += requests[i]
+            else:
+                if i == traffic:
+                    _check_backlog(queue_p + queue_g, capacity_per_min)
+                for column in (served_p, served_g, served_requests, waiting):
+                    column.append(0)
+            pending = queue_p + queue_g
+            if pending <= capacity_per_min:
+                p, g, r = queue_p, queue_g, queue_requests
+            else:
+                share = capacity_per_min / pending
+                p, g, r = floor(queue_p * share), floor(queue_g * share), floor(queue_requests * share)
+            queue_p, queue_g, queue_requests = queue_p - p, queue_g - g, queue_requests - r
+            served_p[i], served_g[i], served_requests[i], waiting[i] = p, g, r, queue_requests
+            i += 1
+            if queue_p + queue_g == 0:
+                break
+        after = i
+    return served_p, served_g, served_requests, waiting
+
+
+def _simulate(loads: Iterable[MinuteLoad], deployment: SimulatedDeployment) -> _Simulation:
+    """The deployment's minutes under this traffic (in time order, one load a minute at most),
+    following the batching model above; past the last load, quiet minutes until the queue is empty."""
+    import numpy as np
+
+    traffic = loads if isinstance(loads, list) else list(loads)
+    minute_ts = np.array([load.minute_ts for load in traffic], dtype=np.int64)
+    if len(minute_ts) > 1 and bool((np.diff(minute_ts) <= 0).any()):
+        raise ValueError("minute loads must be in time order, one a minute at most")
+    capacity_per_min = deployment.capacity_tokens_per_s * MINUTE_S
+    served = _served(
+        [load.prompt_tokens for load in traffic],
+        [load.generation_tokens for load in traffic],
+        [load.requests for load in traffic],
+        capacity_per_min,
+    )
+    served_p, served_g, served_requests, waiting = (np.array(c, dtype=np.int64) for c in served)
+    n = len(served_p)
+    if n > len(minute_ts):  # the quiet minutes that served the last queue
+        drained = minute_ts[-1] + MINUTE_S * np.arange(1, n - len(minute_ts) + 1, dtype=np.int64)
+        minute_ts = np.concatenate([minute_ts, drained])
+    per_request = np.maximum(served_requests, 1)
+    latency_s = np.where(
+        served_requests > 0,
+        served_p / per_request / deployment.prefill_tokens_per_s
+        + served_g / per_request / deployment.decode_tokens_per_s,
+        0.0,
+    )
+    running = served_requests * latency_s / MINUTE_S
+    busy = np.where(waiting > 0, 1.0, 1 - np.exp(-running))
+    throughput = (served_p + served_g) / capacity_per_min
+    fill = np.where(busy > 0, np.minimum(1.0, throughput / np.where(busy > 0, busy, 1.0)), 0.0)
+    sm_active = busy * (0.25 + 0.75 * fill)
+    gpu_util = np.maximum(busy, deployment.busy_poll_util)
+    power_w = deployment.idle_power_w + (deployment.max_power_w - deployment.idle_power_w) * sm_active
+    kv = np.minimum(0.99, running * (served_p + served_g) / per_request / deployment.kv_cache_tokens)
+    minute = np.full(n, 60.0)
+    return _Simulation(
+        deployment,
+        MinuteColumns(
+            minute_ts=minute_ts,
+            observed_s=minute,
+            util_observed_s=minute,
+            idle_s=60.0 * (1 - busy),
+            loaded_s=minute,
+            gpu_util=gpu_util,
+            gpu_util_max=np.where(busy > 0, 1.0, gpu_util),
+            sm_active=sm_active,
+            energy_j=power_w * MINUTE_S,
+            mem_used_max_bytes=np.full(n, deployment.mem_used_bytes, dtype=np.int64),
+            mem_total_bytes=np.full(n, deployment.mem_total_bytes, dtype=np.int64),
+            instances=np.ones(n, dtype=np.int64),
+            server_observed_s=minute,
+            prompt_tokens=served_p,
+            generation_tokens=served_g,
+            request_busy=busy,
+        ),
+        running=running,
+        waiting=waiting,
+        kv=kv,
+        throughput=throughput,
+        power_w=power_w,
+    )
 
 
 def _simulated_rows(
     loads: Iterable[MinuteLoad], deployment: SimulatedDeployment
-) -> Iterator[tuple[tuple[Any, ...], tuple[Any, ...]]]:
-    """Each minute, following the batching model above: the deployment's row (`DeploymentMinute`'s
-    fields, in order) and what each of its GPUs reads (`GpuMinute`'s fields after `deployment`; every
-    simulated GPU reads the same). Plain tuples: a month is hundreds of thousands of rows."""
-    capacity_per_min = deployment.capacity_tokens_per_s * MINUTE_S
-    gpu_observed_s = 60.0 * deployment.gpus
-    queue = _Queue()
-    for load in _draining(loads, queue, capacity_per_min):
-        queue.prompt += load.prompt_tokens
-        queue.generation += load.generation_tokens
-        queue.requests += load.requests
-        pending = queue.prompt + queue.generation
-        share = 1.0 if pending <= capacity_per_min else capacity_per_min / pending
-        served_p, served_g = math.floor(queue.prompt * share), math.floor(queue.generation * share)
-        served_requests = queue.requests if share == 1.0 else math.floor(queue.requests * share)
-        queue.prompt -= served_p
-        queue.generation -= served_g
-        queue.requests -= served_requests
-        latency_s = 0.0
-        if served_requests:
-            latency_s = (
-                served_p / served_requests / deployment.prefill_tokens_per_s
-                + served_g / served_requests / deployment.decode_tokens_per_s
-            )
-        running = served_requests * latency_s / MINUTE_S
-        busy = 1.0 if queue.requests else 1 - math.exp(-running)
-        throughput = (served_p + served_g) / capacity_per_min
-        fill = min(1.0, throughput / busy) if busy > 0 else 0.0
-        sm_active = busy * (0.25 + 0.75 * fill)
-        gpu_util = max(busy, deployment.busy_poll_util)
-        power_w = deployment.idle_power_w + (deployment.max_power_w - deployment.idle_power_w) * sm_active
-        kv = min(0.99, running * (served_p + served_g) / max(served_requests, 1) / deployment.kv_cache_tokens)
-        gpu = (
-            60.0,  # observed_s
-            60.0,  # util_observed_s
-            60.0 * (1 - busy),  # idle_s
-            60.0,  # loaded_s
-            gpu_util,
-            1.0 if busy > 0 else gpu_util,  # gpu_util_max
-            sm_active,
-            power_w * MINUTE_S,  # energy_j
-            power_w,  # power_mean_w
-            deployment.mem_used_bytes,
-            deployment.mem_total_bytes,
-        )
-        row = (
-            load.minute_ts,
-            deployment.name,
-            1,  # instances
-            60.0,  # server_observed_s
-            served_p,
-            served_g,
-            60.0 * busy,  # request_busy_s
-            running,
-            float(queue.requests),  # requests_waiting_mean
-            kv,
-            min(1.0, kv * 1.5),  # kv_cache_max
-            gpu_observed_s,
-            gpu_util,
-            sm_active,
-            busy,  # request_busy
-            throughput,  # throughput_util
-            None,  # prefill_s
-            None,  # decode_s
-        )
-        yield row, gpu
+) -> list[tuple[tuple[Any, ...], tuple[Any, ...]]]:
+    """Each minute's deployment row (`DeploymentMinute`'s fields) and what each GPU reads (`GpuMinute`'s
+    fields after `deployment`; every simulated GPU reads the same), as plain tuples."""
+    simulation = _simulate(loads, deployment)
+    return simulation.rows(0, len(simulation.minutes.minute_ts))
 
 
 def _gpu_keys(deployment: SimulatedDeployment) -> list[tuple[str, str, int, str]]:
@@ -549,7 +682,22 @@ def window_ends(start_ts: int, end_ts: int) -> list[tuple[int, int]]:
     first and last day, where its ends cut a quarter-hour or an hour, where its first and last
     minutes are found, and where the rules look at the last minutes (saturation's hour, runaway
     spend's live minutes)."""
+    if end_ts - start_ts <= 2 * DAY_S:
+        return [(start_ts, end_ts)]
     return [(start_ts, start_ts + DAY_S), (end_ts - DAY_S, end_ts)]
+
+
+def _overlapping(spans: Iterable[tuple[int, int]], start_ts: int, end_ts: int) -> list[tuple[int, int]]:
+    """The parts of `spans` inside [start, end), merged where they overlap, in time order."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted((max(a, start_ts), min(b, end_ts)) for a, b in spans):
+        if a >= b:
+            continue
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def replay_into_store(
@@ -570,46 +718,58 @@ def replay_into_store(
 
     Each chunk *replaces* every roll-up row of its minutes (`Store.replace_tiers`): replaying
     twice gives the same store, and deployments replayed into one store must be replayed in one call."""
-    streams = [iter(_simulated_rows(loads, deployment)) for loads, deployment in runs]
+    import numpy as np
+
+    simulations = [_simulate(loads, deployment) for loads, deployment in runs]
     keys = [_gpu_keys(deployment) for _, deployment in runs]
     carries = [PeakCarry() for _ in runs]
-    heads = [next(s, None) for s in streams]
+    done = [0] * len(runs)
     counts = [0, 0]
-
-    while any(h is not None for h in heads):
-        chunk_start = min(h[0][0] for h in heads if h is not None)
+    while True:
+        heads = [
+            int(s.minutes.minute_ts[at])
+            for s, at in zip(simulations, done, strict=True)
+            if at < len(s.minutes.minute_ts)
+        ]
+        if not heads:
+            break
+        chunk_start = min(heads)
         chunk_end = chunk_start - chunk_start % chunk_s + chunk_s
+        spans = _overlapping(
+            [(chunk_start, chunk_end)] if minutes_kept is None else minutes_kept, chunk_start, chunk_end
+        )
         tiers = TierRows([], [])
-        minutes: list[tuple[int, tuple[Any, ...], tuple[Any, ...]]] = []
-        spans = [(chunk_start, chunk_end)] if minutes_kept is None else minutes_kept
-        spans = [(a, b) for a, b in spans if a < chunk_end and b > chunk_start]
-        for index, stream in enumerate(streams):
-            head = heads[index]
-            rows: list[tuple[Any, ...]] = []
-            tails: list[tuple[Any, ...]] = []
-            while head is not None and head[0][0] < chunk_end:
-                rows.append(head[0])
-                tails.append(head[1])
-                head = next(stream, None)
-            heads[index] = head
-            if rows:
-                part = simulated_tiers(rows, tails, keys[index], chunk_start, chunk_end, carries[index])
-                tiers.quarter_hours.extend(part.quarter_hours)
-                tiers.gpu_hours.extend(part.gpu_hours)
-                if spans:
-                    minutes.extend(
-                        (index, row, tail)
-                        for row, tail in zip(rows, tails, strict=True)
-                        if any(a <= row[0] < b for a, b in spans)
-                    )
-                counts[0] += len(rows) * len(keys[index])
-                counts[1] += len(rows)
-        gpu_rows = [(row[0], *key, *tail) for index, row, tail in minutes for key in keys[index]]
+        gpu_rows: list[tuple[Any, ...]] = []
+        rows: list[tuple[Any, ...]] = []
+        for index, simulation in enumerate(simulations):
+            minute_ts = simulation.minutes.minute_ts
+            first = done[index]
+            after = first + int(np.searchsorted(minute_ts[first:], chunk_end))
+            done[index] = after
+            if first == after:
+                continue
+            part = simulated_tiers(
+                simulation.deployment.name,
+                simulation.minutes.part(first, after),
+                keys[index],
+                chunk_start,
+                chunk_end,
+                carries[index],
+            )
+            tiers.quarter_hours.extend(part.quarter_hours)
+            tiers.gpu_hours.extend(part.gpu_hours)
+            counts[0] += (after - first) * len(keys[index])
+            counts[1] += after - first
+            for a, b in spans:
+                lo, hi = (first + int(np.searchsorted(minute_ts[first:after], t)) for t in (a, b))
+                for row, tail in simulation.rows(lo, hi):
+                    rows.append(row)
+                    gpu_rows.extend((row[0], *key, *tail) for key in keys[index])
         store.replace_tiers(
             chunk_start,
             chunk_end,
             RecordRows(GpuMinute, gpu_rows),
-            RecordRows(DeploymentMinute, [row for _, row, _ in minutes]),
+            RecordRows(DeploymentMinute, rows),
             tiers.quarter_hours,
             tiers.gpu_hours,
         )

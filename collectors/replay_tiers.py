@@ -12,7 +12,7 @@ as the SQL adds each GPU's row), so the floats are the same to the last bit. `te
 checks this against the SQL on random simulations.
 
 Every simulated minute is observed (server and GPUs), with every measure known and no phase times:
-the sums here rely on that (`simulated_tiers` refuses anything else).
+the sums here rely on that (`MinuteColumns` has no way to say otherwise; unobserved minutes are refused).
 """
 
 from __future__ import annotations
@@ -24,12 +24,8 @@ from typing import Any
 import numpy as np
 
 from auditor.costing import MEASURED_CAPACITY_MINUTES
-from auditor.model import MINUTE_S, DeploymentMinute, GpuMinute
+from auditor.model import MINUTE_S
 from auditor.store import BUCKET_S, HOUR_S, TIER_IDLE_LOADED_BELOW, TIER_IDLE_LOADED_MIN_MEM_BYTES
-
-_D = {name: i for i, name in enumerate(DeploymentMinute.__dataclass_fields__)}
-_G = {name: i for i, name in enumerate(list(GpuMinute.__dataclass_fields__)[5:])}
-"""Field positions in a deployment row and in a GPU's tail (`GpuMinute`'s fields after `deployment`)."""
 
 _PER_HOUR = HOUR_S // MINUTE_S
 _PER_QUARTER = BUCKET_S // MINUTE_S
@@ -41,6 +37,34 @@ class PeakCarry:
 
     minutes: list[tuple[int, int]] = field(default_factory=list)
     """(minute_ts, tokens served) of at most MEASURED_CAPACITY_MINUTES − 1 minutes, in time order."""
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteColumns:
+    """One deployment's minutes in time order, as columns: what each of its GPUs reads (every
+    simulated GPU reads the same) and what its server does. Named as `GpuMinute`'s and
+    `DeploymentMinute`'s fields."""
+
+    minute_ts: np.ndarray
+    observed_s: np.ndarray
+    util_observed_s: np.ndarray
+    idle_s: np.ndarray
+    loaded_s: np.ndarray
+    gpu_util: np.ndarray
+    gpu_util_max: np.ndarray
+    sm_active: np.ndarray
+    energy_j: np.ndarray
+    mem_used_max_bytes: np.ndarray
+    mem_total_bytes: np.ndarray
+    instances: np.ndarray
+    server_observed_s: np.ndarray
+    prompt_tokens: np.ndarray
+    generation_tokens: np.ndarray
+    request_busy: np.ndarray
+
+    def part(self, first: int, after: int) -> MinuteColumns:
+        """Minutes [first, after) by position."""
+        return MinuteColumns(*(getattr(self, name)[first:after] for name in self.__slots__))
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,60 +96,52 @@ def _added(values: np.ndarray, times: int) -> np.ndarray:
 
 
 def simulated_tiers(
-    rows: Sequence[tuple[Any, ...]],
-    tail: Sequence[tuple[Any, ...]],
+    name: str,
+    minutes: MinuteColumns,
     gpu_keys: Sequence[tuple[str, str, int, str]],
     chunk_start_ts: int,
     chunk_end_ts: int,
     carry: PeakCarry,
 ) -> TierRows:
-    """The tier rows of one simulated deployment's minutes in [chunk_start, chunk_end): `rows` are its
-    deployment rows (`DeploymentMinute`'s fields) in time order, `tail[i]` what each of its GPUs
-    (`gpu_keys`: host, UUID, index, deployment) read in minute i. The chunk must hold whole hours
-    (its start may be inside the first). `carry` holds the minutes before the chunk a sustained-peak
-    run may start in, and is updated for the next chunk."""
-    if not rows:
+    """The tier rows of deployment `name`'s minutes in [chunk_start, chunk_end), read alike by each of
+    its GPUs (`gpu_keys`: host, UUID, index, deployment). The chunk must hold whole hours (its start
+    may be inside the first). `carry` holds the minutes before the chunk a sustained-peak run may
+    start in, and is updated for the next chunk."""
+    minute_ts = minutes.minute_ts
+    if not len(minute_ts):
         return TierRows([], [])
-    name = rows[0][_D["deployment"]]
-    columns = list(zip(*rows, strict=True))
-    gpu_columns = list(zip(*tail, strict=True))
-    minute_ts = np.array(columns[_D["minute_ts"]], dtype=np.int64)
     first_h = chunk_start_ts - chunk_start_ts % HOUR_S
     if chunk_end_ts % HOUR_S or minute_ts[0] < chunk_start_ts or minute_ts[-1] >= chunk_end_ts:
         raise ValueError("a chunk of simulated minutes must end on an hour and hold its minutes")
-    if any(None in column for column in gpu_columns) or any(
-        columns[_D[f]].count(None) != len(rows) for f in ("prefill_s", "decode_s")
-    ):
-        raise ValueError("simulated minutes have every measure known and no phase times")
     hours = (chunk_end_ts - first_h) // HOUR_S
     slot = (minute_ts - first_h) // MINUTE_S
     present = np.zeros(hours * _PER_HOUR, dtype=bool)
     present[slot] = True
 
-    def grid(values: Sequence[Any], dtype: Any = np.float64) -> np.ndarray:
-        out = np.zeros(hours * _PER_HOUR, dtype=dtype)
-        out[slot] = np.asarray(values, dtype=dtype)
+    def grid(values: np.ndarray) -> np.ndarray:
+        out = np.zeros(hours * _PER_HOUR, dtype=values.dtype)
+        out[slot] = values
         return out
 
     gpus = len(gpu_keys)
     # GPU readings, one GPU's (every simulated GPU reads the same).
-    observed = grid(gpu_columns[_G["observed_s"]])
-    util_observed = grid(gpu_columns[_G["util_observed_s"]])
-    loaded = grid(gpu_columns[_G["loaded_s"]])
-    sm_active = grid(gpu_columns[_G["sm_active"]])
-    mem_used = grid(gpu_columns[_G["mem_used_max_bytes"]], np.int64)
+    observed = grid(minutes.observed_s)
+    util_observed = grid(minutes.util_observed_s)
+    loaded = grid(minutes.loaded_s)
+    sm_active = grid(minutes.sm_active)
+    mem_used = grid(minutes.mem_used_max_bytes)
     known_s = np.where(util_observed > 0, util_observed, 0.0)  # store._known: measure known and weighs
-    util_w = grid(gpu_columns[_G["gpu_util"]]) * known_s
+    util_w = grid(minutes.gpu_util) * known_s
     sm_w = sm_active * known_s
-    energy = grid(gpu_columns[_G["energy_j"]])
+    energy = grid(minutes.energy_j)
     # The deployment's server.
-    server_observed = grid(columns[_D["server_observed_s"]])
-    request_busy = grid(columns[_D["request_busy"]])
+    server_observed = grid(minutes.server_observed_s)
+    request_busy = grid(minutes.request_busy)
     if (observed[slot] <= 0).any() or (server_observed[slot] <= 0).any():
         raise ValueError("simulated minutes have their GPUs and server observed")
-    prompt = grid(columns[_D["prompt_tokens"]], np.int64)
-    generation = grid(columns[_D["generation_tokens"]], np.int64)
-    instances = grid(columns[_D["instances"]], np.int64)
+    prompt = grid(minutes.prompt_tokens)
+    generation = grid(minutes.generation_tokens)
+    instances = grid(minutes.instances)
 
     # The quarter-hour tier: the GPUs summed per minute (each GPU's row added), then per quarter-hour.
     gpu_observed = _added(observed, gpus)
@@ -187,12 +203,12 @@ def simulated_tiers(
 
     hour_minutes = present.reshape(-1, _PER_HOUR).sum(axis=1)
     observed_h, util_observed_h, idle_h, loaded_h = (
-        _sums(v, _PER_HOUR) for v in (observed, util_observed, grid(gpu_columns[_G["idle_s"]]), loaded)
+        _sums(v, _PER_HOUR) for v in (observed, util_observed, grid(minutes.idle_s), loaded)
     )
     util_w_h, known_h, sm_w_h, energy_h = (_sums(v, _PER_HOUR) for v in (util_w, known_s, sm_w, energy))
-    util_max_h = most(grid(gpu_columns[_G["gpu_util_max"]]), -np.inf)
+    util_max_h = most(grid(minutes.gpu_util_max), -np.inf)
     mem_used_h = most(mem_used, -1)
-    mem_total_h = most(grid(gpu_columns[_G["mem_total_bytes"]], np.int64), -1)
+    mem_total_h = most(grid(minutes.mem_total_bytes), -1)
     idle_loaded_h = _sums(np.where(idle_loaded, observed, 0.0), _PER_HOUR)
     working_h = (present & ~idle_loaded).reshape(-1, _PER_HOUR).sum(axis=1)
     hours_seen = np.flatnonzero(hour_minutes)

@@ -142,14 +142,29 @@ def test_the_generator_has_a_daily_and_weekly_shape_and_bursts() -> None:
     assert mean(weekday) == pytest.approx(40, rel=0.15)
     assert mean(weekend) < 0.5 * mean(weekday)
     assert mean(afternoon) > 3 * mean(night)
-    # Bursts: some minutes far above what the shape alone gives at that hour.
-    assert max(m.requests for m in loads) > 2.5 * mean(afternoon)
+
+    # Bursts: `burst_factor` times the traffic while they last.
+    def requests(**burst: float) -> int:
+        shaped = TrafficShape(40, seed=3, **burst)  # type: ignore[arg-type]
+        return sum(
+            m.requests for m in generate_loads(start, start + 14 * 86_400, tz, shaped, bundled_trace())
+        )
+
+    always, never = requests(burst_chance_per_hour=1.0, burst_minutes=60), requests(burst_chance_per_hour=0.0)
+    assert always / never == pytest.approx(4.0, rel=0.05)
+    assert never < sum(m.requests for m in loads) < always
     # Request sizes follow the trace's (about 1,000 prompt and 250 generated tokens a request).
     per_request = sum(m.prompt_tokens for m in loads) / sum(m.requests for m in loads)
     trace = bundled_trace()
     assert per_request == pytest.approx(sum(r.prompt_tokens for r in trace) / len(trace), rel=0.05)
     again = list(generate_loads(start, start + 86_400, tz, TrafficShape(40, seed=3), bundled_trace()))
     assert again == loads[:1440]  # seeded: the same month every time
+    later = list(
+        generate_loads(
+            start + 3 * 86_400 + 600, start + 5 * 86_400, tz, TrafficShape(40, seed=3), bundled_trace()
+        )
+    )
+    assert later == loads[3 * 1440 + 10 : 5 * 1440]  # and a day's traffic whatever span it is drawn in
 
 
 def test_the_batching_model_queues_over_capacity_and_loses_nothing() -> None:

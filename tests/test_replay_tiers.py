@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -113,10 +114,13 @@ def test_tiers_summed_in_memory_are_the_stores_own(tmp_path_factory: Any, runs: 
         assert got[table] == expected[table], table
 
 
-def test_a_replay_keeping_its_ends_costs_what_one_keeping_every_minute_does(tmp_path: Path) -> None:
+@pytest.mark.parametrize("minutes", [4 * 1440, 1440 + 500, 90])
+def test_a_replay_keeping_its_ends_costs_what_one_keeping_every_minute_does(
+    tmp_path: Path, minutes: int
+) -> None:
     loads = [
         MinuteLoad(START + 7 * 60 + 60 * i, 5 + i % 7, 900 * (5 + i % 7), 150 * (i % 5))
-        for i in range(4 * 1440)
+        for i in range(minutes)
     ]
     deployment = SimulatedDeployment("replay", "H100", 2, 100.0)
     results = []
