@@ -14,8 +14,10 @@ simulated minute by minute with a simple batching model:
   share of time any kernel ran, which a busy-polling server (vLLM) holds near 100% even when idle
   (`busy_poll_util`); power follows `sm_active` between idle and board power.
 
-Minute roll-ups are written straight into the store (`Store.replace_minutes`), a day at a time:
-a month of one deployment takes seconds.
+The model runs on numpy columns (only a minute that arrives over capacity starts a queue, simulated
+minute by minute until it empties). Its tiers are summed in memory (`collectors.replay_tiers`) and
+written a day at a time (`Store.replace_tiers`) with the minute rows of the window's ends only: a
+month of three deployments takes about a second.
 
 A trace is read in bounded memory whatever its length: pyarrow's CSV reader (or Parquet, by the
 file's magic bytes) streams it in blocks, timestamps are parsed in bulk, and each block is counted
