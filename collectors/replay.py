@@ -679,14 +679,19 @@ def simulate(
         yield [GpuMinute(row[0], *key, *gpu) for key in keys], DeploymentMinute(*row)
 
 
-def window_ends(start_ts: int, end_ts: int) -> list[tuple[int, int]]:
-    """The minutes a replay keeps for a window it costs (`replay_into_store`'s `minutes_kept`): its
-    first and last day, where its ends cut a quarter-hour or an hour, where its first and last
-    minutes are found, and where the rules look at the last minutes (saturation's hour, runaway
-    spend's live minutes)."""
-    if end_ts - start_ts <= 2 * DAY_S:
-        return [(start_ts, end_ts)]
-    return [(start_ts, start_ts + DAY_S), (end_ts - DAY_S, end_ts)]
+RULES_MINUTES_KEPT_S = DAY_S
+"""Minutes the demo keeps at each end of its month: the rules' short windows end there (saturation's
+last hour, runaway spend's live minutes) besides the month's ragged ends."""
+COSTING_MINUTES_KEPT_S = 2 * 3600
+"""Minutes a replay keeps at each end of the window it costs: what the costing reads from minute rows
+lies within an hour of its ends (a cut quarter-hour or hour, a sustained peak's 15 minutes, the first
+and last minute observed)."""
+
+
+def window_ends(start_ts: int, end_ts: int, kept_s: int = RULES_MINUTES_KEPT_S) -> list[tuple[int, int]]:
+    """The minutes kept (`replay_into_store`'s `minutes_kept`) for a window [start, end) that will be
+    read: `kept_s` at each of its ends, where the minute rows still answer once the tiers hold the rest."""
+    return [(start_ts, min(end_ts, start_ts + kept_s)), (max(start_ts, end_ts - kept_s), end_ts)]
 
 
 def _overlapping(spans: Iterable[tuple[int, int]], start_ts: int, end_ts: int) -> list[tuple[int, int]]:

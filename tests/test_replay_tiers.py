@@ -20,6 +20,8 @@ from auditor.model import DeploymentMinute, GpuMinute
 from auditor.prices import ApiPriceCatalog
 from auditor.store import RecordRows, Store
 from collectors.replay import (
+    COSTING_MINUTES_KEPT_S,
+    RULES_MINUTES_KEPT_S,
     MinuteLoad,
     SimulatedDeployment,
     _gpu_keys,
@@ -114,9 +116,10 @@ def test_tiers_summed_in_memory_are_the_stores_own(tmp_path_factory: Any, runs: 
         assert got[table] == expected[table], table
 
 
+@pytest.mark.parametrize("kept_s", [RULES_MINUTES_KEPT_S, COSTING_MINUTES_KEPT_S])
 @pytest.mark.parametrize("minutes", [4 * 1440, 1440 + 500, 90])
 def test_a_replay_keeping_its_ends_costs_what_one_keeping_every_minute_does(
-    tmp_path: Path, minutes: int
+    tmp_path: Path, minutes: int, kept_s: int
 ) -> None:
     loads = [
         MinuteLoad(START + 7 * 60 + 60 * i, 5 + i % 7, 900 * (5 + i % 7), 150 * (i % 5))
@@ -125,7 +128,7 @@ def test_a_replay_keeping_its_ends_costs_what_one_keeping_every_minute_does(
     deployment = SimulatedDeployment("replay", "H100", 2, 100.0)
     results = []
     first_ts, after_ts = loads[0].minute_ts, loads[-1].minute_ts + 60
-    for kept in (None, window_ends(first_ts, after_ts)):
+    for kept in (None, window_ends(first_ts, after_ts, kept_s)):
         url = f"sqlite:///{tmp_path / f'kept-{kept is None}.db'}"
         store = Store.open(url)
         replay_into_store(store, [(loads, deployment)], minutes_kept=kept)

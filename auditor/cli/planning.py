@@ -34,6 +34,7 @@ from auditor.prices import UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
 from collectors.replay import (
+    COSTING_MINUTES_KEPT_S,
     DEFAULT_COMPARE_TO,
     DEMO_CONFIG,
     ReplayError,
@@ -145,7 +146,11 @@ def replay(
             step(f"replaying {len(loads):,} minutes")
             first_ts, after_ts = loads[0].minute_ts, loads[-1].minute_ts + 60
             try:
-                replay_into_store(store, [(loads, simulated)], minutes_kept=window_ends(first_ts, after_ts))
+                replay_into_store(
+                    store,
+                    [(loads, simulated)],
+                    minutes_kept=window_ends(first_ts, after_ts, COSTING_MINUTES_KEPT_S),
+                )
             except ReplayError as exc:
                 fatal(str(exc))
             step("costing")
