@@ -51,7 +51,6 @@ from collectors.replay import (
     window_ends,
 )
 from reports.files import write_atomic
-from reports.json_form import deployment_object
 
 # -- auditor replay -------------------------------------------------------------------------------
 
@@ -160,6 +159,8 @@ def replay(
         finally:
             store.close()
     if as_json:
+        from reports.json_form import deployment_object  # the report's modules: only for --json
+
         print(render_json(deployment_object(cost, [])))
         return
     if note:
