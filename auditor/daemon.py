@@ -590,21 +590,69 @@ def reschedule(scheduler: BackgroundScheduler) -> None:
         scheduler.reschedule_job(job.id, trigger=trigger)
 
 
+def _note_signal(_signum: int, _frame: object) -> None:
+    """The Python-level handler of the signals `SignalWatcher` watches: it must take no lock (see there)."""
+
+
+class SignalWatcher:
+    """SIGTERM and SIGINT set `stop`; SIGHUP logs a line. A thread of its own does it, never the handler.
+
+    Python runs a signal handler in the main thread, between two bytecodes, whatever that thread holds
+    then. A handler that sets an Event takes the event's lock, and one that logs takes the redaction
+    filter's (`auditor.redact`): both plain locks. When the signal lands while the main thread holds the
+    same lock (the main loop's `stop.wait(tick)` holds the event's between taking it and waiting on
+    it, and a loaded machine can stop the thread right there), the handler waits for its own thread:
+    forever. The daemon hung that way after "received SIGTERM", before flushing. So the handlers do
+    nothing: `signal.set_wakeup_fd` writes each signal's number to a socket, from C, in whichever
+    thread the signal reached, and this thread reads it and acts in ordinary code."""
+
+    HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)  # set_wakeup_fd's requirement: a signal never blocks on it
+        self._thread = threading.Thread(target=self._watch, name="signals", daemon=True)
+        self._previous: dict[int, Any] = {}
+        self._previous_fd = -1
+
+    def start(self) -> None:
+        """Install the handlers (from the main thread, as Python requires)."""
+        self._thread.start()
+        self._previous_fd = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        self._previous = {signum: signal.signal(signum, _note_signal) for signum in self.HANDLED}
+
+    def close(self) -> None:
+        """Put the previous handlers back and end the thread."""
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        self._write.send(b"\0")  # not a signal's number: the thread's cue to end
+        self._thread.join(1.0)
+        self._read.close()
+        self._write.close()
+
+    def _watch(self) -> None:
+        while data := self._read.recv(64):
+            for signum in data:
+                if signum == 0:
+                    return
+                if signum == signal.SIGHUP:  # its default would kill the daemon
+                    log.info(
+                        "received SIGHUP: the config is read at start; restart the service to apply changes"
+                    )
+                elif signum in (signal.SIGTERM, signal.SIGINT):
+                    log.info("received %s: flushing and exiting", signal.Signals(signum).name)
+                    self.stop.set()
+
+
 def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading.Event | None = None) -> int:
     """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status: 0, or 1 when a job was
     stuck at exit (the caller then exits at once, without waiting for the stuck thread)."""
     env = os.environ if env is None else env
     stop = stop or threading.Event()
-
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s: flushing and exiting", signal.Signals(signum).name)
-        stop.set()
-
-    def _on_hangup(_signum: int, _frame: object) -> None:  # its default would kill the daemon
-        log.info("received SIGHUP: the config is read at start; restart the service to apply changes")
-
-    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _on_hangup)
+    signals = SignalWatcher(stop)
+    signals.start()
     scheduler = build_scheduler(daemon.jobs(), daemon.config.tz)
     scheduler.start()
     sd_notify("READY=1", env)
@@ -640,7 +688,6 @@ def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading
         sd_notify("STOPPING=1", env)
         scheduler.shutdown(wait=False)
         flushed = daemon.flush(JOB_WAIT_S)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signals.close()
         log.info("stopped in %.1f s", time.monotonic() - started)
     return 0 if flushed else 1

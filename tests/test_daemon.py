@@ -6,15 +6,24 @@ import logging
 import signal
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from auditor.config import Config
-from auditor.daemon import Daemon, JobSpec, ProblemLog, build_scheduler, sd_notify, watchdog_interval_s
+from auditor.daemon import (
+    Daemon,
+    JobSpec,
+    ProblemLog,
+    build_scheduler,
+    run,
+    sd_notify,
+    watchdog_interval_s,
+)
 from auditor.exporter import ExporterState
 from auditor.model import GpuSample
 from auditor.store import Store
@@ -282,4 +291,39 @@ def test_minutes_sampled_before_the_clock_jumped_forward_are_rolled_up(tmp_path:
     daemon.rollup()
     (row,) = store.gpu_minutes(0, 2e9)
     assert row.observed_s == 40
+    store.close()
+
+
+class SignalledWhileHeld(threading.Event):
+    """A stop event (the standard library's own) whose first `wait` gets SIGTERM while it holds the
+    event's lock: where a signal lands, now and then, when the main loop's `stop.wait(tick)` is between
+    taking that lock and letting it go (seen on loaded CI machines, where the main thread can lose the
+    CPU there). Python runs the handler right then, in the main thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signalled = False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if not self.signalled:
+            self.signalled = True
+            with cast(threading.Condition, vars(self)["_cond"]):
+                signal.raise_signal(signal.SIGTERM)
+        return super().wait(timeout)
+
+
+@pytest.mark.timeout(30)
+def test_a_sigterm_landing_while_the_main_thread_holds_a_lock_still_stops_the_daemon(tmp_path: Path) -> None:
+    """A signal handler that takes a lock (setting an Event, writing a log line through the redaction
+    filter) waits forever when the signal lands while the main thread holds that lock: the exit hung
+    after "received SIGTERM" and never flushed."""
+    daemon, store = one_gpu_daemon(tmp_path / "a.db", interval_s=0.5)
+    stop = SignalledWhileHeld()
+    started = time.monotonic()
+    code = run(daemon, env={}, stop=stop)
+    took = time.monotonic() - started
+    assert stop.signalled
+    assert code == 0
+    assert took < 5, f"took {took:.1f} s to stop"
+    assert store.gpu_samples(0, 2e9)  # the start-up pass was written
     store.close()
