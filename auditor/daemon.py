@@ -2,8 +2,10 @@
 
 Jobs run on APScheduler 3 (a BackgroundScheduler); they are data (`JobSpec`), so more can be
 added from a list (`extra_jobs`: the alert cycle, the weekly digest). The main thread waits for
-SIGTERM/SIGINT and pings systemd's watchdog while sampling is healthy; on a signal it stops the
-scheduler, waits briefly for a running pass, rolls up what was sampled, and exits within 5 s.
+SIGTERM/SIGINT (acted on by a thread of its own: `SignalWatcher`) and pings systemd's watchdog while
+sampling is healthy; on a signal it stops the scheduler, waits briefly for a running pass, rolls up
+what was sampled, and exits within 5 s: work still running then (a long catch-up roll-up, a Slack
+post) is left to roll back, and the next start does it again.
 
 Logging goes to stderr (journald under systemd, with priorities: `auditor.logs`), one line when a
 problem starts and one when it ends, never one per retry; every line is redacted.
@@ -31,7 +33,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -54,7 +57,9 @@ log = logging.getLogger("auditor.daemon")
 _S = TypeVar("_S", GpuSample, ServerSample)
 
 STOP_DEADLINE_S = 5.0
+"""From the signal to the exit at most (and the interpreter's own exit): systemd's TimeoutStopSec is 10 s."""
 JOB_WAIT_S = 3.0
+"""The flush's share of it: the running pass, its write and the last roll-up."""
 TRAILING_ROLLUP_S = 5 * MINUTE_S
 """Each roll-up re-rolls this many trailing seconds, so that samples written late are counted."""
 MAX_PENDING_ROWS = 100_000
@@ -127,6 +132,31 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return redact(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
+class RunningJobs:
+    """The jobs running now, so that the exit can give the work in flight a little time."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._names: list[str] = []
+
+    @contextmanager
+    def entered(self, name: str) -> Iterator[None]:
+        with self._cond:
+            self._names.append(name)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._names.remove(name)
+                self._cond.notify_all()
+
+    def wait_until_idle(self, timeout_s: float) -> list[str]:
+        """Wait up to `timeout_s` for every running job to end; the names of those still running."""
+        with self._cond:
+            self._cond.wait_for(lambda: not self._names, max(0.0, timeout_s))
+            return sorted(self._names)
+
+
 class JobGuard:
     """A job's failure boundary: an exception is one log line (the traceback at debug level), then
     the job waits (its interval, doubling, at most 15 minutes) before it runs again; the first run
@@ -142,8 +172,10 @@ class JobGuard:
         backoff: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         max_s: float = JOB_BACKOFF_MAX_S,
+        running: RunningJobs | None = None,
     ) -> None:
         self.name = name
+        self.running = running
         self.func = func
         self.base_s = base_s
         self.backoff = backoff
@@ -157,7 +189,11 @@ class JobGuard:
         if now < self.next_run:
             return
         try:
-            self.func()
+            if self.running is None:
+                self.func()
+            else:
+                with self.running.entered(self.name):
+                    self.func()
         except Exception as exc:
             self.failures += 1
             delay = min(self.base_s * 2 ** (self.failures - 1), self.max_s) if self.backoff else 0.0
@@ -217,6 +253,9 @@ class Daemon:
         self._rolled_until: float | None = None
         self._last_pass_ts: float | None = None
         self._busy = threading.Lock()
+        self._rolling = threading.Lock()
+        """Held by a roll-up (the job's, the exit's): two at once would each roll up the same minutes
+        (all of them since the last one written, at start-up) and the older one could commit last."""
         self._pending_lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._latest: dict[tuple[str | None, ...], tuple[float, float | None]] | None = None
@@ -427,6 +466,13 @@ class Daemon:
         if self.fleet is not None:
             self.fleet_rollup()
             return
+        with self._rolling:
+            rolled = self._roll_up_minutes()
+        if rolled:
+            self.update_figures()
+
+    def _roll_up_minutes(self) -> bool:
+        """The roll-up itself, under `_rolling`; False when the store refused it."""
         now = self.clock()
         end = minute_floor(now) + MINUTE_S
         max_gap_s = self.config.daemon.effective_max_gap_s
@@ -449,11 +495,16 @@ class Daemon:
             )
         except SQLAlchemyError as exc:
             self._rollup_failed(exc)
-            return
+            return False
         self.problems.update("rollup", [])
         self._rolled_once = True
         self._rolled_until = now
-        self.update_figures()
+        return True
+
+    def _last_rollup(self) -> None:
+        """The exit's roll-up, after the job's if one is running (no figures: the exporter is stopping)."""
+        with self._rolling:
+            self._roll_up_minutes()
 
     def update_figures(self) -> None:
         if self.figures is None:
@@ -519,11 +570,20 @@ class Daemon:
         return self.monotonic() - self._last_pass_ts < allowed
 
     def flush(self, deadline_s: float) -> bool:
-        """At exit: wait (briefly) for a running pass, then roll up what was sampled.
+        """At exit, within `deadline_s` in all: wait for a running pass, write what was sampled, roll up.
 
         False when a pass is stuck (in a driver call, say): the caller must exit without it.
+        A roll-up that does not end in time (the start-up catch-up over many hours of samples, a store
+        another process keeps locked) is left behind: its transaction rolls back when the process
+        exits, and the next start rolls up every minute since the last one written, so the samples
+        committed here are rolled up then.
         In fleet mode a roll-up stops before its next chunk; one still writing its chunk is left
         behind (its transaction rolls back when the process exits; the next start reads it again)."""
+        deadline = time.monotonic() + deadline_s
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
         if self.fleet is not None:
             self.fleet.stopping.set()
             if self._busy.acquire(timeout=deadline_s):
@@ -534,10 +594,18 @@ class Daemon:
             return False
         self._busy.release()
         if self._writer is not None:
-            self._writer.join(deadline_s)
+            self._writer.join(left())
         if self._pending_gpu or self._pending_server:
-            self._start_write(wait_s=deadline_s)
-        self.rollup()
+            self._start_write(wait_s=left())
+        last = threading.Thread(target=self._last_rollup, name="last-rollup", daemon=True)
+        last.start()
+        last.join(left())
+        if last.is_alive():
+            log.warning(
+                "the roll-up did not finish within %.0f s; exiting without it: the next start rolls up "
+                "the minutes since the last one written",
+                deadline_s,
+            )
         return True
 
 
@@ -557,7 +625,9 @@ def _source_of(sample: GpuSample | ServerSample) -> str:
     return sample.gpu_uuid if isinstance(sample, GpuSample) else sample.instance
 
 
-def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundScheduler:
+def build_scheduler(
+    jobs: Sequence[JobSpec], timezone: Any, running: RunningJobs | None = None
+) -> BackgroundScheduler:
     scheduler = BackgroundScheduler(
         timezone=timezone,
         executors={"default": ThreadPoolExecutor(max_workers=4)},
@@ -569,7 +639,11 @@ def build_scheduler(jobs: Sequence[JobSpec], timezone: Any) -> BackgroundSchedul
         if job.run_at_start:
             options["next_run_time"] = now
         guarded = JobGuard(
-            job.name, job.func, base_s=job.interval_s or MINUTE_S, backoff=job.name != "sample"
+            job.name,
+            job.func,
+            base_s=job.interval_s or MINUTE_S,
+            backoff=job.name != "sample",
+            running=running,
         )
         if job.interval_s is not None:
             scheduler.add_job(guarded, "interval", seconds=job.interval_s, **options)
@@ -647,13 +721,16 @@ class SignalWatcher:
 
 
 def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status: 0, or 1 when a job was
-    stuck at exit (the caller then exits at once, without waiting for the stuck thread)."""
+    """Run until SIGTERM/SIGINT (or `stop` is set); returns the exit status: 0, or 1 when a sampling
+    pass was stuck at exit. Returns within STOP_DEADLINE_S of the signal: a job still running then (a
+    long roll-up, a Slack post) is left, and the caller exits without waiting for its thread (what it
+    had not committed is done again at the next start: roll-ups, outbox, billing windows)."""
     env = os.environ if env is None else env
     stop = stop or threading.Event()
     signals = SignalWatcher(stop)
     signals.start()
-    scheduler = build_scheduler(daemon.jobs(), daemon.config.tz)
+    running = RunningJobs()
+    scheduler = build_scheduler(daemon.jobs(), daemon.config.tz, running)
     scheduler.start()
     sd_notify("READY=1", env)
     if daemon.fleet is not None:
@@ -688,6 +765,10 @@ def run(daemon: Daemon, *, env: Mapping[str, str] | None = None, stop: threading
         sd_notify("STOPPING=1", env)
         scheduler.shutdown(wait=False)
         flushed = daemon.flush(JOB_WAIT_S)
+        if flushed:
+            still = running.wait_until_idle(started + STOP_DEADLINE_S - time.monotonic())
+            if still:
+                log.warning("exiting without waiting for job(s) still running: %s", ", ".join(still))
         signals.close()
         log.info("stopped in %.1f s", time.monotonic() - started)
     return 0 if flushed else 1

@@ -327,3 +327,57 @@ def test_a_sigterm_landing_while_the_main_thread_holds_a_lock_still_stops_the_da
     assert took < 5, f"took {took:.1f} s to stop"
     assert store.gpu_samples(0, 2e9)  # the start-up pass was written
     store.close()
+
+
+@pytest.mark.slow
+def test_a_sigterm_during_a_long_start_up_roll_up_exits_in_time_and_loses_nothing(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    """Raw samples of 40 hours that no roll-up has seen (a daemon that died, an upgrade that dropped the
+    minutes): the start-up roll-up catches up for many seconds. A SIGTERM in the middle of it must
+    still exit within systemd's stop timeout (10 s), and the minutes it had not rolled up yet are
+    rolled up by the next start."""
+    db = tmp_path / "auditor.db"
+    config = write_config(tmp_path, servers=[])
+    store = Store.open(f"sqlite:///{db}")
+    start = time.time() - 40 * 3600
+    uuids = ("GPU-old-0", "GPU-old-1", "GPU-old-2")
+    for index, uuid in enumerate(uuids):
+        store.add_gpu_samples(
+            [
+                GpuSample(ts=start + i, host="testhost", gpu_uuid=uuid, gpu_index=index, util_pct=50.0)
+                for i in range(40 * 3600)
+            ]
+        )
+    store.close()
+    env = daemon_env(tmp_path, THREE_GPUS, NOTIFY_SOCKET=str(tmp_path / "notify.sock"))
+    with daemon_process(config, env) as process:
+        _wait_ready(notify_socket)
+        time.sleep(1)
+        # The catch-up is still running: it commits its minutes at its end, all at once.
+        assert _rows(db, "SELECT COUNT(*) FROM gpu_minutes") == [(0,)]
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, stderr = process.communicate(timeout=60)
+        took = time.monotonic() - started
+    assert process.returncode == 0, stderr
+    assert took < 8, f"took {took:.1f} s to stop:\n{stderr}"
+    assert "Traceback" not in stderr
+    sampled = dict(
+        _rows(db, "SELECT gpu_uuid, COUNT(*) FROM gpu_samples WHERE gpu_uuid NOT LIKE 'GPU-old-%' GROUP BY 1")
+    )
+    assert len(sampled) == 3, sampled  # this run's passes were written
+    # The next start's first roll-up covers every minute since the last one written.
+    daemon = Daemon(
+        config=Config.model_validate(
+            {"store": {"url": f"sqlite:///{db}"}, "daemon": {"sample_interval_s": 0.5}}
+        ),
+        store=Store.open(f"sqlite:///{db}"),
+        gpu_collectors=[],
+        server_collectors=[],
+        state=ExporterState(),
+    )
+    daemon.rollup()
+    daemon.store.close()
+    minutes = dict(_rows(db, "SELECT gpu_uuid, COUNT(*) FROM gpu_minutes GROUP BY gpu_uuid"))
+    assert all(minutes[uuid] >= 40 * 60 for uuid in uuids), minutes

@@ -153,18 +153,19 @@ def daemon(
         code = daemon_module.run(runner)
     finally:
         exporter.stop()
-    if code != 0 or fleet is not None:
-        # A job is stuck (a hung driver call): exiting normally would wait for its thread forever.
-        # In fleet mode a roll-up may be writing a chunk: its transaction rolls back at exit and the
-        # next start reads that window again, so the daemon exits now, not after the chunk.
-        sys.stderr.flush()
-        os._exit(code)
-    if gpu is not None:
-        gpu.close()
-    for collector in servers:
-        collector.close()
-    store.close()
-    raise typer.Exit(code)
+    if code == 0 and fleet is None:
+        # No pass is stuck inside NVML or a scrape: they close cleanly, and so does the store.
+        if gpu is not None:
+            gpu.close()
+        for collector in servers:
+            collector.close()
+        store.close()
+    # Never a normal exit: it waits for every job thread, and `run` may have left one running (a stuck
+    # driver call, a long start-up roll-up, a Slack post, a fleet chunk being written) to keep within
+    # systemd's stop timeout. Its transaction rolls back and the next start does that work again.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _exporter(config: Config) -> Exporter:
