@@ -72,8 +72,8 @@ gpu_hourly_usd = 2.50
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and not slack.posted("/webhook"):
                     time.sleep(0.2)
-                # Time enough for a second, wrong post to arrive, and for the start-up jobs to end: a
-                # SIGTERM a second after start, during them, has hung the exit (a daemon bug, open).
+                # Time enough for a second, wrong post to arrive. (A SIGTERM during the start-up jobs
+                # once hung the exit: test_daemon's lock and long-roll-up tests cover that now.)
                 time.sleep(5.0)
                 process.send_signal(signal.SIGTERM)
                 _, stderr = process.communicate(timeout=60)
