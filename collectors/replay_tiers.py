@@ -8,8 +8,9 @@ minute rows only where a reader still needs them (`collectors.replay.replay_into
 
 The rows are the ones `_refresh_tiers` writes from the same minutes, value for value: every sum is
 added in minute order starting from 0.0, as SQLite's SUM does (a GPU's minute is added once per GPU,
-as the SQL adds each GPU's row), so the floats are the same to the last bit. `tests/test_replay_tiers.py`
-checks this against the SQL on random simulations.
+as the SQL adds each GPU's row), so the floats are the same to the last bit (SQLite 3.43 and later
+sum with error compensation: there, to about 1e-15). `tests/test_replay_tiers.py` checks this against
+the SQL on random simulations.
 
 Every simulated minute is observed (server and GPUs), with every measure known and no phase times:
 the sums here rely on that (`MinuteColumns` has no way to say otherwise; unobserved minutes are refused).

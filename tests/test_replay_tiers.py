@@ -113,7 +113,18 @@ def test_tiers_summed_in_memory_are_the_stores_own(tmp_path_factory: Any, runs: 
     replay_into_store(Store.open(f"sqlite:///{in_memory}"), runs)
     expected, got = _tables(by_sql), _tables(in_memory)
     for table in expected:
-        assert got[table] == expected[table], table
+        if PLAIN_SUM:
+            assert got[table] == expected[table], table
+        else:  # SQLite 3.43+ sums with error compensation: the same figures but for the last bits
+            assert [tuple(map(_approx, row)) for row in got[table]] == expected[table], table
+
+
+PLAIN_SUM = sqlite3.sqlite_version_info < (3, 43, 0)
+"""SQLite's SUM adds plainly in row order before 3.43 (what `collectors.replay_tiers` reproduces)."""
+
+
+def _approx(value: Any) -> Any:
+    return pytest.approx(value, rel=1e-12, abs=1e-9) if isinstance(value, float) else value
 
 
 @pytest.mark.parametrize("kept_s", [RULES_MINUTES_KEPT_S, COSTING_MINUTES_KEPT_S])
