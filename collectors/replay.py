@@ -680,17 +680,22 @@ def simulate(
 
 
 RULES_MINUTES_KEPT_S = DAY_S
-"""Minutes the demo keeps at each end of its month: the rules' short windows end there (saturation's
-last hour, runaway spend's live minutes) besides the month's ragged ends."""
+"""Minutes the demo keeps at each end of its month: the rules' short windows end at its end
+(saturation's last minutes, runaway spend's live minutes, idle-loaded's day), and its first minutes
+place the rules' 7- and 21-day windows exactly (`rules.common.window_start` takes the oldest minute
+kept for where the minutes start). Every file the demo writes is then the same as from a store that
+kept every minute (checked when this was written); idle-loaded's history between the two ends is read
+from the minute rows, which are not there, rather than from the GPU-hour tier."""
 COSTING_MINUTES_KEPT_S = 2 * 3600
 """Minutes a replay keeps at each end of the window it costs: what the costing reads from minute rows
 lies within an hour of its ends (a cut quarter-hour or hour, a sustained peak's 15 minutes, the first
 and last minute observed)."""
 
 
-def window_ends(start_ts: int, end_ts: int, kept_s: int = RULES_MINUTES_KEPT_S) -> list[tuple[int, int]]:
-    """The minutes kept (`replay_into_store`'s `minutes_kept`) for a window [start, end) that will be
-    read: `kept_s` at each of its ends, where the minute rows still answer once the tiers hold the rest."""
+def window_ends(start_ts: int, end_ts: int, kept_s: int = COSTING_MINUTES_KEPT_S) -> list[tuple[int, int]]:
+    """The minutes kept (`replay_into_store`'s `minutes_kept`) for a window [start, end) that only the
+    costing will read: `kept_s` at each of its ends, where minute rows still answer once the tiers hold
+    the rest."""
     return [(start_ts, min(end_ts, start_ts + kept_s)), (max(start_ts, end_ts - kept_s), end_ts)]
 
 

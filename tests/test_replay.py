@@ -219,13 +219,31 @@ def test_replaying_a_month_into_a_store_is_idempotent(tmp_path: Path) -> None:
             ),
         ]
 
-    counts = replay_into_store(store, runs(), minutes_kept=window_ends(start, end))
+    counts = replay_into_store(store, runs())
     assert counts == (3 * 1440 * 2 + 11, 3 * 1440 + 11)
-    assert replay_into_store(store, runs(), minutes_kept=window_ends(start, end)) == counts
-    # Minute rows for the span's first and last day, the tiers for all of it.
-    assert len(store.gpu_minutes(start, end, "a")) == 2 * 1440 * 2
-    assert not store.gpu_minutes(start + 86_400, start + 2 * 86_400, "a")
-    assert store.gpu_minute_counts(start, end, ["a"]) == {"a": (3 * 1440, 3 * 1440 * 2)}
+    assert replay_into_store(store, runs()) == counts
+    assert len(store.gpu_minutes(start, end, "a")) == 3 * 1440 * 2
     assert len(store.deployment_minutes(start, end, "b")) == 11
     b = store.deployment_minutes(start, end, "b")
     assert sum(m.prompt_tokens for m in b) == sum(r.prompt_tokens for r in bundled_trace())
+
+
+def test_a_replay_keeps_the_minutes_asked_for_and_the_tiers_of_all(tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'r.db'}")
+    tz = ZoneInfo("UTC")
+    start = int(datetime(2026, 10, 1, tzinfo=tz).timestamp())
+    end = start + 3 * 86_400
+    loads = list(generate_loads(start, end, tz, TrafficShape(5), bundled_trace()))
+    deployment = SimulatedDeployment("a", "H100", 2, 4000.0)
+    # As the demo keeps them: a day at each end; the tiers for all of it.
+    replay_into_store(store, [(loads, deployment)], minutes_kept=window_ends(start, end, 86_400))
+    assert len(store.gpu_minutes(start, end, "a")) == 2 * 1440 * 2
+    assert not store.gpu_minutes(start + 86_400, end - 86_400, "a")
+    assert store.gpu_minute_counts(start, end, ["a"]) == {"a": (3 * 1440, 3 * 1440 * 2)}
+    # As a replay keeps them: two hours at each end of its window.
+    replay_into_store(store, [(loads, deployment)], minutes_kept=window_ends(start + 420, end))
+    kept = store.gpu_minutes(start, end, "a")
+    assert {m.minute_ts for m in kept} == set(range(start + 420, start + 2 * 3600 + 420, 60)) | set(
+        range(end - 2 * 3600, end, 60)
+    )
+    assert store.gpu_minute_counts(start, end, ["a"]) == {"a": (3 * 1440, 3 * 1440 * 2)}

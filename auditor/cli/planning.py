@@ -34,9 +34,9 @@ from auditor.prices import UnknownModelError
 from auditor.store import Store
 from auditor.units import format_share, format_tokens, format_usd, parse_usd
 from collectors.replay import (
-    COSTING_MINUTES_KEPT_S,
     DEFAULT_COMPARE_TO,
     DEMO_CONFIG,
+    RULES_MINUTES_KEPT_S,
     ReplayError,
     SimulatedDeployment,
     catalog_gpu_hourly_usd,
@@ -148,7 +148,7 @@ def replay(
                 replay_into_store(
                     store,
                     [(loads, simulated)],
-                    minutes_kept=window_ends(first_ts, after_ts, COSTING_MINUTES_KEPT_S),
+                    minutes_kept=window_ends(first_ts, after_ts),
                 )
             except ReplayError as exc:
                 fatal(str(exc))
@@ -244,7 +244,7 @@ def demo(
             step("simulating a month of traffic")
             start_ts, end_ts = int(window.start.timestamp()), int(window.end.timestamp())
             runs = demo_runs(config.deployments, start_ts, end_ts, config.tz)
-            replay_into_store(store, runs, minutes_kept=window_ends(start_ts, end_ts))
+            replay_into_store(store, runs, minutes_kept=window_ends(start_ts, end_ts, RULES_MINUTES_KEPT_S))
             step("importing the month's cloud bill (FOCUS)")
             from collectors.focus_demo import write_demo_bill
             from collectors.focus_sources import import_files
