@@ -477,6 +477,12 @@ class Saving:
     """True when projected to a calendar month ("/month"); False for a calendar month's own figure."""
 
 
+def _days_label(days: Decimal) -> str:
+    """A window's length in days for a label: `7`, or `7.01` for a window that does not end where it
+    began (a rule window placed on a quarter-hour where the minutes are gone); the figure is exact."""
+    return f"{days.quantize(Decimal('0.01')).normalize():f}"
+
+
 def monthly_saving(dc: DeploymentCost, comparison: ApiComparison) -> Saving:
     """THE savings figure, defined once: TCO minus the API cost of the same tokens, over the hours
     whose tokens are known. For a calendar-month window it is that month's figure (so far, for a month
@@ -488,9 +494,9 @@ def monthly_saving(dc: DeploymentCost, comparison: ApiComparison) -> Saving:
         return Saving(usd=comparison.savings_usd, api=comparison.price, basis=label, per_month=False)
     observed = dc.observed_hours
     usd = comparison.savings_usd * dc.month_hours / observed if observed > 0 else Decimal(0)
-    days = elapsed_s(dc.start, dc.end) / 86400
     label = (
-        f"at the last {days.normalize():f} days' rate (to {dc.end.astimezone(dc.tz):%Y-%m-%d %H:%M}),"
+        f"at the last {_days_label(elapsed_s(dc.start, dc.end) / 86400)} days' rate"
+        f" (to {dc.end.astimezone(dc.tz):%Y-%m-%d %H:%M}),"
         f" over a {dc.month_hours.normalize():f}-hour month"
     )
     return Saving(usd=usd, api=comparison.price, basis=label, per_month=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 import rules
 from auditor.analysis import cost_window
 from auditor.config import Config, parse_config
+from auditor.costing import monthly_saving
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import DeploymentMinute, Finding, GpuMinute
 from auditor.prices import ApiPriceCatalog
@@ -125,6 +127,10 @@ def test_a_rule_window_older_than_the_minutes_starts_on_its_quarter_hour(
     ]
     assert tier.hours == same.hours and tier.tokens == same.tokens and tier.cost_usd == same.cost_usd
     assert tier.utilization == same.utilization
+    # Its savings label says the days it spans, readably (7 days and 7 minutes).
+    assert "at the last 7 days' rate" in monthly_saving(tier, tier.apis[0]).basis
+    longer = replace(tier, start=tier.start - timedelta(minutes=8))
+    assert "at the last 7.01 days' rate" in monthly_saving(longer, longer.apis[0]).basis
     every.close()
     short.close()
 
