@@ -477,10 +477,13 @@ class Saving:
     """True when projected to a calendar month ("/month"); False for a calendar month's own figure."""
 
 
-def _days_label(days: Decimal) -> str:
-    """A window's length in days for a label: `7`, or `7.01` for a window that does not end where it
-    began (a rule window placed on a quarter-hour where the minutes are gone); the figure is exact."""
-    return f"{days.quantize(Decimal('0.01')).normalize():f}"
+def _span_label(seconds: Decimal) -> str:
+    """A window's length for a label, possessive, to two decimals in the largest unit it fills:
+    `7 days'`, `7.01 days'` (a rule window placed on a quarter-hour where the minutes are gone),
+    `5.77 hours'`, `1 minute's`. The figure beside it is exact."""
+    unit_s, unit = next(((s, u) for s, u in ((86400, "day"), (3600, "hour")) if seconds >= s), (60, "minute"))
+    count = (seconds / unit_s).quantize(Decimal("0.01")).normalize()
+    return f"{count:f} {unit}'s" if count == 1 else f"{count:f} {unit}s'"
 
 
 def monthly_saving(dc: DeploymentCost, comparison: ApiComparison) -> Saving:
@@ -495,7 +498,7 @@ def monthly_saving(dc: DeploymentCost, comparison: ApiComparison) -> Saving:
     observed = dc.observed_hours
     usd = comparison.savings_usd * dc.month_hours / observed if observed > 0 else Decimal(0)
     label = (
-        f"at the last {_days_label(elapsed_s(dc.start, dc.end) / 86400)} days' rate"
+        f"at the last {_span_label(elapsed_s(dc.start, dc.end))} rate"
         f" (to {dc.end.astimezone(dc.tz):%Y-%m-%d %H:%M}),"
         f" over a {dc.month_hours.normalize():f}-hour month"
     )

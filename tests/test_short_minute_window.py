@@ -129,8 +129,14 @@ def test_a_rule_window_older_than_the_minutes_starts_on_its_quarter_hour(
     assert tier.utilization == same.utilization
     # Its savings label says the days it spans, readably (7 days and 7 minutes).
     assert "at the last 7 days' rate" in monthly_saving(tier, tier.apis[0]).basis
-    longer = replace(tier, start=tier.start - timedelta(minutes=8))
-    assert "at the last 7.01 days' rate" in monthly_saving(longer, longer.apis[0]).basis
+    for span, label in (
+        (timedelta(days=7, minutes=15), "7.01 days'"),
+        (timedelta(days=1), "1 day's"),
+        (timedelta(hours=5, minutes=46), "5.77 hours'"),
+        (timedelta(minutes=1), "1 minute's"),
+    ):
+        shorter = replace(tier, start=tier.end - span)
+        assert f"at the last {label} rate" in monthly_saving(shorter, shorter.apis[0]).basis
     every.close()
     short.close()
 
