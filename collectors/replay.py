@@ -360,14 +360,37 @@ def _shape(local: datetime, shape: TrafficShape) -> float:
     return daily * weekly
 
 
+@dataclass(frozen=True, slots=True)
+class LoadColumns:
+    """Minute loads as columns (`MinuteLoad`'s fields), in time order: generated traffic, a month of
+    minutes without a record each."""
+
+    minute_ts: np.ndarray
+    requests: np.ndarray
+    prompt_tokens: np.ndarray
+    generation_tokens: np.ndarray
+
+
 def generate_loads(
     start_ts: int, end_ts: int, tz: ZoneInfo, shape: TrafficShape, sizes: Sequence[Request]
 ) -> Iterator[MinuteLoad]:
     """Minute loads over [start_ts, end_ts): the shape's rate, Poisson arrivals, request sizes drawn
-    from `sizes` (a real trace's), by their mean and spread.
+    from `sizes` (a real trace's), by their mean and spread (`generated_columns`, as records)."""
+    loads = generated_columns(start_ts, end_ts, tz, shape, sizes)
+    return map(
+        MinuteLoad,
+        loads.minute_ts.tolist(),
+        loads.requests.tolist(),
+        loads.prompt_tokens.tolist(),
+        loads.generation_tokens.tolist(),
+    )
 
-    Drawn with numpy a day (UTC) at a time, from a generator seeded by the shape's seed and the day:
-    a day's traffic is the same whatever span it is generated in."""
+
+def generated_columns(
+    start_ts: int, end_ts: int, tz: ZoneInfo, shape: TrafficShape, sizes: Sequence[Request]
+) -> LoadColumns:
+    """`generate_loads`' traffic as columns. Drawn with numpy a day (UTC) at a time, from a generator
+    seeded by the shape's seed and the day: a day's traffic is the same whatever span it is drawn in."""
     import numpy as np
 
     if not sizes:
@@ -382,6 +405,7 @@ def generate_loads(
     day_mean = sum(_shape(weekday.replace(hour=h), shape) for h in range(24)) / 24
     base = shape.mean_requests_per_min / day_mean
     first = math.ceil(start_ts / MINUTE_S) * MINUTE_S
+    days: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for day_ts in range(first - first % DAY_S, end_ts, DAY_S):
         minutes = np.arange(day_ts, day_ts + DAY_S, MINUTE_S, dtype=np.int64)  # the whole day, cut below
         rng = np.random.default_rng([shape.seed, day_ts // DAY_S])
@@ -410,13 +434,12 @@ def generate_loads(
             max(first - day_ts, 0) // MINUTE_S,
             (min(end_ts, day_ts + DAY_S) - day_ts + MINUTE_S - 1) // MINUTE_S,
         )
-        yield from map(
-            MinuteLoad,
-            minutes[asked].tolist(),
-            count[asked].tolist(),
-            prompt[asked].astype(np.int64).tolist(),
-            generated[asked].astype(np.int64).tolist(),
+        days.append(
+            (minutes[asked], count[asked], prompt[asked].astype(np.int64), generated[asked].astype(np.int64))
         )
+    if not days:
+        return LoadColumns(*(np.zeros(0, dtype=np.int64) for _ in range(4)))
+    return LoadColumns(*(np.concatenate(column) for column in zip(*days, strict=True)))
 
 
 def _utc_offsets_s(minutes: np.ndarray, tz: ZoneInfo) -> np.ndarray:
@@ -587,22 +610,26 @@ def _served(
     return served_p, served_g, served_requests, waiting
 
 
-def _simulate(loads: Iterable[MinuteLoad], deployment: SimulatedDeployment) -> _Simulation:
+def _simulate(loads: Iterable[MinuteLoad] | LoadColumns, deployment: SimulatedDeployment) -> _Simulation:
     """The deployment's minutes under this traffic (in time order, one load a minute at most),
     following the batching model above; past the last load, quiet minutes until the queue is empty."""
     import numpy as np
 
-    traffic = loads if isinstance(loads, list) else list(loads)
-    minute_ts = np.array([load.minute_ts for load in traffic], dtype=np.int64)
+    if isinstance(loads, LoadColumns):
+        minute_ts = loads.minute_ts
+        prompt, generation, requests = (
+            c.tolist() for c in (loads.prompt_tokens, loads.generation_tokens, loads.requests)
+        )
+    else:
+        traffic = loads if isinstance(loads, list) else list(loads)
+        minute_ts = np.array([load.minute_ts for load in traffic], dtype=np.int64)
+        prompt = [load.prompt_tokens for load in traffic]
+        generation = [load.generation_tokens for load in traffic]
+        requests = [load.requests for load in traffic]
     if len(minute_ts) > 1 and bool((np.diff(minute_ts) <= 0).any()):
         raise ValueError("minute loads must be in time order, one a minute at most")
     capacity_per_min = deployment.capacity_tokens_per_s * MINUTE_S
-    served = _served(
-        [load.prompt_tokens for load in traffic],
-        [load.generation_tokens for load in traffic],
-        [load.requests for load in traffic],
-        capacity_per_min,
-    )
+    served = _served(prompt, generation, requests, capacity_per_min)
     served_p, served_g, served_requests, waiting = (np.array(c, dtype=np.int64) for c in served)
     n = len(served_p)
     if n > len(minute_ts):  # the quiet minutes that served the last queue
@@ -680,12 +707,8 @@ def simulate(
 
 
 RULES_MINUTES_KEPT_S = DAY_S
-"""Minutes the demo keeps at each end of its month: the rules' short windows end at its end
-(saturation's last minutes, runaway spend's live minutes, idle-loaded's day), and its first minutes
-place the rules' 7- and 21-day windows exactly (`rules.common.window_start` takes the oldest minute
-kept for where the minutes start). Every file the demo writes is then the same as from a store that
-kept every minute (checked when this was written); idle-loaded's history between the two ends is read
-from the minute rows, which are not there, rather than from the GPU-hour tier."""
+"""Minutes the demo keeps at the end of its month: the rules' short windows end there (saturation's
+last minutes, runaway spend's live minutes, idle-loaded's day)."""
 COSTING_MINUTES_KEPT_S = 2 * 3600
 """Minutes a replay keeps at each end of the window it costs: what the costing reads from minute rows
 lies within an hour of its ends (a cut quarter-hour or hour, a sustained peak's 15 minutes, the first
@@ -697,6 +720,16 @@ def window_ends(start_ts: int, end_ts: int, kept_s: int = COSTING_MINUTES_KEPT_S
     costing will read: `kept_s` at each of its ends, where minute rows still answer once the tiers hold
     the rest."""
     return [(start_ts, min(end_ts, start_ts + kept_s)), (max(start_ts, end_ts - kept_s), end_ts)]
+
+
+def month_minutes_kept(start_ts: int, end_ts: int) -> list[tuple[int, int]]:
+    """The minutes the demo keeps of its month: its last day (`RULES_MINUTES_KEPT_S`), and its first
+    hour, whose minutes place the rules' 7- and 21-day windows exactly (`rules.common.window_start`
+    takes the oldest minute kept for where the minutes start) and give each deployment's first minute.
+    Every file the demo writes is then the same as from a store that kept every minute (checked when
+    this was written). What it costs: idle-loaded's history between the two is read from the minute
+    rows, which are not there, rather than from the GPU-hour tier."""
+    return [(start_ts, start_ts + 3600), (end_ts - RULES_MINUTES_KEPT_S, end_ts)]
 
 
 def _overlapping(spans: Iterable[tuple[int, int]], start_ts: int, end_ts: int) -> list[tuple[int, int]]:
@@ -714,7 +747,7 @@ def _overlapping(spans: Iterable[tuple[int, int]], start_ts: int, end_ts: int) -
 
 def replay_into_store(
     store: Store,
-    runs: Sequence[tuple[Iterable[MinuteLoad], SimulatedDeployment]],
+    runs: Sequence[tuple[Iterable[MinuteLoad] | LoadColumns, SimulatedDeployment]],
     chunk_s: int = DAY_S,
     minutes_kept: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[int, int]:
@@ -938,10 +971,10 @@ DEMO_TRAFFIC = {
 
 def demo_runs(
     deployments: Sequence[DeploymentConfig], start_ts: int, end_ts: int, tz: ZoneInfo
-) -> list[tuple[Iterator[MinuteLoad], SimulatedDeployment]]:
+) -> list[tuple[LoadColumns, SimulatedDeployment]]:
     """The demo's deployments (from its config) with their traffic over [start_ts, end_ts)."""
     sizes = bundled_trace()
-    runs: list[tuple[Iterator[MinuteLoad], SimulatedDeployment]] = []
+    runs: list[tuple[LoadColumns, SimulatedDeployment]] = []
     for deployment in deployments:
         shape, busy_poll = DEMO_TRAFFIC[deployment.name]
         h100 = deployment.gpu_type == "H100"
@@ -955,7 +988,7 @@ def demo_runs(
             mem_used_bytes=(74 if h100 else 21) * GIB,
             max_power_w=700 if h100 else 300,
         )
-        runs.append((generate_loads(start_ts, end_ts, tz, shape, sizes), simulated))
+        runs.append((generated_columns(start_ts, end_ts, tz, shape, sizes), simulated))
     return runs
 
 

@@ -36,7 +36,6 @@ from auditor.units import format_share, format_tokens, format_usd, parse_usd
 from collectors.replay import (
     DEFAULT_COMPARE_TO,
     DEMO_CONFIG,
-    RULES_MINUTES_KEPT_S,
     ReplayError,
     SimulatedDeployment,
     catalog_gpu_hourly_usd,
@@ -45,6 +44,7 @@ from collectors.replay import (
     default_capacity_tokens_per_s,
     demo_runs,
     generated_loads,
+    month_minutes_kept,
     read_trace_loads,
     replay_config,
     replay_into_store,
@@ -244,7 +244,7 @@ def demo(
             step("simulating a month of traffic")
             start_ts, end_ts = int(window.start.timestamp()), int(window.end.timestamp())
             runs = demo_runs(config.deployments, start_ts, end_ts, config.tz)
-            replay_into_store(store, runs, minutes_kept=window_ends(start_ts, end_ts, RULES_MINUTES_KEPT_S))
+            replay_into_store(store, runs, minutes_kept=month_minutes_kept(start_ts, end_ts))
             step("importing the month's cloud bill (FOCUS)")
             from collectors.focus_demo import write_demo_bill
             from collectors.focus_sources import import_files
