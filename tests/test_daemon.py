@@ -30,7 +30,15 @@ from auditor.store import Store
 from auditor.store import gpu_samples as gpu_samples_table
 from collectors.interface import Problem
 from collectors.nvml import GpuDeploymentMap, NvmlCollector
-from tests.hostkit import THREE_GPUS, VllmServer, daemon_env, daemon_process, load_fake_nvml, write_config
+from tests.hostkit import (
+    THREE_GPUS,
+    DaemonProcess,
+    VllmServer,
+    daemon_env,
+    daemon_process,
+    load_fake_nvml,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -40,6 +48,14 @@ def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
     sock.settimeout(0.2)
     yield sock
     sock.close()
+
+
+def _stopped(process: DaemonProcess, timeout_s: float) -> tuple[str, float]:
+    """SIGTERM the daemon and wait for it to exit: (its stderr, seconds it took)."""
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    _, stderr = process.communicate(timeout=timeout_s)
+    return stderr, time.monotonic() - started
 
 
 def _wait_ready(sock: socket.socket, timeout_s: float = 30) -> list[str]:
@@ -120,10 +136,7 @@ def test_daemon_samples_rolls_up_and_exits_on_sigterm(tmp_path: Path, notify_soc
             ready = _wait_ready(notify_socket)
             time.sleep(4)
             assert process.poll() is None, process.stderr_text()
-            process.send_signal(signal.SIGTERM)
-            started = time.monotonic()
-            _, stderr = process.communicate(timeout=10)
-            took = time.monotonic() - started
+            stderr, took = _stopped(process, timeout_s=10)
     assert process.returncode == 0, stderr
     assert took < 5, f"took {took:.1f} s to stop"
     messages = ready + _messages(notify_socket)
@@ -356,10 +369,7 @@ def test_a_sigterm_during_a_long_start_up_roll_up_exits_in_time_and_loses_nothin
         time.sleep(1)
         # The catch-up is still running: it commits its minutes at its end, all at once.
         assert _rows(db, "SELECT COUNT(*) FROM gpu_minutes") == [(0,)]
-        process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        _, stderr = process.communicate(timeout=60)
-        took = time.monotonic() - started
+        stderr, took = _stopped(process, timeout_s=60)
     assert process.returncode == 0, stderr
     assert took < 8, f"took {took:.1f} s to stop:\n{stderr}"
     assert "Traceback" not in stderr
