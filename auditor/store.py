@@ -686,7 +686,6 @@ def _schema_version(conn: Connection) -> int:
     return int(version or 0)
 
 
-# Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
 # -- schema 8: cost-line keys that tell provider, region and currency apart ---------------------------
 
 _REKEY_PAGE_ROWS = 10_000
@@ -734,6 +733,7 @@ def _migration_cost_line_places(conn: Connection) -> None:
             conn.execute(rekey, changes)
 
 
+# Forward migrations, in order: MIGRATIONS[n - 1] takes the schema from version n - 1 to n.
 MIGRATIONS = (
     _migration_1,
     _migration_2,
@@ -2096,9 +2096,7 @@ class _TierCache:
         self.spans = joined
 
     def between(self, name: str, start_ts: int, end_ts: int) -> Iterable[tuple[int, _TierRow]]:
-        """The rows of [start, end), in time order (sums over them must not depend on what was read
-        first)."""
-        for bucket_ts, row in sorted(self.rows.get(name, {}).items()):
+        for bucket_ts, row in self.rows.get(name, {}).items():
             if start_ts <= bucket_ts < end_ts:
                 yield bucket_ts, row
 
