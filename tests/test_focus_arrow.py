@@ -10,6 +10,7 @@ import csv
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostLine, cost_line_key
 from collectors.focus import DESCRIBING_COLUMNS, MAX_VALUE, FocusError, FocusImport, GpuMatcher
+from collectors.focus_arrow import read_arrow_file
 
 CATALOG = load_gpu_prices()
 NOW = datetime(2024, 9, 20, tzinfo=UTC).timestamp()
@@ -135,6 +137,12 @@ def _write_parquet(path: Path, rows: Sequence[dict[str, str]]) -> Path:
     return path
 
 
+def _arrow(read: FocusImport, path: Path) -> FocusImport:
+    """`path` read by the Arrow path, whatever its size (`read_file` reads a short CSV row by row)."""
+    read_arrow_file(read, path, path.name)
+    return read
+
+
 def _same(got: dict[int, list[CostLine]], truth: dict[int, list[CostLine]]) -> None:
     assert got.keys() == truth.keys()
     for period, lines in truth.items():
@@ -157,12 +165,25 @@ def test_the_arrow_path_sums_exactly_what_the_row_by_row_path_sums(
         path = (_write_parquet if parquet else _write_csv)(
             Path(scratch) / f"b.{'parquet' if parquet else 'csv'}", rows
         )
-        read = _new(matcher)
-        read.read_file(path)
+        read = _arrow(_new(matcher), path)
+        short = _new(matcher)
+        short.read_file(path)  # a short CSV: read row by row, without Arrow
     truth = _row_by_row(rows, matcher)
-    _same(read.lines(), truth.lines())
+    lines = read.lines()
+    _same(lines, truth.lines())
     assert (read.rows_read, read.gpu_rows, read.periods) == (len(rows), truth.gpu_rows, truth.periods)
     assert read.rows_by_row == 0  # all of it summed in Arrow
+    if not parquet:
+        # The two paths agree to the written figure, not only the value: one figure, every output.
+        assert [[_figures(x) for x in group] for group in short.lines().values()] == [
+            [_figures(x) for x in group] for group in lines.values()
+        ]
+        assert (short.rows_read, short.gpu_rows, short.periods) == (len(rows), truth.gpu_rows, truth.periods)
+        assert short.origins == [str(path)]
+
+
+def _figures(line: CostLine) -> tuple[str, ...]:
+    return tuple(str(getattr(line, f.name)) for f in fields(line))
 
 
 def test_values_arrow_cannot_take_exactly_go_row_by_row_with_the_same_result(tmp_path: Path) -> None:
@@ -178,18 +199,17 @@ def test_values_arrow_cannot_take_exactly_go_row_by_row_with_the_same_result(tmp
         gpu | {"BilledCost": "0.0000000000000000001", "EffectiveCost": " 1 ", "ListCost": "1"},  # 19 places
     ]
     matcher = _matcher()
-    read = _new(matcher)
-    read.read_file(_write_csv(tmp_path / "b.csv", rows))
+    read = _arrow(_new(matcher), _write_csv(tmp_path / "b.csv", rows))
     assert read.rows_by_row == 2
     _same(read.lines(), _row_by_row(rows, matcher).lines())
     bad = _new(matcher)
     with pytest.raises(FocusError, match=r"b\.csv row 3: ListCost is not a number: 'x1'"):
-        bad.read_file(_write_csv(tmp_path / "b.csv", [rows[0], gpu | {"ListCost": "x1"}]))
+        _arrow(bad, _write_csv(tmp_path / "b.csv", [rows[0], gpu | {"ListCost": "x1"}]))
     # Beyond the Arrow guard is beyond any bill line: refused by name, before anything is stored (a
     # stored 10^13 would make every later report fail as too large to compute).
     huge = gpu | {"BilledCost": str(MAX_VALUE * 10), "EffectiveCost": "1", "ListCost": "1"}
     with pytest.raises(FocusError, match=r"b\.csv row 3: BilledCost is 1\.000e\+13, not a bill line"):
-        _new(matcher).read_file(_write_csv(tmp_path / "b.csv", [rows[0], huge]))
+        _arrow(_new(matcher), _write_csv(tmp_path / "b.csv", [rows[0], huge]))
 
 
 def test_typed_parquet_columns_read_as_their_text_would(tmp_path: Path) -> None:

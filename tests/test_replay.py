@@ -17,9 +17,12 @@ from collectors.replay import (
     MAX_TOKENS_PER_REQUEST,
     MinuteLoad,
     ReplayError,
+    Request,
     SimulatedDeployment,
     TraceError,
     TrafficShape,
+    _timestamp_ns,
+    _trace_batches,
     bundled_trace,
     check_gpu_minutes,
     generate_loads,
@@ -47,6 +50,29 @@ def test_the_azure_trace_is_read_whole() -> None:
     shifted = read_trace_loads(TRACE, start_ts=1_800_000_000)
     assert shifted[0].minute_ts == 1_800_000_000 - 1_800_000_000 % 60
     assert [m.requests for m in shifted] == [m.requests for m in loads]
+
+
+def test_the_bundled_trace_reads_as_arrow_reads_it_to_the_nanosecond() -> None:
+    """`bundled_trace` parses the shipped CSV without Arrow (the demo's start-up): the same requests,
+    the same float timestamps, as the trace reader's Arrow batches give."""
+    batches = list(_trace_batches(TRACE, "conv_10min.csv"))
+    arrow = sorted(
+        (
+            Request(ts_ns / 1e9, prompt, generated)
+            for batch in batches
+            for ts_ns, prompt, generated in zip(
+                batch.column(0).cast("int64").to_pylist(),
+                batch.column(1).to_pylist(),
+                batch.column(2).to_pylist(),
+                strict=True,
+            )
+        ),
+        key=lambda r: r.ts,
+    )
+    assert bundled_trace() == arrow
+    assert len({r.ts for r in arrow}) > 2800  # timestamps to the sub-second, not whole seconds
+    assert _timestamp_ns("2023-11-16 18:15:46.6805900") == 1_700_158_546_680_590_000
+    assert _timestamp_ns("2023-11-16 18:15:46") == 1_700_158_546_000_000_000
 
 
 def test_a_trace_read_in_many_small_blocks_or_shuffled_or_as_parquet_sums_the_same(tmp_path: Path) -> None:
