@@ -24,7 +24,14 @@ from hypothesis import strategies as st
 
 from auditor.gpu_prices import load_gpu_prices
 from auditor.model import CostLine, cost_line_key
-from collectors.focus import DESCRIBING_COLUMNS, MAX_VALUE, FocusError, FocusImport, GpuMatcher
+from collectors.focus import (
+    DESCRIBING_COLUMNS,
+    MAX_VALUE,
+    SMALL_CSV_BYTES,
+    FocusError,
+    FocusImport,
+    GpuMatcher,
+)
 from collectors.focus_arrow import read_arrow_file
 
 CATALOG = load_gpu_prices()
@@ -258,3 +265,68 @@ def test_typed_parquet_columns_read_as_their_text_would(tmp_path: Path) -> None:
     assert str(first.billed_cost) == "3.75"  # no decimal128 padding
     assert first.tags_json == '{"deployment":"a"}' and first.account == "1234" and first.estimated
     assert second.billed_cost == Decimal(-1) and second.list_cost == Decimal(0)
+
+
+def _gpu_row(**values: str) -> dict[str, str]:
+    return dict.fromkeys(COLUMNS, "NULL") | {
+        "BillingPeriodStart": PERIODS[1],
+        "ChargePeriodStart": "2024-09-01 00:00:00",
+        "ChargePeriodEnd": "2024-09-01 01:00:00",
+        "ChargeDescription": DESCRIPTIONS[1],
+        "ChargeCategory": "Usage",
+        "BilledCost": "5.672",
+        "EffectiveCost": "3.6301",
+        "ListCost": "5.672",
+        **values,
+    }
+
+
+def test_a_short_csv_is_read_row_by_row_and_a_long_or_non_ascii_one_through_arrow(tmp_path: Path) -> None:
+    matcher = _matcher()
+    rows = [_gpu_row(), _gpu_row(ResourceId="i-2"), _gpu_row(ChargeDescription=DESCRIPTIONS[4])]
+    path = _write_csv(tmp_path / "b.csv", rows)
+    short = _new(matcher)
+    short.read_file(path)
+    assert not short._groups and short.gpu_rows == 2 and short.rows_read == 3
+    truth = _row_by_row(rows, matcher)
+    _same(short.lines(), truth.lines())
+    # A byte-order mark, blank lines and a gzip name change nothing but the path.
+    text = path.read_text()
+    marked = tmp_path / "marked.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + text.replace("\r\n", "\r\n\r\n", 2).encode())
+    blank = _new(matcher)
+    blank.read_file(marked)
+    assert not blank._groups and blank.rows_read == 3
+    _same(blank.lines(), truth.lines())
+    # Non-ASCII text (where Python's word boundaries and case folding differ from RE2's) goes to Arrow.
+    accented = _write_csv(tmp_path / "é.csv", [*rows, _gpu_row(ChargeDescription="Réservé g5.12xlarge")])
+    foreign = _new(matcher)
+    foreign.read_file(accented)
+    assert foreign._groups and foreign.gpu_rows == 3
+    # So does a file beyond SMALL_CSV_BYTES.
+    shortest = min(len(line) for line in text.splitlines()[1:])
+    long_rows = rows * (SMALL_CSV_BYTES // shortest // len(rows) + 1)
+    long = _new(matcher)
+    long.read_file(_write_csv(tmp_path / "long.csv", long_rows))
+    assert long._groups and long.rows_read == len(long_rows)
+    assert sum(x.effective_cost for x in long.lines()[int(datetime(2024, 9, 1, tzinfo=UTC).timestamp())]) == (
+        Decimal("3.6301") * 2 * (len(long_rows) // 3)
+    )
+
+
+def test_a_short_csv_names_the_row_it_cannot_read_and_keeps_nothing(tmp_path: Path) -> None:
+    matcher = _matcher()
+    path = _write_csv(tmp_path / "b.csv", [_gpu_row(), _gpu_row(ResourceId="i-2")])
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:2], lines[2] + ",extra"]) + "\n")
+    read = _new(matcher)
+    with pytest.raises(FocusError, match=r"b\.csv: cannot be read as a FOCUS CSV file: row 3 has 24 fields"):
+        read.read_file(path)
+    assert read.origins == []
+    bad = _write_csv(tmp_path / "c.csv", [_gpu_row(), _gpu_row(ChargePeriodStart="yesterday")])
+    with pytest.raises(
+        FocusError, match=r"c\.csv row 3: ChargePeriodStart is not a date and time: 'yesterday'"
+    ):
+        _new(matcher).read_file(bad)
+    with pytest.raises(FocusError, match=r"nothing\.csv: cannot be read as a FOCUS CSV file: .*No such file"):
+        _new(matcher).read_file(tmp_path / "nothing.csv")
