@@ -63,6 +63,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from auditor.config import IdleLoadedRule, parse_store_url
 from auditor.costing import MEASURED_CAPACITY_MINUTES, UtilizationMeasures, run_totals
 from auditor.model import (
+    COST_LINE_FIELDS,
     MINUTE_S,
     Alert,
     AlertState,
@@ -1316,15 +1317,14 @@ class Store:
         source: str | None = None,
     ) -> list[CostLine]:
         """Lines for days in [start_day, end_day), as stored (`CostLine.costed` picks the cost metric)."""
-        query = select(cost_lines).where(cost_lines.c.day >= start_day, cost_lines.c.day < end_day)
+        query = select(*_LINE_COLUMNS).where(cost_lines.c.day >= start_day, cost_lines.c.day < end_day)
         if deployment is not None:
             query = query.where(cost_lines.c.deployment == deployment)
         if source is not None:
             query = query.where(cost_lines.c.source == source)
         query = query.order_by(cost_lines.c.day, cost_lines.c.id)
         with self.engine.connect() as conn:
-            lines = _records(CostLine, conn.execute(query))
-        return [_with_enums(line) for line in lines]
+            return [_stored_line(row) for row in conn.execute(query)]
 
     def cost_line_coverage(self) -> list[CostLineCoverage]:
         """Per source: the days its lines cover, how many lines, and the days still estimated."""
@@ -2304,16 +2304,30 @@ def _outbox_values(message: OutboxMessage) -> dict[str, Any]:
 
 
 def _with_enums(line: CostLine) -> CostLine:
-    values = _record_values(line)
-    values["basis"] = CostBasis(values["basis"])
-    values["estimated"] = bool(values["estimated"])
-    if values["billing_currency"] is None:  # a line stored before schema 4
-        values["billing_currency"] = "USD"
-    if values["usd_rate"] is None:
-        values["usd_rate"] = Decimal(1)
-    if values["line_key"] is None:
-        values["line_key"] = ""
-    return CostLine(**values)
+    return _stored_line(_shape(CostLine).values(line))
+
+
+_LINE_COLUMNS = tuple(cost_lines.c[name] for name in COST_LINE_FIELDS)
+"""The table's columns in `CostLine`'s field order: a row selected with them is the line's values."""
+_BASIS, _ESTIMATED, _CURRENCY, _USD_RATE, _LINE_KEY = (
+    COST_LINE_FIELDS.index(name)
+    for name in ("basis", "estimated", "billing_currency", "usd_rate", "line_key")
+)
+
+
+def _stored_line(row: Sequence[Any]) -> CostLine:
+    """A line from its stored values in `COST_LINE_FIELDS` order: the basis as its enum, and what a
+    line stored before schema 4 (currency, rate) or 8 (key) lacks, filled in."""
+    values = list(row)
+    values[_BASIS] = CostBasis(values[_BASIS])
+    values[_ESTIMATED] = bool(values[_ESTIMATED])
+    if values[_CURRENCY] is None:
+        values[_CURRENCY] = "USD"
+    if values[_USD_RATE] is None:
+        values[_USD_RATE] = Decimal(1)
+    if values[_LINE_KEY] is None:
+        values[_LINE_KEY] = ""
+    return CostLine(*values)
 
 
 def _as_date(value: Any) -> date:
