@@ -12,7 +12,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from importlib.metadata import version
 from typing import Any
 
 from auditor.config import ApiPriceOverride
@@ -63,7 +62,9 @@ class UnknownModelError(LookupError):
 
 
 def _genai_version() -> str:
-    return version("genai-prices")
+    import genai_prices  # its version, read from its metadata once (a lookup costs a millisecond)
+
+    return str(genai_prices.__version__)
 
 
 def refresh_api_prices(url: str | None = None, timeout_s: float = 15) -> str | None:
