@@ -434,19 +434,21 @@ class FocusImport:
         A short plain CSV (`SMALL_CSV_BYTES`, ASCII) is read here, row by row; any other file goes
         through the Arrow path (`collectors.focus_arrow`), which streams it in bounded memory."""
         shown = name or str(path)
-        text = self._small_csv(path, shown)
-        if text is None:
+        records = self._small_csv(path, shown)
+        if records is None:
             from collectors.focus_arrow import read_arrow_file
 
             read_arrow_file(self, path, shown)
         else:
-            self._read_csv_text(text, shown)
+            self._read_records(records, shown)
         self.origins.append(shown)
 
-    def _small_csv(self, path: Path, shown: str) -> str | None:
-        """The text of a plain CSV file of at most `SMALL_CSV_BYTES`, if it and the GPU pattern are
-        ASCII: there Python's `re` and Arrow's RE2 read the pattern alike (word boundaries and case
-        folding differ only beyond ASCII)."""
+    def _small_csv(self, path: Path, shown: str) -> list[list[str]] | None:
+        """The records (header first, blank lines skipped) of a plain CSV file of at most
+        `SMALL_CSV_BYTES`, if it and the GPU pattern are ASCII (there Python's `re` and Arrow's RE2 read
+        the pattern alike: word boundaries and case folding differ only beyond ASCII). A file the csv
+        module cannot parse (a field over its 128 KiB limit) is left to Arrow, so that a file is taken
+        or refused alike whatever its size."""
         if not path.name.lower().endswith(".csv") or not self.matcher.pattern.isascii():
             return None
         try:
@@ -455,13 +457,17 @@ class FocusImport:
             data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
         except OSError as exc:
             raise FocusError(f"{shown}: cannot be read as a FOCUS CSV file: {exc}") from None
-        return data.decode("ascii") if data.isascii() else None
+        if not data.isascii():
+            return None
+        try:
+            return [values for values in csv.reader(io.StringIO(data.decode("ascii"), newline="")) if values]
+        except csv.Error:
+            return None
 
-    def _read_csv_text(self, text: str, shown: str) -> None:
-        """A CSV bill's rows, as the Arrow path reads them: `NULL` and empty values are nulls, blank
-        lines are skipped, and a row is named by its record number (the header is row 1)."""
-        rows = csv.reader(io.StringIO(text, newline=""))
-        header = next(rows, [])
+    def _read_records(self, records: list[list[str]], shown: str) -> None:
+        """A CSV bill's records, as the Arrow path reads them: `NULL` and empty values are nulls, and a
+        row is named by its record number (the header is row 1)."""
+        header = records[0] if records else []
         at = {c: header.index(c) for c in _project(header, shown)}
         describing = [at[c] for c in DESCRIBING_COLUMNS if c in at]
         period_at = at["BillingPeriodStart"]
@@ -469,11 +475,7 @@ class FocusImport:
         per_column = self.matcher.per_column
         gpu_by_text: dict[tuple[str, ...], bool] = {}
         periods: set[str] = set()
-        number = 1
-        for values in rows:
-            if not values:
-                continue
-            number += 1
+        for number, values in enumerate(records[1:], start=2):
             if len(values) != len(header):
                 raise FocusError(
                     f"{shown}: cannot be read as a FOCUS CSV file: row {number} has {len(values)} "
