@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.proc import Run, best, load, run
+from bench.proc import best, load, run
 
 AUDITOR = str(Path(sys.executable).parent / "auditor")
 MONTH = "2026-10"
@@ -30,7 +30,6 @@ def main() -> None:
     print(f"load average before: {load()}")
     with tempfile.TemporaryDirectory(prefix="auditor-bench-demo-") as scratch:
         demo_dir = Path(scratch) / "demo"
-        figures: dict[str, Run] = {}
         commands = {
             "auditor --help": [AUDITOR, "--help"],
             "auditor demo": [AUDITOR, "demo", "--out", str(demo_dir), "--month", MONTH],
@@ -43,8 +42,11 @@ def main() -> None:
                 "--out", str(Path(scratch) / "some"), "--format", "csv,md,json",
             ],
         }  # fmt: skip
-        for label, command in commands.items():
-            figures[label] = best([run(command) for _ in range(args.runs)])
+        # Round by round, each command once a round: the machine's speed drifts over minutes (here
+        # `--help` took 0.19 s in one minute and 0.33 s in another), and a ratio of two bests taken
+        # minutes apart measures that drift as much as the commands.
+        rounds = [{label: run(command) for label, command in commands.items()} for _ in range(args.runs)]
+        figures = {label: best([r[label] for r in rounds]) for label in commands}
     help_run, demo = figures["auditor --help"], figures["auditor demo"]
     charts_cpu = figures["report, every format"].cpu_s - figures["report without HTML"].cpu_s
     for label, figure in figures.items():

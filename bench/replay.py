@@ -65,12 +65,14 @@ def main() -> None:
             write_trace(trace, requests)
             size_mib = trace.stat().st_size / 2**20
             baseline = [sys.executable, "-c", PANDAS_BASELINE, str(trace)]
-            pandas = best([run(baseline) for _ in range(args.runs)])
             replay_command = [
                 str(AUDITOR), "replay", "--trace", str(trace), "--gpus", "8", "--gpu-type", "H100",
                 "--gpu-hourly-usd", "3", "--json",
             ]  # fmt: skip
-            replay = best([run(replay_command) for _ in range(args.runs)])
+            # Alternated, pandas then replay each round: the two bests come from the same minutes of
+            # a machine whose speed drifts.
+            rounds = [(run(baseline), run(replay_command)) for _ in range(args.runs)]
+            pandas, replay = best([p for p, _ in rounds]), best([r for _, r in rounds])
             cpu, wall = replay.cpu_s / pandas.cpu_s, replay.wall_s / pandas.wall_s
             print(f"{requests:>10,} requests ({size_mib:,.0f} MiB): pandas {pandas}; auditor replay {replay}")
             print(
