@@ -136,6 +136,13 @@ def test_start_up_imports_only_what_the_command_needs(args: tuple[str, ...], hea
     assert not {m.split(".")[0] for m in modules} & set(heavy)
 
 
+def test_the_demo_reads_its_short_bill_and_trace_without_arrow_or_pandas(tmp_path: Path) -> None:
+    """Half a second of the demo's start-up: its bill is a short CSV, its trace a bundled one."""
+    modules = imported_modules("demo", "--out", str(tmp_path), "--month", "2026-10")
+    assert "collectors.focus" in modules and "collectors.replay" in modules
+    assert not {m.split(".")[0] for m in modules} & {"pandas", "pyarrow", "matplotlib", "boto3"}
+
+
 def test_the_command_table_lists_what_the_modules_register() -> None:
     """`auditor --help` lists commands from `COMMANDS` without importing them: the list and each line
     must be what the loaded commands would show."""
