@@ -909,17 +909,37 @@ def _insert_tuples(
         _copy_rows(conn, table, names, tuples)
         return
     names = tuple(names)
-    compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(names))
-    order = getattr(compiled, "positiontup", None)
+    sql, order = _insert_statement(conn.dialect, table, names)
     rows = iter(tuples)
     while batch := list(islice(rows, INSERT_BATCH)):
-        if not compiled.positional or order is None:
-            conn.exec_driver_sql(str(compiled), [dict(zip(names, t, strict=True)) for t in batch])
-        elif tuple(order) == names:
-            conn.exec_driver_sql(str(compiled), batch)
+        if order is None:
+            conn.exec_driver_sql(sql, [dict(zip(names, t, strict=True)) for t in batch])
+        elif order == names:
+            conn.exec_driver_sql(sql, batch)
         else:
             where = [names.index(name) for name in order]
-            conn.exec_driver_sql(str(compiled), [tuple(t[i] for i in where) for t in batch])
+            conn.exec_driver_sql(sql, [tuple(t[i] for i in where) for t in batch])
+
+
+_INSERTS: dict[tuple[str, str, str, tuple[str, ...]], tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _insert_statement(
+    dialect: Dialect, table: Table, names: tuple[str, ...]
+) -> tuple[str, tuple[str, ...] | None]:
+    """The INSERT of `names` into `table` for `dialect`, and the order its positional parameters take
+    (None: it binds by name); compiled once a process (a replay or a roll-up writes a few tables
+    many times, and compiling costs about as much as a small chunk's rows)."""
+    key = (dialect.name, str(dialect.paramstyle), table.fullname, names)
+    known = _INSERTS.get(key)
+    if known is None:
+        compiled = insert(table).compile(dialect=dialect, column_keys=list(names))
+        order = getattr(compiled, "positiontup", None)
+        known = _INSERTS[key] = (
+            str(compiled),
+            tuple(order) if compiled.positional and order is not None else None,
+        )
+    return known
 
 
 def _insert_records(conn: Connection, table: Table, records: Sequence[object] | RecordRows[Any]) -> None:
