@@ -80,11 +80,12 @@ class TierRows:
 
 def _sums(grid: np.ndarray, width: int) -> np.ndarray:
     """Per group of `width` consecutive slots, the values added in slot order from 0.0 (SQLite's SUM:
-    absent minutes are 0.0 slots, which change no sum)."""
-    rows = grid.reshape(-1, width)
-    total = np.zeros(rows.shape[0], dtype=grid.dtype)
+    absent minutes are 0.0 slots, which change no sum). `grid` may stack several series (one per
+    row): each is summed alike, in one pass over the slots."""
+    rows = grid.reshape(*grid.shape[:-1], -1, width)
+    total = np.zeros(rows.shape[:-1], dtype=grid.dtype)
     for column in range(width):
-        total += rows[:, column]
+        total += rows[..., column]
     return total
 
 
@@ -146,22 +147,24 @@ def simulated_tiers(
 
     # The quarter-hour tier: the GPUs summed per minute (each GPU's row added), then per quarter-hour.
     gpu_observed = _added(observed, gpus)
-    gpu_sums = [
-        _sums(v, _PER_QUARTER)
-        for v in (
-            gpu_observed,
-            gpu_observed * (1 - request_busy),  # idle where the server is known: no request running
-            _added(util_w, gpus),
-            _added(known_s, gpus),
-            _added(sm_w, gpus),
-            _added(known_s, gpus),
-            _added(energy, gpus),
-        )
-    ]
-    server_sums = [
-        _sums(v, _PER_QUARTER) for v in (server_observed, request_busy * server_observed, server_observed)
-    ]
-    served_wall = _sums(server_observed / np.where(instances > 1, instances, 1), _PER_QUARTER)
+    *gpu_sums, server_observed_q, request_busy_q, served_wall = _sums(
+        np.stack(
+            [
+                gpu_observed,
+                gpu_observed * (1 - request_busy),  # idle where the server is known: no request running
+                _added(util_w, gpus),
+                _added(known_s, gpus),
+                _added(sm_w, gpus),
+                _added(known_s, gpus),
+                _added(energy, gpus),
+                server_observed,
+                request_busy * server_observed,
+                server_observed / np.where(instances > 1, instances, 1),
+            ]
+        ),
+        _PER_QUARTER,
+    )
+    server_sums = (server_observed_q, request_busy_q, server_observed_q)
     prompt_sum, generation_sum = (v.reshape(-1, _PER_QUARTER).sum(axis=1) for v in (prompt, generation))
     quarter_minutes = present.reshape(-1, _PER_QUARTER).sum(axis=1)
     tokens = prompt + generation
@@ -203,10 +206,10 @@ def simulated_tiers(
         return highest
 
     hour_minutes = present.reshape(-1, _PER_HOUR).sum(axis=1)
-    observed_h, util_observed_h, idle_h, loaded_h = (
-        _sums(v, _PER_HOUR) for v in (observed, util_observed, grid(minutes.idle_s), loaded)
+    observed_h, util_observed_h, idle_h, loaded_h, util_w_h, known_h, sm_w_h, energy_h = _sums(
+        np.stack([observed, util_observed, grid(minutes.idle_s), loaded, util_w, known_s, sm_w, energy]),
+        _PER_HOUR,
     )
-    util_w_h, known_h, sm_w_h, energy_h = (_sums(v, _PER_HOUR) for v in (util_w, known_s, sm_w, energy))
     util_max_h = most(grid(minutes.gpu_util_max), -np.inf)
     mem_used_h = most(mem_used, -1)
     mem_total_h = most(grid(minutes.mem_total_bytes), -1)
@@ -267,9 +270,9 @@ def _peaks(
     length = np.arange(len(ts)) - start_of_run + 1
     total = np.cumsum(np.concatenate([[0], counts]))
     ends = np.flatnonzero((length >= run) & (ts >= chunk_start_ts))
+    if not len(ends):
+        return {}
     sums = total[ends + 1] - total[ends + 1 - run]
-    peaks: dict[int, int] = {}
-    for bucket_ts, tokens_sum in zip((ts[ends] - ts[ends] % BUCKET_S).tolist(), sums.tolist(), strict=True):
-        if tokens_sum > peaks.get(bucket_ts, -1):
-            peaks[bucket_ts] = tokens_sum
-    return peaks
+    buckets = ts[ends] - ts[ends] % BUCKET_S  # in time order: each quarter-hour's ends are one stretch
+    firsts = np.flatnonzero(np.concatenate([[True], buckets[1:] != buckets[:-1]]))
+    return dict(zip(buckets[firsts].tolist(), np.maximum.reduceat(sums, firsts).tolist(), strict=True))
