@@ -27,7 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 from zoneinfo import ZoneInfo
@@ -144,6 +144,10 @@ if _LINE_FIELDS != COST_LINE_FIELDS:
     )
 _AMORTIZED = CostBasis.AMORTIZED
 _ONE = Decimal(1)
+_EXACT = Context(prec=60)
+"""Sums and GPU-hours of bill rows, exact as Arrow's decimal128(38, 18) is: the default context keeps
+28 digits, and 10^10 dollars to 18 places is already 29. Sixty digits hold any sum of ten million rows
+under `MAX_VALUE` to 18 places (37 digits) with room for bills that give more places."""
 
 
 class FocusError(BadInputError):
@@ -239,9 +243,9 @@ class _Sums:
         )
 
     def add(self, other: _Sums) -> None:
-        self.billed += other.billed
-        self.effective += other.effective
-        self.listed += other.listed
+        self.billed = _EXACT.add(self.billed, other.billed)
+        self.effective = _EXACT.add(self.effective, other.effective)
+        self.listed = _EXACT.add(self.listed, other.listed)
         self.hours = _plus(self.hours, other.hours)
         self.gpu_hours = _plus(self.gpu_hours, other.gpu_hours)
         self.tags_json = self.tags_json or other.tags_json
@@ -320,7 +324,7 @@ class FocusImport:
         gpu_hours: Decimal | None = None
         if hours is not None and category == "Usage":
             if gpus is not None:
-                gpu_hours = hours * gpus
+                gpu_hours = _EXACT.multiply(hours, gpus)
             elif instance_type is None:  # an accelerator SKU ("Nvidia H100 80GB GPU"): billed per GPU-hour
                 gpu_hours = hours
         key = (
@@ -652,7 +656,7 @@ def _as_arrow_writes(value: Decimal) -> Decimal:
 def _plus(a: Decimal | None, b: Decimal | None) -> Decimal | None:
     if a is None:
         return b
-    return a if b is None else a + b
+    return a if b is None else _EXACT.add(a, b)
 
 
 def _local_day(ts: int, tz: ZoneInfo) -> date:

@@ -336,3 +336,23 @@ def test_a_short_csv_names_the_row_it_cannot_read_and_keeps_nothing(tmp_path: Pa
         _new(matcher).read_file(bad)
     with pytest.raises(FocusError, match=r"nothing\.csv: cannot be read as a FOCUS CSV file: .*No such file"):
         _new(matcher).read_file(tmp_path / "nothing.csv")
+
+
+def test_sums_keep_every_digit_on_both_paths(tmp_path: Path) -> None:
+    """Python's default decimal context keeps 28 digits; a line of 10^10 dollars to 18 places needs 29.
+    Both paths sum it exactly, as the bill wrote it."""
+    big = "9999999999.999999999999999999"
+    rows = [
+        _gpu_row(BilledCost=big, EffectiveCost=big, ListCost=big, ConsumedQuantity=big, ConsumedUnit="Hours")
+    ] * 2
+    path = _write_csv(tmp_path / "b.csv", rows)
+    matcher = _matcher()
+    short = _new(matcher)
+    short.read_file(path)
+    assert not short._groups
+    arrow = _arrow(_new(matcher), path)
+    exact = Decimal("19999999999.999999999999999998")
+    for read in (short, arrow):
+        (line,) = [x for lines in read.lines().values() for x in lines]
+        assert line.billed_cost == line.effective_cost == line.amount_usd == exact
+        assert line.gpu_hours == Decimal("79999999999.999999999999999992")  # 4 GPUs (g5.12xlarge)
