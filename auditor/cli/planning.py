@@ -213,8 +213,8 @@ def demo(
 ) -> None:
     """See the whole product work without a GPU: a month of simulated traffic, the rules, the report."""
     # Imported here, not with the module: `replay` shares it and needs none of the report's modules.
-    from auditor.cli.report import FORMATS, LAST_SECOND, evaluate_rules, print_summary, write_report
-    from reports.monthly import MonthError, build_month_report, month_window, previous_month
+    from auditor.cli.report import FORMATS, month_result, print_summary, write_report
+    from reports.monthly import MonthError, month_window, previous_month
 
     now = datetime.now(tz=UTC)
     directory = out or Path(tempfile.mkdtemp(prefix="auditor-demo-"))
@@ -251,21 +251,7 @@ def demo(
 
             bill = write_demo_bill(bills / f"focus-{chosen_month}.csv", window.start, window.end)
             import_files(store, config, [bill], gpus, source="aws-focus")
-            # One pass, as `auditor report`: the rules' windows and the month share one read of the
-            # quarter-hour tier.
-            with store.one_pass():
-                step("evaluating rules")
-                findings = evaluate_rules(config, store, window.end - LAST_SECOND, apis, gpus)
-                result = build_month_report(
-                    store=store,
-                    config=config,
-                    month=chosen_month,
-                    now=now,
-                    api_catalog=apis,
-                    gpu_catalog=gpus,
-                    findings=findings,
-                    progress=step,
-                )
+            result = month_result(config, store, chosen_month, now, apis, gpus, step)
             written = write_report(result, FORMATS, directory, step)
     finally:
         store.close()

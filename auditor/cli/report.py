@@ -60,6 +60,35 @@ def evaluate_rules(
     return rules.evaluate(context)
 
 
+def month_result(
+    config: Config,
+    store: Store,
+    month: str,
+    now: datetime,
+    apis: ApiPriceCatalog,
+    gpus: Sequence[GpuPrice],
+    step: Callable[[str], None],
+    only: Sequence[str] | None = None,
+) -> MonthReport:
+    """The month's report with the rules' findings at its end (or now, in the month still running), in
+    one pass: the rules' windows and the month share one read of the quarter-hour tier."""
+    window = month_window(month, config.tz, now)
+    with store.one_pass():
+        step("evaluating rules")
+        findings = evaluate_rules(config, store, min(now, window.end - LAST_SECOND), apis, gpus)
+        return build_month_report(
+            store=store,
+            config=config,
+            month=month,
+            now=now,
+            api_catalog=apis,
+            gpu_catalog=gpus,
+            findings=findings,
+            only=only,
+            progress=step,
+        )
+
+
 def parse_formats(text: str) -> list[str]:
     formats = [f.strip().lower() for f in text.split(",") if f.strip()]
     unknown = [f for f in formats if f not in FORMATS]
@@ -164,27 +193,14 @@ def report(
             )
     now = datetime.now(tz=UTC)
     try:
-        window = month_window(month, config.tz, now)
+        month_window(month, config.tz, now)  # a month the report can cover, before the store opens
     except MonthError as exc:
         fatal(f"--month: {exc}")
     store = open_store(config)
     apis, gpus = api_catalog(config), gpu_catalog()
     try:
-        # One pass: the rules' windows and the month share one read of the quarter-hour tier.
-        with progress_bar(3 + (0 if as_json else len(chosen))) as step, store.one_pass():
-            step("evaluating rules")
-            findings = evaluate_rules(config, store, min(now, window.end - LAST_SECOND), apis, gpus)
-            result = build_month_report(
-                store=store,
-                config=config,
-                month=month,
-                now=now,
-                api_catalog=apis,
-                gpu_catalog=gpus,
-                findings=findings,
-                only=deployment or None,
-                progress=step,
-            )
+        with progress_bar(3 + (0 if as_json else len(chosen))) as step:
+            result = month_result(config, store, month, now, apis, gpus, step, only=deployment or None)
             if as_json:
                 print(render_json(report_object(result)))
                 return
