@@ -39,13 +39,6 @@ from auditor.model import COST_LINE_FIELDS, CostBasis, CostLine, cost_line_from_
 if TYPE_CHECKING:
     import pyarrow as pa
 
-BATCH_ROWS = 65_536
-"""Rows per batch: a batch of ~20 string columns is a few tens of MiB at most."""
-
-NUMBER_COLUMNS = ("BilledCost", "EffectiveCost", "ListCost", "ConsumedQuantity", "PricingQuantity")
-"""Read as plain text (every row differs); the other text columns are read dictionary-encoded (a
-month's bill repeats a few thousand descriptions, accounts, SKUs and hours over millions of rows)."""
-
 REQUIRED_COLUMNS = (
     "BilledCost",
     "EffectiveCost",
