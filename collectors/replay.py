@@ -316,7 +316,7 @@ def _timestamp_ns(text: str) -> int:
     """`2023-11-16 18:15:46.6805900` (UTC) as nanoseconds since the epoch."""
     seconds, _, fraction = text.partition(".")
     moment = datetime.fromisoformat(seconds).replace(tzinfo=UTC)
-    return int(moment.timestamp()) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9] or 0)
+    return int(moment.timestamp()) * 1_000_000_000 + int(fraction.ljust(9, "0")[:9])
 
 
 def minute_loads(requests: Sequence[Request], start_ts: float | None = None) -> list[MinuteLoad]:
