@@ -188,3 +188,34 @@ def test_a_bare_group_prints_its_help_and_no_empty_error(args: list[str]) -> Non
     done = subprocess.run([str(AUDITOR), *args], capture_output=True, text=True, timeout=120, check=False)
     assert "Commands" in done.stdout
     assert "error" not in done.stderr
+
+
+THREADS_AFTER_NUMPY = (
+    "import os, sys\n"
+    "if sys.argv[1] == 'cli':\n"
+    "    from auditor.__main__ import one_blas_thread\n"
+    "    one_blas_thread()\n"
+    "import numpy\n"
+    "print(len(os.listdir('/proc/self/task')))\n"
+)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir() or len(os.sched_getaffinity(0)) < 2,
+    reason="counts the process's threads in /proc; OpenBLAS starts one per core, so needs two cores",
+)
+def test_the_console_script_starts_numpy_with_one_blas_thread_unless_told() -> None:
+    def threads(mode: str, **env: str) -> int:
+        environ = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"} | env
+        done = subprocess.run(
+            [sys.executable, "-c", THREADS_AFTER_NUMPY, mode],
+            capture_output=True,
+            text=True,
+            env=environ,
+            check=True,
+        )
+        return int(done.stdout)
+
+    assert threads("library") > 1  # OpenBLAS's default, which the console script changes
+    assert threads("cli") == 1
+    assert threads("cli", OPENBLAS_NUM_THREADS="2") == 2  # the user's own choice stands
