@@ -27,6 +27,8 @@ from bench.proc import best, load, run
 AUDITOR = str(Path(sys.executable).parent / "auditor")
 MONTH = "2026-10"
 LIBRARIES_ALONE = (
+    "import os\n"
+    "os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # as the console script starts\n"
     "import typer, rich.progress, sqlalchemy.dialects.sqlite, pydantic, numpy, jinja2\n"
     "from genai_prices import data_snapshot\n"
     "data_snapshot.get_snapshot()"
