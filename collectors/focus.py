@@ -512,7 +512,7 @@ def _project(names: Sequence[str], shown: str) -> list[str]:
 def _csv_header(path: Path) -> list[str]:
     opened = gzip.open(path, "rb") if path.name.lower().endswith(".gz") else path.open("rb")  # noqa: SIM115
     with opened as raw, io.TextIOWrapper(cast("IO[bytes]", raw), encoding="utf-8-sig", newline="") as text:
-        return next(csv.reader(text), [])
+        return next((record for record in csv.reader(text) if record), [])
 
 
 def _text(value: object) -> str | None:

@@ -304,6 +304,13 @@ def test_a_short_csv_is_read_row_by_row_and_a_long_or_non_ascii_one_through_arro
     foreign = _new(matcher)
     foreign.read_file(accented)
     assert foreign._groups and foreign.gpu_rows == 3
+    # Blank lines before the header: both paths take the file (the header is the first record).
+    for name, prefix in (("blank.csv", ""), ("blank-é.csv", "é")):
+        leading = tmp_path / name
+        leading.write_text("\r\n\n" + accented.read_text().replace("Réservé", prefix + "Reserved"))
+        either = _new(matcher)
+        either.read_file(leading)
+        assert bool(either._groups) == (prefix != "") and either.gpu_rows == 3 and either.rows_read == 4
     # And a field beyond the csv module's limit (128 KiB), which Arrow takes: refused nowhere.
     tagged = _gpu_row(Tags=json.dumps({"deployment": "a", "notes": "x" * 200_000}))
     wide = _new(matcher)
