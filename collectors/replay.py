@@ -163,12 +163,13 @@ def _trace_batches(path: Path, source: str, block_bytes: int = TRACE_BLOCK_BYTES
     """The trace's rows, a block at a time, as typed Arrow batches (timestamps parsed in bulk)."""
     import pyarrow as pa  # imported here: a second of start-up that only replay needs
     import pyarrow.csv as pa_csv
-    import pyarrow.parquet as pq
 
     types = {TRACE_COLUMNS[0]: pa.timestamp("ns"), TRACE_COLUMNS[1]: pa.int64(), TRACE_COLUMNS[2]: pa.int64()}
     with path.open("rb") as handle:
         magic = handle.read(4)
     if magic == b"PAR1":
+        import pyarrow.parquet as pq  # only a Parquet trace needs it
+
         try:
             parquet = pq.ParquetFile(path)
             missing = set(TRACE_COLUMNS) - set(parquet.schema_arrow.names)
