@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -137,10 +138,17 @@ def test_start_up_imports_only_what_the_command_needs(args: tuple[str, ...], hea
 
 
 def test_the_demo_reads_its_short_bill_and_trace_without_arrow_or_pandas(tmp_path: Path) -> None:
-    """Half a second of the demo's start-up: its bill is a short CSV, its trace a bundled one."""
+    """Half a second of the demo's start-up: its bill is a short CSV, its trace a bundled one.
+
+    And the console script's exit (`auditor.__main__`, which freezes the garbage collector's objects
+    rather than collect them) leaves the store closed and every file whole."""
     modules = imported_modules("demo", "--out", str(tmp_path), "--month", "2026-10")
     assert "collectors.focus" in modules and "collectors.replay" in modules
     assert not {m.split(".")[0] for m in modules} & {"pandas", "pyarrow", "matplotlib", "boto3"}
+    assert not list(tmp_path.glob("auditor.db-*"))  # SQLite's WAL goes with its last connection
+    report = json.loads((tmp_path / "gpu-report-2026-10.json").read_text())
+    assert report["month"] == "2026-10"
+    assert (tmp_path / "gpu-report-2026-10.html").read_text().rstrip().endswith("</html>")
 
 
 def test_the_command_table_lists_what_the_modules_register() -> None:
