@@ -16,7 +16,8 @@ def one_blas_thread() -> None:
     """Start numpy's OpenBLAS with one thread, unless the user chose a number.
 
     At import, OpenBLAS starts a thread per core (up to 64), and they spin for a while: a tenth of a
-    second of CPU in `auditor demo` on two cores, and 64 threads in a daemon on a GPU host. Nothing
+    second of CPU in `auditor demo` on two cores, and up to 64 idle threads in a daemon on a GPU host
+    once it has imported numpy (fleet mode, a bill read through Arrow, the digest's chart). Nothing
     here multiplies matrices (numpy sums, sorts and searches, which use no BLAS)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
