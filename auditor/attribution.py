@@ -80,10 +80,13 @@ class Attributor:
         out: list[CostLine] = []
         tag_matched: set[str] = set()
         seen_keys: set[str] = set()
+        tags_by_text: dict[str | None, dict[str, str]] = {}  # a bill repeats a few tag sets many times
         for line in lines:
-            tags = line_tags(line)
-            if line.tags_json:
-                seen_keys.update(json.loads(line.tags_json))
+            tags = tags_by_text.get(line.tags_json)
+            if tags is None:
+                tags = tags_by_text[line.tags_json] = line_tags(line)
+                if line.tags_json:
+                    seen_keys.update(json.loads(line.tags_json))
             claims = self._claims(line, tags, tag_matched)
             out.extend(split(line, claims, self._instance_gpus(line, claims)))
         return Attribution(out, self._warnings(lines, out, tag_matched, seen_keys))

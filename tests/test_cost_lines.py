@@ -6,12 +6,14 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import insert, text
+from sqlalchemy import column, insert, select, table, text
+from sqlalchemy.sql.expression import ColumnClause
 
 from auditor.config import ConfigError, parse_config
-from auditor.model import CostBasis, CostLine, CostMetric
+from auditor.model import COST_LINE_FIELDS, CostBasis, CostLine, CostMetric
 from auditor.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -21,6 +23,8 @@ from auditor.store import (
     _key_before_schema_8,
     _migration_cost_line_places,
     _migration_cost_lines_focus,
+    _record_values,
+    cost_lines,
     schema_version,
 )
 
@@ -65,6 +69,32 @@ def test_every_focus_field_survives_a_write_and_a_read(store_url: str) -> None:
     (back,) = store.cost_lines(date(2024, 9, 1), date(2024, 9, 2))
     assert back == line
     assert back.line_key == line.line_key != ""
+
+
+def test_lines_are_stored_as_sqlalchemy_itself_binds_their_columns(store_url: str) -> None:
+    """The bulk write binds each value as its column's type does (money as its text on SQLite, the
+    day, the flag, the basis as its text): the stored row equals the one SQLAlchemy's own INSERT
+    writes, value for value and type for type."""
+    store = Store.open(store_url)
+    lines = [
+        _hour(SEPT, 1, "1.624", "0E-12", estimated=True, basis=CostBasis.AMORTIZED),
+        _hour(SEPT, 2, "-3.000000000000000001", "12345678901234567890.123456789012345678", deployment=None),
+        _hour(
+            SEPT, 3, "0.1", "0.1", usage_hours=None, gpu_hours=None, tags_json=None, usd_rate=Decimal("0.92")
+        ),
+    ]
+    store.replace_billing_periods("aws-focus", {SEPT: lines})
+    # Untyped columns: the driver's values, as stored, with no result processing.
+    columns: list[ColumnClause[Any]] = [column(name) for name in COST_LINE_FIELDS]
+    raw = select(*columns).select_from(table("cost_lines")).order_by(column("charge_period_start_ts"))
+    with store.engine.begin() as conn:
+        ours = conn.execute(raw).all()
+        conn.execute(text("DELETE FROM cost_lines"))
+        conn.execute(insert(cost_lines), [_record_values(line) for line in lines])
+        theirs = conn.execute(raw).all()
+    assert len(ours) == 3
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert [(type(v), v) for v in mine] == [(type(v), v) for v in reference]
 
 
 def test_a_reimport_changes_nothing_and_a_redelivered_month_replaces_the_old(store_url: str) -> None:
