@@ -5,7 +5,8 @@ For each format it runs, each in a fresh process: our read (`FocusImport.read_fi
 batches, the GPU filter in Arrow, exact Decimals, summing per charge period × resource), and a bare
 `pandas.read_parquet` / `pandas.read_csv` of the same columns; and prints rows/s, peak RSS, and the
 ratio of our time to the bare read's. Targets (issue 10): Parquet at least 1M rows/s; peak RSS under
-500 MiB whatever the file size.
+500 MiB whatever the file size. Then `auditor billing import` of the file as a user runs it (start-up,
+read, attribution, the store's transaction) into a new SQLite store, and again (every line unchanged).
 
     .venv/bin/python -m bench.focus_import [--rows 5000000] [--gpu-share 0.05] [--dir DIR]
         [--keep DIR] [--repeat N]
@@ -32,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
+from bench.proc import Run, run
 
 SAMPLE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "focus" / "focus_sample.csv"
 CHUNK = 250_000
@@ -160,6 +163,9 @@ def measure(kind: str, path: Path) -> dict[str, float]:
     return figures
 
 
+AUDITOR = str(Path(sys.executable).parent / "auditor")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -217,6 +223,21 @@ def _run(folder: Path, args: argparse.Namespace) -> None:
                 f"{bare['cpu_s']:.2f} s CPU), peak RSS {bare['rss_mib']:,.0f} MiB | ours/bare: wall "
                 f"{ours['s'] / bare['s']:.2f}x, CPU {ours['cpu_s'] / bare['cpu_s']:.2f}x | load {load:.1f}"
             )
+            first, again = whole_import(path)
+            print(
+                f"{'':8} auditor billing import, whole process: {args.rows / first.cpu_s:>10,.0f} rows/CPU-s "
+                f"({first}); again, every line unchanged: {again}"
+            )
+
+
+def whole_import(path: Path) -> tuple[Run, Run]:
+    """`auditor billing import` as a user runs it (start-up, read, attribution, the store's
+    transaction) into a new SQLite store, then the same file again (every line unchanged)."""
+    with tempfile.TemporaryDirectory(prefix="auditor-bench-import-") as scratch:
+        config = Path(scratch) / "auditor.toml"
+        config.write_text(f'[store]\nurl = "sqlite:///{Path(scratch) / "auditor.db"}"\n')
+        command = [AUDITOR, "billing", "import", "--config", str(config), str(path)]
+        return run(command), run(command)
 
 
 if __name__ == "__main__":
