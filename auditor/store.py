@@ -2378,7 +2378,7 @@ def _replace_lines(
             )
         incoming[line.line_key] = line
     existing: dict[str, tuple[int, CostLine]] = {}
-    for row in conn.execute(select(cost_lines.c.id, *_LINE_COLUMNS).where(where)).all():
+    for row in conn.execute(select(cost_lines.c.id, *_LINE_COLUMNS).where(where)):
         line = _stored_line(row[1:])
         existing[line.line_key or str(row[0])] = (int(row[0]), line)
     removed = [row_id for key, (row_id, _) in existing.items() if key not in incoming]
